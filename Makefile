@@ -1,0 +1,41 @@
+# kubetune developer entry points. `make test` is exactly what CI runs (.ci/run).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+
+.PHONY: setup test test-fast generate demo cluster-up cluster-down clean
+
+# A virtual environment with every extra: the API/CLI, the operator, the trainer and the test tools.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip==25.3
+	$(BIN)/pip install -q -e '.[operator,trainer,dev]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+setup: $(STAMP)
+
+test: setup
+	$(BIN)/pytest
+
+# Everything that needs neither the local cluster nor minutes of training.
+test-fast: setup
+	$(BIN)/pytest -m "not cluster and not slow"
+
+# Regenerate the files derived from the API model (a test fails when they drift).
+generate: setup
+	$(BIN)/kubetune crd > crds/kubetune.io_finetunejobs.yaml
+
+demo: setup
+	$(BIN)/kubetune validate examples/chat-lora.yaml
+	$(BIN)/kubetune crd | head -n 30
+
+cluster-up:
+	hack/cluster up
+
+cluster-down:
+	hack/cluster down
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,1 @@
+"""kubetune: declarative fine-tuning on Kubernetes."""

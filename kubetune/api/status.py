@@ -1,0 +1,167 @@
+"""FineTuneJob status: conditions plus the few observed facts a user looks for.
+
+Condition types follow the Kubernetes API conventions and kstatus (Ready / Reconciling / Stalled) and add the
+terminal Succeeded / Failed, so `kubectl wait --for=condition=Succeeded` works. Reasons are constants here, in
+one place, so the operator, the tests and the docs use the same words. `phase` is derived from the conditions
+for printer columns only.
+"""
+from datetime import datetime
+from typing import Literal
+
+from pydantic import Field
+
+from kubetune.api.base import APIModel
+
+
+class ConditionType:
+    READY = "Ready"
+    RECONCILING = "Reconciling"
+    STALLED = "Stalled"
+    SUSPENDED = "Suspended"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+class Reason:
+    """CamelCase reasons of the conditions above."""
+
+    CREATED = "JobCreated"
+    QUEUED = "Queued"
+    SUSPENDED = "Suspended"
+    PENDING = "Pending"
+    UNSCHEDULABLE = "Unschedulable"
+    IMAGE_PULL_BACK_OFF = "ImagePullBackOff"
+    RUNNING = "Running"
+    RESTARTING = "Restarting"
+    COMPLETED = "Completed"
+    EARLY_STOPPED = "EarlyStopped"
+    MAX_STEPS = "MaxStepsReached"
+    EPOCHS = "EpochsCompleted"
+    OOM_KILLED = "OOMKilled"
+    DEADLINE_EXCEEDED = "DeadlineExceeded"
+    BAD_INPUT = "BadInput"
+    BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
+    INVALID_SPEC = "InvalidSpec"
+    SPEC_CHANGED = "SpecChanged"
+
+
+Phase = Literal["Pending", "Queued", "Suspended", "Running", "Succeeded", "Failed"]
+
+
+class Condition(APIModel):
+    type: str
+    """Condition type: Ready, Reconciling, Stalled, Suspended, Running, Succeeded or Failed."""
+    status: Literal["True", "False", "Unknown"]
+    """Whether the condition holds."""
+    reason: str
+    """CamelCase reason for the last transition."""
+    message: str = ""
+    """Human-readable details."""
+    last_transition_time: datetime
+    """When the status last changed."""
+    observed_generation: int | None = Field(None, ge=0)
+    """The metadata.generation this condition was computed from."""
+
+
+class Progress(APIModel):
+    step: int = Field(0, ge=0)
+    """Optimizer steps done."""
+    total_steps: int | None = Field(None, ge=0)
+    """Optimizer steps planned."""
+    epoch: float | None = Field(None, ge=0)
+    """Fractional epoch."""
+    percent: int = Field(0, ge=0, le=100)
+    """step / totalSteps, in percent."""
+    eta_seconds: int | None = Field(None, ge=0)
+    """Estimated seconds left."""
+
+
+class BestMetric(APIModel):
+    name: str
+    """The monitored validation metric."""
+    value: float
+    """Its best value."""
+    step: int = Field(ge=0)
+    """The step where it was reached (the shipped weights)."""
+
+
+class Metrics(APIModel):
+    train_loss: float | None = None
+    """Latest training loss."""
+    eval_loss: float | None = None
+    """Latest validation loss."""
+    best: BestMetric | None = None
+    """Best value of the monitored validation metric."""
+    baseline: dict[str, float] | None = None
+    """The untouched base model's validation metrics (evaluation.baseline)."""
+    test: dict[str, float] | None = None
+    """Final test-set metrics."""
+    tokens_per_second: float | None = None
+    """Training throughput, all devices together."""
+    learning_rate: float | None = None
+    """Current learning rate."""
+
+
+class Artifacts(APIModel):
+    uri: str | None = None
+    """This run's output location."""
+    model_uri: str | None = None
+    """The adapter or full weights to serve."""
+    merged_uri: str | None = None
+    """The base model with the adapter merged in (output.mergeAdapter)."""
+    summary_uri: str | None = None
+    """summary.json: final and best metrics, stop reason, wall time."""
+    checkpoint_uri: str | None = None
+    """Newest complete checkpoint."""
+
+
+class RunRecord(APIModel):
+    """The outcome of an earlier run of this FineTuneJob (before its spec changed)."""
+
+    generation: int = Field(ge=0)
+    """metadata.generation the run trained."""
+    job_name: str
+    """The run's Job."""
+    phase: Phase
+    """How it ended, or where it stood when it was replaced."""
+    reason: str | None = None
+    """Reason of its final condition."""
+    start_time: datetime | None = None
+    completion_time: datetime | None = None
+    eval_loss: float | None = None
+    """Its last validation loss."""
+    artifacts_uri: str | None = None
+    """Where its artifacts are."""
+
+
+class FineTuneJobStatus(APIModel):
+    observed_generation: int | None = Field(None, ge=0)
+    """The metadata.generation the status describes."""
+    phase: Phase | None = None
+    """Pending, Queued, Suspended, Running, Succeeded or Failed; derived from the conditions, for display."""
+    conditions: list[Condition] = Field(default_factory=list, json_schema_extra={"x-kubernetes-list-type": "map",
+                                                                                  "x-kubernetes-list-map-keys": ["type"]})
+    """Current state, as Kubernetes conditions."""
+    job_name: str | None = None
+    """The trainer Job of the current run."""
+    run_id: str | None = None
+    """Identifier of the current run; its artifacts live under output.uri/<runId>/."""
+    start_time: datetime | None = None
+    """When the current run's trainer started."""
+    completion_time: datetime | None = None
+    """When the current run ended."""
+    attempts: int = Field(0, ge=0)
+    """Trainer pods started for the current run."""
+    restarts: int = Field(0, ge=0)
+    """Pods of the current run that were preempted or failed and retried."""
+    progress: Progress | None = None
+    """Training progress."""
+    metrics: Metrics | None = None
+    """Losses, best metric and throughput."""
+    stop_reason: str | None = None
+    """Why training stopped: MaxStepsReached, EpochsCompleted or EarlyStopped."""
+    artifacts: Artifacts | None = None
+    """Artifact locations of the current run."""
+    runs: list[RunRecord] = Field(default_factory=list, max_length=10)
+    """Earlier runs, newest first (at most 10)."""

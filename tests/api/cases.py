@@ -1,0 +1,117 @@
+"""A valid base manifest and a table of invalid variants, each with the field its error must name.
+
+The same table runs through the offline validator (tests/api) and the real API server (tests/cluster), so the
+CRD's schema and CEL rules are held to the model's behaviour.
+"""
+import copy
+from dataclasses import dataclass
+
+DELETE = object()
+
+BASE = {
+    "apiVersion": "kubetune.io/v1alpha1",
+    "kind": "FineTuneJob",
+    "metadata": {"name": "case"},
+    "spec": {
+        "baseModel": {"uri": "s3://models/tiny/"},
+        "dataset": {"train": "s3://datasets/chat/train.jsonl", "validation": "s3://datasets/chat/val.jsonl"},
+        "hyperparameters": {"maxSteps": 10, "batchSize": 8, "microBatchSize": 4},
+        "output": {"uri": "s3://artifacts/case/"},
+    },
+}
+
+
+def make_job(patch: dict | None = None, name: str = "case") -> dict:
+    """BASE with `patch` deep-merged in; a DELETE value removes the key."""
+    doc = copy.deepcopy(BASE)
+    doc["metadata"]["name"] = name
+    _merge(doc, patch or {})
+    return doc
+
+
+def _merge(into: dict, patch: dict) -> None:
+    for key, value in patch.items():
+        if value is DELETE:
+            into.pop(key, None)
+        elif isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = copy.deepcopy(value)
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    patch: dict
+    field: str
+    """The path the error must name."""
+
+
+def spec(**patch) -> dict:
+    return {"spec": patch}
+
+
+INVALID = [
+    Case("unknown-spec-field", spec(bogus=1), "spec.bogus"),
+    Case("inline-secret", spec(storage={"accessKeyId": "AKIA0000"}), "spec.storage.accessKeyId"),
+    Case("model-http-uri", spec(baseModel={"uri": "http://example.com/model"}), "spec.baseModel.uri"),
+    Case("dataset-hf-uri", spec(dataset={"train": "hf://org/data"}), "spec.dataset.train"),
+    Case("output-bad-bucket", spec(output={"uri": "s3://A_B/out/"}), "spec.output.uri"),
+    Case("missing-train", spec(dataset={"train": DELETE}), "spec.dataset.train"),
+    Case("missing-output", spec(output=DELETE), "spec.output"),
+    Case("epochs-and-maxsteps", spec(hyperparameters={"epochs": 2}), "spec.hyperparameters.epochs"),
+    Case("neither-epochs-nor-maxsteps", spec(hyperparameters={"maxSteps": DELETE}), "spec.hyperparameters.epochs"),
+    Case("epochs-not-a-number", spec(hyperparameters={"maxSteps": DELETE, "epochs": "three"}),
+         "spec.hyperparameters.epochs"),
+    Case("lora-block-on-full", spec(method={"type": "full", "lora": {"r": 8}}), "spec.method.lora"),
+    Case("freeze-on-lora", spec(method={"type": "lora", "freeze": {"embeddings": True}}), "spec.method.freeze"),
+    Case("qlora-without-gpu", spec(method={"type": "qlora"}, resources={"gpusPerNode": 0}),
+         "spec.resources.gpusPerNode"),
+    Case("fp16-on-cpu", spec(hyperparameters={"precision": "fp16"}, resources={"gpusPerNode": 0}),
+         "spec.hyperparameters.precision"),
+    Case("batch-not-divisible", spec(hyperparameters={"batchSize": 10, "microBatchSize": 4}),
+         "spec.hyperparameters.batchSize"),
+    Case("batch-not-divisible-across-gpus", spec(hyperparameters={"batchSize": 8, "microBatchSize": 4},
+                                                 resources={"gpusPerNode": 4}), "spec.hyperparameters.batchSize"),
+    Case("early-stopping-without-validation", spec(dataset={"validation": DELETE}, earlyStopping={}),
+         "spec.earlyStopping"),
+    Case("validation-and-split", spec(dataset={"validationSplit": 0.1}), "spec.dataset.validationSplit"),
+    Case("unknown-method", spec(method={"type": "prefix-tuning"}), "spec.method.type"),
+    Case("unknown-task", spec(task="translation"), "spec.task"),
+    Case("negative-learning-rate", spec(hyperparameters={"learningRate": -0.001}), "spec.hyperparameters.learningRate"),
+    Case("lora-rank-zero", spec(method={"lora": {"r": 0}}), "spec.method.lora.r"),
+    Case("warmup-over-one", spec(hyperparameters={"warmupRatio": 1.5}), "spec.hyperparameters.warmupRatio"),
+    Case("split-too-large", spec(dataset={"validation": DELETE, "validationSplit": 0.7}),
+         "spec.dataset.validationSplit"),
+    Case("merge-adapter-on-full", spec(method={"type": "full"}, output={"mergeAdapter": True}),
+         "spec.output.mergeAdapter"),
+    Case("classification-on-causal-lm", spec(classification={"numLabels": 3}), "spec.classification"),
+    Case("classification-schema-on-causal-lm", spec(dataset={"schema": "classification"}), "spec.dataset.schema"),
+    Case("chat-schema-on-classifier", spec(task="sequence-classification", dataset={"schema": "chat"}),
+         "spec.dataset.schema"),
+    Case("accuracy-on-causal-lm", spec(earlyStopping={"metric": "accuracy"}), "spec.earlyStopping.metric"),
+    Case("mse-on-classifier", spec(task="sequence-classification", earlyStopping={"metric": "mse"}),
+         "spec.earlyStopping.metric"),
+    Case("multi-node-on-cpu", spec(nodes=2, resources={"gpusPerNode": 0}), "spec.nodes"),
+    Case("cpu-not-a-quantity", spec(resources={"cpu": "lots"}), "spec.resources.cpu"),
+    Case("bad-toleration-effect", spec(scheduling={"tolerations": [{"key": "a", "effect": "Sometimes"}]}),
+         "spec.scheduling.tolerations[0].effect"),
+    Case("secret-name-not-dns", spec(storage={"secretRef": {"name": "S3_Creds"}}), "spec.storage.secretRef.name"),
+    Case("endpoint-without-scheme", spec(storage={"endpoint": "minio:9000"}), "spec.storage.endpoint"),
+    Case("seq-length-too-short", spec(dataset={"maxSeqLength": 8}), "spec.dataset.maxSeqLength"),
+    Case("name-too-long", {"metadata": {"name": "n" * 46}}, "metadata.name"),
+]
+
+# Valid variants beyond examples/: each flips a rule's condition without breaking it.
+VALID = [
+    Case("epochs-only", spec(hyperparameters={"maxSteps": DELETE, "epochs": 1}), ""),
+    Case("qlora-on-gpu", spec(method={"type": "qlora", "lora": {"r": 4}}, resources={"gpusPerNode": 1}), ""),
+    Case("cpu-lora", spec(resources={"gpusPerNode": 0}, hyperparameters={"precision": "bf16"}), ""),
+    Case("split-and-early-stopping", spec(dataset={"validation": DELETE, "validationSplit": 0.2},
+                                         earlyStopping={"metric": "perplexity"}), ""),
+    Case("regression", spec(task="sequence-classification", classification={"numLabels": 1},
+                            earlyStopping={"metric": "r2", "mode": "max"}), ""),
+    Case("full-with-freeze", spec(method={"type": "full", "freeze": {"trainableTopLayers": 2}}), ""),
+    Case("merge-lora", spec(output={"mergeAdapter": True}), ""),
+    Case("multi-node", spec(nodes=2, resources={"gpusPerNode": 2}, hyperparameters={"batchSize": 16}), ""),
+]
