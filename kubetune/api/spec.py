@@ -55,7 +55,7 @@ class Dataset(APIModel):
     """Held-out data evaluated during training and used for early stopping."""
     test: DataURI | None = None
     """Data scored once after training (and on the base model when evaluation.baseline is on)."""
-    validation_split: float = Field(0.0, ge=0.0, lt=0.5)
+    validation_split: float = Field(0.0, ge=0.0, le=0.5)
     """Fraction of the training data held out for validation when no validation file is given (0 = none)."""
     format: Literal["auto", "jsonl", "csv", "parquet"] = "auto"
     """File format; auto reads it from the file extension."""

@@ -81,7 +81,7 @@ INVALID = [
     Case("negative-learning-rate", spec(hyperparameters={"learningRate": -0.001}), "spec.hyperparameters.learningRate"),
     Case("lora-rank-zero", spec(method={"lora": {"r": 0}}), "spec.method.lora.r"),
     Case("warmup-over-one", spec(hyperparameters={"warmupRatio": 1.5}), "spec.hyperparameters.warmupRatio"),
-    Case("split-too-large", spec(dataset={"validation": DELETE, "validationSplit": 0.7}),
+    Case("split-too-large", spec(dataset={"validation": DELETE, "validationSplit": 0.51}),
          "spec.dataset.validationSplit"),
     Case("merge-adapter-on-full", spec(method={"type": "full"}, output={"mergeAdapter": True}),
          "spec.output.mergeAdapter"),
@@ -113,5 +113,8 @@ VALID = [
                             earlyStopping={"metric": "r2", "mode": "max"}), ""),
     Case("full-with-freeze", spec(method={"type": "full", "freeze": {"trainableTopLayers": 2}}), ""),
     Case("merge-lora", spec(output={"mergeAdapter": True}), ""),
+    # Integer zeros: the API server once compared an integer with a truncated float exclusive bound.
+    Case("integer-zeros", spec(dataset={"validationSplit": 0}, hyperparameters={"warmupRatio": 0, "weightDecay": 0}),
+         ""),
     Case("multi-node", spec(nodes=2, resources={"gpusPerNode": 2}, hyperparameters={"batchSize": 16}), ""),
 ]

@@ -1,0 +1,40 @@
+"""The CRD on the real API server refuses what the model refuses, names the same field, and defaults alike."""
+import json
+
+import pytest
+import yaml
+
+from kubetune.api import FineTuneJob
+from tests.api.cases import INVALID, VALID, make_job
+from tests.api.test_validation import EXAMPLES
+
+pytestmark = pytest.mark.cluster
+
+
+def server_dry_run(cluster, namespace, doc):
+    return cluster.kubectl("apply", "--server-side", "--dry-run=server", "-n", namespace, "-o", "json", "-f", "-",
+                           input=json.dumps(doc), check=False)
+
+
+def test_invalid_corpus_is_refused_with_the_field_named(finetunejob_crd, namespace):
+    wrong = []
+    for case in INVALID:
+        result = server_dry_run(finetunejob_crd, namespace, make_job(case.patch, name=f"c{INVALID.index(case)}"))
+        if result.returncode == 0 or case.field not in result.stderr:
+            wrong.append(f"{case.name}: rc={result.returncode} expected {case.field!r} in: {result.stderr.strip()}")
+    assert not wrong, "\n".join(wrong)
+
+
+@pytest.mark.parametrize("doc", [make_job(c.patch, name=c.name) for c in VALID]
+                         + [yaml.safe_load(p.read_text()) for p in EXAMPLES],
+                         ids=[c.name for c in VALID] + [p.stem for p in EXAMPLES])
+def test_valid_manifests_are_accepted_and_defaulted_like_the_model(finetunejob_crd, namespace, doc):
+    result = server_dry_run(finetunejob_crd, namespace, doc)
+    assert result.returncode == 0, result.stderr
+    stored = json.loads(result.stdout)
+    assert stored["spec"] == FineTuneJob.model_validate(doc).to_wire()["spec"]
+
+
+def test_explain_shows_the_model_docs(finetunejob_crd):
+    out = finetunejob_crd.kubectl("explain", "ftj.spec.hyperparameters.batchSize").stdout
+    assert "Global batch: sequences per optimizer step across all devices." in out
