@@ -1,0 +1,467 @@
+"""The fine-tuning recipe, in the order it runs: resolve inputs → model and method → (baseline evaluation) →
+train (log, evaluate, keep the best, checkpoint, stop early) → test → ship artifacts, summary.json last.
+
+Data order is a pure function of (seed, step): the rows of optimizer step s are fixed, so a resumed run
+neither replays nor skips data. The loss of a step is the sum of token losses over all its micro-batches (and
+ranks) divided by the step's target-token count, so accumulation equals one big batch.
+"""
+import hashlib
+import json
+import math
+import os
+import random
+import signal
+import tempfile
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from kubetune.api import FineTuneJob, contract
+from kubetune.api.spec import MAXIMISED_METRICS, Lora
+from kubetune.api.status import Reason
+from kubetune.trainer import data as d
+from kubetune.trainer.checkpoint import Checkpointer
+from kubetune.trainer.errors import BadInput, OutOfMemory, Preempted
+from kubetune.trainer.metrics import Telemetry
+from kubetune.trainer.scoring import bootstrap
+from kubetune.trainer.settings import TrainerSettings
+from kubetune.trainer.storage import Store, join
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+@dataclass
+class EarlyStop:
+    metric: str
+    maximise: bool
+    patience: int | None
+    min_delta: float
+    best_value: float | None = None
+    best_step: int = 0
+    bad_evals: int = 0
+    best_weights: dict | None = field(default=None, repr=False)
+
+    def update(self, step: int, value: float, weights) -> bool:
+        """Records an evaluation; True when it is the best so far."""
+        better = self.best_value is None or (
+            value > self.best_value + self.min_delta if self.maximise else value < self.best_value - self.min_delta)
+        if better:
+            self.best_value, self.best_step, self.bad_evals = value, step, 0
+            self.best_weights = weights()
+        else:
+            self.bad_evals += 1
+        return better
+
+    @property
+    def should_stop(self) -> bool:
+        return self.patience is not None and self.bad_evals >= self.patience
+
+
+def spec_hash(job: FineTuneJob) -> str:
+    return hashlib.sha256(json.dumps(job.spec.to_wire(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+# --- Setup ---------------------------------------------------------------------------------------------------
+
+def init_distributed() -> Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Dist()
+    import torch.distributed as dist
+
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return Dist(dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def choose_device(job: FineTuneJob, dist: Dist) -> tuple[torch.device, torch.dtype | None]:
+    """The device, and the autocast dtype (None: plain fp32)."""
+    cuda = torch.cuda.is_available() and job.spec.resources.gpus_per_node > 0
+    device = torch.device("cuda", dist.local_rank) if cuda else torch.device("cpu")
+    precision = job.spec.hyperparameters.precision
+    if precision == "auto":
+        precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
+    if precision == "fp16" and not cuda:
+        raise BadInput("hyperparameters.precision fp16 needs a GPU; use bf16 or fp32 on CPUs")
+    return device, {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
+
+
+def load_model(job: FineTuneJob, store: Store, device: torch.device, amp: torch.dtype | None):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    spec = job.spec
+    if spec.task != "causal-lm":
+        raise BadInput(f"task {spec.task} is not supported by this trainer version; use causal-lm")
+    source = spec.base_model.uri
+    if source.startswith("hf://"):
+        path, kw = source.removeprefix("hf://"), {"revision": spec.base_model.revision}
+    else:
+        path, kw = str(store.fetch(source, "baseModel.uri")), {}
+    qlora = spec.method.type == "qlora"
+    if qlora:
+        if device.type != "cuda":
+            raise BadInput("method.type qlora needs a CUDA GPU (4-bit kernels); use lora on CPUs")
+        from transformers import BitsAndBytesConfig
+
+        kw["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=amp or torch.bfloat16)
+    # Frozen base weights may live in the compute dtype; trained full weights stay fp32 (master copy).
+    load_dtype = amp if (amp is not None and spec.method.type != "full") else torch.float32
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=spec.base_model.trust_remote_code, **kw)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=load_dtype, trust_remote_code=spec.base_model.trust_remote_code, **kw)
+    except (OSError, ValueError) as exc:
+        raise BadInput(f"baseModel.uri {source}: cannot load a causal LM and tokenizer from it: {exc}") from exc
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    if not qlora:
+        model.to(device)
+    return tok, model
+
+
+def apply_method(job: FineTuneJob, model):
+    """LoRA/QLoRA adapters via peft, or layer freezing for full fine-tuning."""
+    method = job.spec.method
+    if method.type in ("lora", "qlora"):
+        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+        lora = method.lora or Lora()
+        if method.type == "qlora":
+            model = prepare_model_for_kbit_training(
+                model, use_gradient_checkpointing=job.spec.hyperparameters.gradient_checkpointing)
+        targets = "all-linear" if lora.target_modules == ["all-linear"] else lora.target_modules
+        config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
+                            bias=lora.bias, use_rslora=lora.use_rslora, use_dora=lora.use_dora,
+                            modules_to_save=lora.modules_to_save, task_type="CAUSAL_LM")
+        try:
+            return get_peft_model(model, config)
+        except ValueError as exc:
+            raise BadInput(f"method.lora.targetModules {lora.target_modules}: {exc}") from exc
+    freeze = method.freeze
+    if freeze is not None:
+        if freeze.embeddings:
+            model.get_input_embeddings().weight.requires_grad_(False)
+        if freeze.trainable_top_layers is not None:
+            blocks = transformer_blocks(model)
+            for block in blocks[: max(len(blocks) - freeze.trainable_top_layers, 0)]:
+                block.requires_grad_(False)
+    return model
+
+
+def transformer_blocks(model) -> list:
+    """The model's stack of transformer blocks (the ModuleList as long as num_hidden_layers)."""
+    n = model.config.num_hidden_layers
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == n:
+            return list(module)
+    raise BadInput("method.freeze: cannot find the model's transformer blocks")
+
+
+def trainable_state(model) -> dict:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.named_parameters() if v.requires_grad}
+
+
+def load_trainable(model, state: dict) -> None:
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for k, v in state.items():
+            params[k].copy_(v)
+
+
+def optimizer_for(job: FineTuneJob, model, total_steps: int):
+    hp = job.spec.hyperparameters
+    lr = hp.learning_rate or (2e-5 if job.spec.method.type == "full" else 2e-4)
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]  # biases and norms
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": hp.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    warmup = int(hp.warmup_ratio * total_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = (step - warmup) / max(total_steps - warmup, 1)
+        return {"cosine": 0.5 * (1 + math.cos(math.pi * progress)), "linear": 1 - progress,
+                "constant": 1.0}[hp.scheduler]
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+# --- Data ----------------------------------------------------------------------------------------------------
+
+def load_data(job: FineTuneJob, store: Store, tok, stats: d.Stats) -> tuple[list, list, list]:
+    ds = job.spec.dataset
+
+    def encoded(uri: str, what: str) -> list:
+        records = d.read_records(store.fetch(uri, what), ds.format, uri)
+        if not records:
+            raise BadInput(f"{what} {uri}: no records")
+        return d.encode(records, d.detect_schema(records, ds), tok, ds, stats)
+
+    train = encoded(ds.train, "dataset.train")
+    if ds.max_samples:
+        random.Random(job.spec.hyperparameters.seed).shuffle(train)
+        train = train[: ds.max_samples]
+    val = encoded(ds.validation, "dataset.validation") if ds.validation else []
+    if ds.validation_split > 0:
+        train, val = d.split(train, ds.validation_split, job.spec.hyperparameters.seed)
+    test = encoded(ds.test, "dataset.test") if ds.test else []
+    if not train:
+        raise BadInput(f"dataset.train {ds.train}: no usable examples after filtering "
+                       f"({stats.dropped_too_long} longer than maxSeqLength, {stats.dropped_no_target} without "
+                       "target tokens)")
+    if ds.packing:
+        train = d.pack(train, ds.max_seq_length)
+    return train, val, test
+
+
+def rows_of_step(step: int, batch: int, n: int, seed: int) -> list[int]:
+    """Indices of the training rows optimizer step `step` consumes (epochs reshuffle with seed + epoch)."""
+    out, perms = [], {}
+    for g in range(step * batch, (step + 1) * batch):
+        epoch, pos = divmod(g, n)
+        if epoch not in perms:
+            perm = list(range(n))
+            random.Random(seed * 100003 + epoch).shuffle(perm)
+            perms[epoch] = perm
+        out.append(perms[epoch][pos])
+    return out
+
+
+# --- Loss and evaluation -------------------------------------------------------------------------------------
+
+def token_losses(model, batch: dict, device, amp) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-row summed loss, target-token count and correct next-token predictions."""
+    ids, pos = batch["input_ids"].to(device), batch["position_ids"].to(device)
+    labels = batch["labels"][:, 1:].to(device)
+    with torch.autocast(device.type, dtype=amp) if amp else nullcontext():
+        logits = model(input_ids=ids, position_ids=pos).logits[:, :-1]
+    logits = logits.float()
+    loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=d.IGNORE,
+                           reduction="none").view(labels.shape)
+    mask = labels != d.IGNORE
+    correct = ((logits.argmax(-1) == labels) & mask).sum(1)
+    return loss.sum(1), mask.sum(1), correct
+
+
+@torch.no_grad()
+def evaluate(model, examples: list, micro: int, pad_id: int, device, amp, with_ci: bool = False) -> dict:
+    model.eval()
+    sums, counts, correct = [], [], []
+    for i in range(0, len(examples), micro):
+        s, n, c = token_losses(model, d.collate(examples[i: i + micro], pad_id), device, amp)
+        sums += s.tolist()
+        counts += n.tolist()
+        correct += c.tolist()
+    model.train()
+    tokens = max(sum(counts), 1)
+    loss = sum(sums) / tokens
+    out = {"loss": loss, "perplexity": math.exp(min(loss, 50)), "tokenAccuracy": sum(correct) / tokens}
+    if with_ci:
+        import numpy as np
+
+        per_token = lambda s, n: float(np.sum(s) / max(np.sum(n), 1))  # noqa: E731
+        ci = bootstrap(per_token, np.array(sums), np.array(counts), resamples=1000, seed=0)
+        out.update(lossLow=ci.low, lossHigh=ci.high)
+    return out
+
+
+# --- The run -------------------------------------------------------------------------------------------------
+
+def train(job: FineTuneJob, run_id: str, settings: TrainerSettings, on_log=None) -> dict:
+    """Runs the job to completion and returns its summary (also written to summary.json). `on_log` receives
+    every logged row (the CLI draws its progress bar from them) instead of the JSON lines on stdout."""
+    started, spec = time.time(), job.spec
+    hp, dist = spec.hyperparameters, init_distributed()
+    settings.cache_dir.mkdir(parents=True, exist_ok=True)
+    store = Store(spec.storage, settings.cache_dir)
+    run_uri = join(spec.output.uri, run_id)
+    summary_uri = join(run_uri, contract.SUMMARY_FILE)
+    if store.exists(summary_uri):
+        previous = json.loads(store.get_text(summary_uri))
+        if previous.get("specHash") != spec_hash(job):
+            raise BadInput(f"output {run_uri} already holds a finished run of a different spec; "
+                           "it is never overwritten: use a new run id or output.uri")
+        return previous  # the same run finished already: nothing to do, nothing overwritten
+
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    random.seed(hp.seed)
+    torch.manual_seed(hp.seed)
+    device, amp = choose_device(job, dist)
+    tok, model = load_model(job, store, device, amp)
+    stats = d.Stats()
+    train_rows, val, test = load_data(job, store, tok, stats)
+    model = apply_method(job, model)
+    if hp.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    if dist.world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    micro = hp.micro_batch_size
+    accumulation = hp.batch_size // (micro * dist.world)
+    if accumulation < 1 or hp.batch_size % (micro * dist.world):
+        raise BadInput(f"hyperparameters.batchSize {hp.batch_size} is not a multiple of microBatchSize x "
+                       f"world size ({micro} x {dist.world})")
+    total = hp.max_steps or math.ceil(hp.epochs * len(train_rows) / hp.batch_size)
+    opt, sched = optimizer_for(job, model, total)
+    eval_every = spec.evaluation.every_steps or max(1, total // 10)
+    val = val[: spec.evaluation.max_samples] if spec.evaluation.max_samples else val
+    es_spec = spec.early_stopping
+    metric = es_spec.metric if es_spec else "loss"
+    mode = es_spec.mode if es_spec else "auto"
+    es = EarlyStop(metric, mode == "max" or (mode == "auto" and metric in MAXIMISED_METRICS),
+                   es_spec.patience if es_spec else None, es_spec.min_delta if es_spec else 0.0)
+    telemetry = Telemetry(settings.metrics_port if dist.main else None, on_log)
+    scratch = Path(tempfile.mkdtemp(prefix="kubetune-", dir=settings.cache_dir))
+    ckpt = Checkpointer(store, run_uri, spec.checkpoint.keep, scratch)
+    pad = tok.pad_token_id
+    baseline: dict = {}
+
+    step = 0
+    state = ckpt.latest()
+    if state is not None:
+        load_trainable(model, state["weights"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        random.setstate(state["rng"]["python"])
+        torch.set_rng_state(state["rng"]["torch"])
+        step, baseline, telemetry.records = state["step"], state["baseline"], state["records"]
+        for k, v in state["early_stopping"].items():
+            setattr(es, k, v)
+        telemetry.log("resume", step=step)
+    elif spec.evaluation.baseline and val:
+        baseline = evaluate(model, val, micro, pad, device, amp)
+        telemetry.evaluation(0, baseline, metric, None, tag="baseline")
+
+    stop: dict = {}
+    signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("sigterm", True))
+    last_ckpt, tokens_seen, stop_reason = time.monotonic(), 0, None
+    step_started = time.monotonic()
+
+    def checkpoint(background: bool = True) -> None:
+        state = {"weights": trainable_state(model), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                 "rng": {"python": random.getstate(), "torch": torch.get_rng_state()}, "step": step,
+                 "baseline": baseline, "records": list(telemetry.records),
+                 "early_stopping": {k: getattr(es, k) for k in ("best_value", "best_step", "bad_evals",
+                                                                  "best_weights")}}
+        telemetry.checkpoint_seconds.set(ckpt.save(step, state, background))
+        telemetry.log("checkpoint", step=step)
+
+    try:
+        while step < total:
+            rows = rows_of_step(step, hp.batch_size, len(train_rows), hp.seed)[dist.rank:: dist.world]
+            batches = [d.collate([train_rows[i] for i in rows[j: j + micro]], pad) for j in range(0, len(rows), micro)]
+            n_tokens = torch.tensor(sum(int((b["labels"][:, 1:] != d.IGNORE).sum()) for b in batches))
+            if dist.world > 1:
+                torch.distributed.all_reduce(n_tokens)
+            loss_total = 0.0
+            for k, batch in enumerate(batches):
+                sync = dist.world == 1 or k == len(batches) - 1
+                with nullcontext() if sync else model.no_sync():
+                    s, _, _ = token_losses(model, batch, device, amp)
+                    loss = s.sum() / n_tokens.item() * dist.world  # DDP averages gradients over ranks
+                    loss.backward()
+                loss_total += loss.item() / dist.world
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                [p for p in model.parameters() if p.requires_grad], hp.max_grad_norm or float("inf"))
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            tokens_seen += sum(int(b["input_ids"].numel()) for b in batches) * dist.world
+            if step % settings.log_every_steps == 0 or step in (1, total):
+                elapsed = max(time.monotonic() - step_started, 1e-9)
+                telemetry.train_step(step, total, step * hp.batch_size / len(train_rows), loss_total,
+                                     sched.get_last_lr()[0], float(grad_norm), tokens_seen / elapsed,
+                                     hp.batch_size * step / elapsed)
+            if val and (step % eval_every == 0 or step == total):
+                result = evaluate(model, val, micro, pad, device, amp)
+                es.update(step, result[metric], lambda: trainable_state(model))
+                telemetry.evaluation(step, result, metric, es.best_value)
+                if es.should_stop:
+                    stop_reason = Reason.EARLY_STOPPED
+                    break
+            if stop.get("sigterm"):
+                checkpoint(background=False)
+                raise Preempted(f"SIGTERM at step {step}: checkpoint written, the next start resumes")
+            due_steps = spec.checkpoint.every_steps and step % spec.checkpoint.every_steps == 0
+            due_time = (spec.checkpoint.every_minutes
+                        and time.monotonic() - last_ckpt >= spec.checkpoint.every_minutes * 60)
+            if (due_steps or due_time) and step < total:
+                checkpoint()
+                last_ckpt = time.monotonic()
+    except torch.OutOfMemoryError as exc:
+        raise OutOfMemory(f"out of memory at step {step}: lower microBatchSize or maxSeqLength, or enable "
+                          "hyperparameters.gradientCheckpointing") from exc
+    ckpt.wait()
+    stop_reason = stop_reason or (Reason.MAX_STEPS if hp.max_steps else Reason.EPOCHS)
+    shipped = step
+    if es_spec and es.best_weights is not None:
+        load_trainable(model, es.best_weights)
+        shipped = es.best_step
+    if not dist.main:
+        return {}
+    final = evaluate(model, val, micro, pad, device, amp) if val else {}
+    test_metrics = evaluate(model, test, micro, pad, device, amp, with_ci=True) if test else {}
+    return finish(job, run_id, store, run_uri, model, tok, telemetry, scratch, {
+        "runId": run_id, "specHash": spec_hash(job), "stopReason": stop_reason, "steps": step,
+        "totalSteps": total, "shippedStep": shipped, "epochs": round(step * hp.batch_size / len(train_rows), 4),
+        "trainTokens": tokens_seen, "wallSeconds": round(time.time() - started, 1),
+        "deviceSeconds": round((time.time() - started) * dist.world * max(spec.resources.gpus_per_node, 1), 1),
+        "eval": final, "baseline": baseline, "test": test_metrics,
+        "best": {"name": metric, "value": es.best_value, "step": es.best_step} if es.best_value is not None else None,
+        "data": {"trainRows": len(train_rows), "validationExamples": len(val), "testExamples": len(test),
+                 "truncated": stats.truncated, "droppedTooLong": stats.dropped_too_long,
+                 "droppedNoTarget": stats.dropped_no_target},
+    })
+
+
+def finish(job, run_id, store, run_uri, model, tok, telemetry, scratch: Path, summary: dict) -> dict:
+    """Writes every artifact, then summary.json last: its presence marks a complete run."""
+    out = scratch / "artifacts"
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        model = model.module
+    model_dir = out / contract.MODEL_DIR
+    model.save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    artifacts = {"uri": run_uri, "modelUri": join(run_uri, contract.MODEL_DIR),
+                 "summaryUri": join(run_uri, contract.SUMMARY_FILE), "metricsUri": join(run_uri, contract.METRICS_FILE)}
+    if job.spec.output.merge_adapter:
+        merged = model.merge_and_unload()
+        merged.save_pretrained(out / contract.MERGED_DIR)
+        tok.save_pretrained(out / contract.MERGED_DIR)
+        artifacts["mergedUri"] = join(run_uri, contract.MERGED_DIR)
+    summary["artifacts"] = artifacts
+    (out / contract.METRICS_FILE).write_text(telemetry.jsonl())
+    (out / contract.SPEC_COPY_FILE).write_text(json.dumps(job.to_wire(), indent=2))
+    (out / contract.MODEL_CARD_FILE).write_text(model_card(job, summary))
+    store.put_dir(out, run_uri)
+    store.put_text(json.dumps(summary, indent=2), artifacts["summaryUri"])
+    return summary
+
+
+def model_card(job: FineTuneJob, s: dict) -> str:
+    spec = job.spec
+    lines = [f"# {job.metadata.name} (run {s['runId']})", "",
+             f"Fine-tuned from `{spec.base_model.uri}` with {spec.method.type} on `{spec.dataset.train}` by kubetune.",
+             "", f"- Stopped: {s['stopReason']} after {s['steps']} of {s['totalSteps']} steps; weights of step "
+             f"{s['shippedStep']}.", f"- Validation: {json.dumps(s['eval'])}", f"- Baseline: {json.dumps(s['baseline'])}",
+             f"- Test: {json.dumps(s['test'])}", "", "Load the adapter with "
+             "`PeftModel.from_pretrained(base, \"model/\")`." if spec.method.type != "full" else
+             "Load with `AutoModelForCausalLM.from_pretrained(\"model/\")`."]
+    return "\n".join(lines) + "\n"

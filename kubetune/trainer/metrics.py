@@ -1,0 +1,65 @@
+"""What the trainer tells the world while it runs: Prometheus gauges (the operator scrapes them for live
+status), one JSON log line per logged step, and metrics.jsonl for the artifacts."""
+import json
+import sys
+import time
+
+from prometheus_client import CollectorRegistry, Gauge, start_http_server
+
+from kubetune.api import contract as c
+
+
+class Telemetry:
+    def __init__(self, port: int | None, on_log=None):
+        self.registry = CollectorRegistry()
+        g = lambda name, doc, labels=(): Gauge(name, doc, labels, registry=self.registry)  # noqa: E731
+        self.step = g(c.METRIC_STEP, "Optimizer steps done")
+        self.total_steps = g(c.METRIC_TOTAL_STEPS, "Optimizer steps planned")
+        self.epoch = g(c.METRIC_EPOCH, "Fractional epoch")
+        self.train_loss = g(c.METRIC_TRAIN_LOSS, "Training loss per target token, last logged step")
+        self.eval_loss = g(c.METRIC_EVAL_LOSS, "Validation loss per target token, last evaluation")
+        self.lr = g(c.METRIC_LEARNING_RATE, "Learning rate")
+        self.tokens_per_second = g(c.METRIC_TOKENS_PER_SECOND, "Training tokens per second, all devices")
+        self.eta = g(c.METRIC_ETA_SECONDS, "Estimated seconds left")
+        self.best = g(c.METRIC_BEST, "Best value of the monitored validation metric", ["metric"])
+        self.grad_norm = g("kubetune_grad_norm", "Gradient norm before clipping")
+        self.samples_per_second = g("kubetune_samples_per_second", "Training sequences per second")
+        self.checkpoint_seconds = g("kubetune_checkpoint_seconds", "Duration of the last checkpoint write")
+        self.memory_bytes = g("kubetune_device_memory_bytes", "Peak accelerator memory allocated")
+        self.records: list[dict] = []
+        self.on_log = on_log
+        self.started = time.monotonic()
+        if port:
+            start_http_server(port, registry=self.registry)
+
+    def log(self, kind: str, **values) -> dict:
+        """A structured line on stdout and a row of metrics.jsonl."""
+        row = {"kind": kind, "time": round(time.time(), 3), **values}
+        self.records.append(row)
+        if self.on_log:
+            self.on_log(row)
+        else:
+            print(json.dumps(row), file=sys.stdout, flush=True)
+        return row
+
+    def train_step(self, step: int, total: int, epoch: float, loss: float, lr: float, grad_norm: float,
+                   tokens_per_s: float, samples_per_s: float) -> dict:
+        elapsed = time.monotonic() - self.started
+        eta = elapsed / step * (total - step) if step else 0.0
+        for gauge, v in ((self.step, step), (self.total_steps, total), (self.epoch, epoch), (self.train_loss, loss),
+                         (self.lr, lr), (self.grad_norm, grad_norm), (self.tokens_per_second, tokens_per_s),
+                         (self.samples_per_second, samples_per_s), (self.eta, eta)):
+            gauge.set(v)
+        return self.log("train", step=step, total_steps=total, epoch=round(epoch, 4), loss=round(loss, 5),
+                        lr=lr, grad_norm=round(grad_norm, 4), tokens_per_s=round(tokens_per_s, 1),
+                        eta_s=round(eta))
+
+    def evaluation(self, step: int, metrics: dict, best_name: str, best_value: float | None, tag: str = "eval"):
+        if tag == "eval":
+            self.eval_loss.set(metrics["loss"])
+            if best_value is not None:
+                self.best.labels(metric=best_name).set(best_value)
+        return self.log(tag, step=step, **{k: round(v, 5) for k, v in metrics.items()})
+
+    def jsonl(self) -> str:
+        return "".join(json.dumps(r) + "\n" for r in self.records)

@@ -1,0 +1,22 @@
+"""Process settings of the trainer (not of the job: that is the FineTuneJob spec), from KUBETUNE_TRAINER_*."""
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from kubetune.api import contract
+
+
+class TrainerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="KUBETUNE_TRAINER_")
+
+    cache_dir: Path = Path.home() / ".cache" / "kubetune" / "trainer"
+    """Downloaded models and data (keyed by ETag) and tokenized datasets."""
+    metrics_port: int = Field(contract.METRICS_PORT, ge=0, le=65535)
+    """Prometheus endpoint; 0 turns it off (local runs, tests)."""
+    termination_log: Path = Path(contract.TERMINATION_LOG)
+    """Where the ≤4 KB JSON outcome goes for the operator."""
+    log_every_steps: int = Field(5, ge=1)
+    """Log (and update the gauges) every N optimizer steps, and on the first and last."""
+    threads: int | None = Field(None, ge=1)
+    """CPU threads for torch; unset lets torch decide."""

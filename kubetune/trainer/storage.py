@@ -1,0 +1,175 @@
+"""The one module that touches object storage: s3:// through boto3's transfer manager, file:// for local runs.
+
+Downloads go through a local cache keyed by the object's ETag (or size and mtime for files), so a restarted pod
+does not fetch a multi-gigabyte base model again. Credentials come from boto3's default chain (environment,
+web identity / IRSA, instance profile); nothing here ever logs them.
+"""
+import hashlib
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import urlparse
+
+from kubetune.api.spec import Storage
+from kubetune.trainer.errors import BadInput, TrainerError
+
+
+def join(uri: str, *parts: str) -> str:
+    return "/".join([uri.rstrip("/"), *(p.strip("/") for p in parts)])
+
+
+class Store:
+    """Read and write s3:// and file:// URIs with one interface."""
+
+    def __init__(self, storage: Storage, cache_dir: Path):
+        self.storage = storage
+        self.cache_dir = cache_dir
+        self._s3 = None
+
+    # --- S3 plumbing -------------------------------------------------------------------------------------
+    @property
+    def s3(self):
+        if self._s3 is None:
+            import boto3
+            from botocore.config import Config
+
+            style = self.storage.addressing_style
+            if style == "auto":
+                style = "path" if self.storage.endpoint else "virtual"
+            self._s3 = boto3.client(
+                "s3", endpoint_url=self.storage.endpoint, region_name=self.storage.region,
+                config=Config(s3={"addressing_style": style}, retries={"max_attempts": 8, "mode": "adaptive"}),
+            )
+        return self._s3
+
+    def _transfer(self):
+        from boto3.s3.transfer import TransferConfig
+
+        return TransferConfig(multipart_threshold=64 << 20, multipart_chunksize=64 << 20, max_concurrency=8)
+
+    @staticmethod
+    def _split(uri: str) -> tuple[str, str]:
+        parsed = urlparse(uri)
+        return parsed.netloc, parsed.path.lstrip("/")
+
+    def _s3_call(self, what: str, uri: str, fn):
+        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+        try:
+            return fn()
+        except NoCredentialsError as exc:
+            raise BadInput(f"no S3 credentials for {uri}: set storage.secretRef or give the pod an identity") from exc
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in ("404", "NoSuchKey", "NoSuchBucket"):
+                raise BadInput(f"{what}: {uri} does not exist") from exc
+            if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+                raise BadInput(f"{what}: access to {uri} denied ({code}); check the credentials") from exc
+            raise TrainerError(f"{what}: {uri}: {code or exc}") from exc
+        except BotoCoreError as exc:
+            raise TrainerError(f"{what}: {uri}: {exc}") from exc
+
+    # --- Public interface --------------------------------------------------------------------------------
+    def list(self, uri: str) -> list[str]:
+        """URIs of every object under a prefix (or the one object named)."""
+        if uri.startswith("file://"):
+            path = Path(urlparse(uri).path)
+            if path.is_file():
+                return [uri]
+            return sorted(f"file://{p}" for p in path.rglob("*") if p.is_file()) if path.is_dir() else []
+        bucket, key = self._split(uri)
+
+        def pages():
+            out = []
+            for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key):
+                out += [f"s3://{bucket}/{o['Key']}" for o in page.get("Contents", [])]
+            return out
+
+        return sorted(self._s3_call("list", uri, pages))
+
+    def exists(self, uri: str) -> bool:
+        if uri.startswith("file://"):
+            return Path(urlparse(uri).path).exists()
+        from botocore.exceptions import ClientError
+
+        bucket, key = self._split(uri)
+
+        def probe() -> bool:
+            try:
+                self.s3.head_object(Bucket=bucket, Key=key)
+                return True
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                    return False
+                raise
+
+        return self._s3_call("head", uri, probe)
+
+    def fetch(self, uri: str, what: str) -> Path:
+        """A local path holding the file, or the directory of every object under the prefix (cached)."""
+        if uri.startswith("file://"):
+            path = Path(urlparse(uri).path)
+            if not path.exists():
+                raise BadInput(f"{what}: {uri} does not exist")
+            return path
+        objects = self.list(uri)
+        if not objects:
+            raise BadInput(f"{what}: nothing at {uri}")
+        bucket, key = self._split(uri)
+        single = objects == [uri.rstrip("/")] and not uri.endswith("/")
+        root = self.cache_dir / "s3" / bucket / key.rstrip("/")
+
+        def get(obj: str) -> None:
+            _, okey = self._split(obj)
+            dest = root if single else root / okey[len(key):].lstrip("/")
+            head = self._s3_call("head", obj, lambda: self.s3.head_object(Bucket=bucket, Key=okey))
+            stamp = dest.with_name(dest.name + ".etag")
+            if dest.exists() and stamp.exists() and stamp.read_text() == head["ETag"]:
+                return
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            part = dest.with_name(dest.name + ".part")
+            self._s3_call("download", obj, lambda: self.s3.download_file(bucket, okey, str(part),
+                                                                          Config=self._transfer()))
+            part.replace(dest)
+            stamp.write_text(head["ETag"])
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(get, objects))
+        return root
+
+    def put_file(self, local: Path, uri: str) -> None:
+        if uri.startswith("file://"):
+            dest = Path(urlparse(uri).path)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(local, dest.with_name(dest.name + ".part"))
+            dest.with_name(dest.name + ".part").replace(dest)
+            return
+        bucket, key = self._split(uri)
+        self._s3_call("upload", uri, lambda: self.s3.upload_file(str(local), bucket, key, Config=self._transfer()))
+
+    def put_dir(self, local: Path, uri: str) -> None:
+        files = [p for p in sorted(local.rglob("*")) if p.is_file()]
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(lambda p: self.put_file(p, join(uri, str(p.relative_to(local)))), files))
+
+    def put_text(self, text: str, uri: str) -> None:
+        tmp = self.cache_dir / "upload" / hashlib.sha1(uri.encode()).hexdigest()
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text)
+        self.put_file(tmp, uri)
+
+    def get_text(self, uri: str) -> str:
+        if uri.startswith("file://"):
+            return Path(urlparse(uri).path).read_text()
+        bucket, key = self._split(uri)
+        body = self._s3_call("read", uri, lambda: self.s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+        return body.decode()
+
+    def delete_prefix(self, uri: str) -> None:
+        """Removes what this run wrote under `uri` (old checkpoints); never called on anything else."""
+        if uri.startswith("file://"):
+            shutil.rmtree(Path(urlparse(uri).path), ignore_errors=True)
+            return
+        bucket = self._split(uri)[0]
+        for obj in self.list(join(uri, "")):
+            self._s3_call("delete", obj, lambda o=obj: self.s3.delete_object(Bucket=bucket, Key=self._split(o)[1]))
