@@ -244,13 +244,17 @@ def rows_of_step(step: int, batch: int, n: int, seed: int) -> list[int]:
 
 # --- Loss and evaluation -------------------------------------------------------------------------------------
 
+def forward_logits(model, batch: dict, device, amp) -> torch.Tensor:
+    # No KV cache: with one, transformers skips deriving per-example attention from packed position ids.
+    with torch.autocast(device.type, dtype=amp) if amp else nullcontext():
+        return model(input_ids=batch["input_ids"].to(device), position_ids=batch["position_ids"].to(device),
+                     use_cache=False).logits
+
+
 def token_losses(model, batch: dict, device, amp) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-row summed loss, target-token count and correct next-token predictions."""
-    ids, pos = batch["input_ids"].to(device), batch["position_ids"].to(device)
     labels = batch["labels"][:, 1:].to(device)
-    with torch.autocast(device.type, dtype=amp) if amp else nullcontext():
-        logits = model(input_ids=ids, position_ids=pos).logits[:, :-1]
-    logits = logits.float()
+    logits = forward_logits(model, batch, device, amp)[:, :-1].float()
     loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=d.IGNORE,
                            reduction="none").view(labels.shape)
     mask = labels != d.IGNORE
