@@ -49,5 +49,39 @@ def crd() -> None:
     print(crd_yaml(), end="")
 
 
+PLACEHOLDER_UID = "00000000-0000-0000-0000-000000000000"
+
+
+@app.command()
+def render(file: Path = typer.Argument(..., exists=True, dir_okay=False, readable=True)) -> None:
+    """Print the Kubernetes objects the operator creates for each FineTuneJob in FILE (same builder, no cluster)."""
+    import yaml
+
+    from kubetune.operator.children import render as render_children
+    from kubetune.operator.settings import OperatorSettings
+
+    docs = [d for d in load_documents(file.read_text()) if is_finetunejob(d)]
+    settings, failed, objects = OperatorSettings(), False, []
+    for doc in docs:
+        doc.setdefault("metadata", {}).setdefault("namespace", "default")
+        job, errors = validate_manifest(doc)
+        for e in errors:
+            err.print(f"{file}: {e}", markup=False)
+        if errors:
+            failed = True
+            continue
+        job.metadata.uid = job.metadata.uid or PLACEHOLDER_UID
+        job.metadata.generation = job.metadata.generation or 1
+        objects += render_children(job, settings)
+    if not docs:
+        err.print(f"{file}: no FineTuneJob in the file", markup=False)
+        failed = True
+    yaml.SafeDumper.add_representer(str, lambda dumper, value: dumper.represent_scalar(
+        "tag:yaml.org,2002:str", value, style="|" if "\n" in value else None))  # the spec file stays readable
+    print(f"# uids are placeholders ({PLACEHOLDER_UID}): the API server assigns them\n"
+          + yaml.safe_dump_all(objects, sort_keys=False), end="")
+    raise typer.Exit(1 if failed else 0)
+
+
 if __name__ == "__main__":
     app()

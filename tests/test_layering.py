@@ -10,10 +10,18 @@ def test_import_contracts_hold():
     lint = Path(sys.executable).with_name("lint-imports")
     result = subprocess.run([str(lint)], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "Contracts: 3 kept, 0 broken" in result.stdout
+    assert "Contracts: 4 kept, 0 broken" in result.stdout
 
 
 def test_cli_and_api_load_without_torch_or_kopf():
     code = "import sys, kubetune.cli, kubetune.api; print(sorted({'torch', 'kopf', 'transformers'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_operator_and_trainer_load_without_each_others_stack():
+    operator = "import sys, kubetune.operator.handlers, kubetune.operator.__main__; print(sorted({'torch', 'transformers', 'peft', 'kubetune.trainer'} & set(sys.modules)))"
+    trainer = "import sys, kubetune.trainer.loop, kubetune.trainer.__main__; print(sorted({'kopf', 'kubernetes', 'kubetune.operator'} & set(sys.modules)))"
+    for code in (operator, trainer):
+        out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == "[]", code

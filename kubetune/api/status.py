@@ -147,6 +147,9 @@ class FineTuneJobStatus(APIModel):
     """The trainer Job of the current run."""
     run_id: str | None = None
     """Identifier of the current run; its artifacts live under output.uri/<runId>/."""
+    spec_hash: str | None = None
+    """Hash of the training-defining spec of the current run: a spec edit that changes it starts a new run,
+    one that does not (suspend, runPolicy deadlines and TTL) applies in place."""
     start_time: datetime | None = None
     """When the current run's trainer started."""
     completion_time: datetime | None = None

@@ -1,0 +1,246 @@
+"""What a FineTuneJob becomes in the cluster: pure functions from the resource to its children (no I/O).
+
+`kubetune render` prints exactly these objects. One run (one training-defining spec) has one Job named
+`<name>-g<generation>`; its spec ConfigMap and, for several nodes, a headless Service carry the same name and
+are owned by the Job, so the Job's TTL cleanup or deletion removes them and keeps the FineTuneJob.
+"""
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+
+from kubetune.api import FineTuneJob, contract
+from kubetune.api.job import API_VERSION, KIND
+from kubetune.operator.settings import OperatorSettings
+
+LABEL_FINETUNEJOB = "kubetune.io/finetunejob"
+LABEL_RUN_ID = "kubetune.io/run-id"
+LABEL_JOB_NAME = "batch.kubernetes.io/job-name"  # set by the Job controller on its pods
+LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
+ANNOTATION_SPEC_HASH = "kubetune.io/spec-hash"
+ANNOTATION_GENERATION = "kubetune.io/generation"
+CONTAINER = "trainer"
+CACHE_DIR = "/var/cache/kubetune"
+# Preempted pods get SIGTERM and this long to write a synchronous checkpoint before SIGKILL.
+TERMINATION_GRACE_SECONDS = 300
+# Spec fields that change how a run is executed, not what it trains: applied to the running Job in place.
+IN_PLACE_FIELDS = ("suspend", ("runPolicy", "activeDeadlineSeconds"), ("runPolicy", "ttlSecondsAfterFinished"))
+CREDENTIAL_KEYS = {"AWS_ACCESS_KEY_ID": False, "AWS_SECRET_ACCESS_KEY": False, "AWS_SESSION_TOKEN": True}
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run: a training-defining spec of one resource instance."""
+
+    generation: int
+    run_id: str
+    spec_hash: str
+    job_name: str
+
+
+def training_hash(job: FineTuneJob) -> str:
+    """Hash of everything in the spec that defines the training (all but IN_PLACE_FIELDS)."""
+    spec = job.spec.to_wire()
+    for field in IN_PLACE_FIELDS:
+        if isinstance(field, tuple):
+            spec.get(field[0], {}).pop(field[1], None)
+        else:
+            spec.pop(field, None)
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def current_run(job: FineTuneJob) -> Run:
+    """The run the spec asks for: the status' run while its spec hash still matches, else a new one at the
+    current generation. Level-based: a restarted operator derives the same run, hence the same Job name."""
+    spec_hash, status = training_hash(job), job.status
+    match = re.match(r"^g(\d+)-", status.run_id or "") if status else None
+    if status and status.spec_hash == spec_hash and match:
+        generation = int(match.group(1))
+    else:
+        generation = job.metadata.generation or 1
+    return Run(generation, contract.run_id(generation, job.metadata.uid or ""), spec_hash,
+               f"{job.metadata.name}-g{generation}")
+
+
+def labels(job: FineTuneJob, run: Run) -> dict[str, str]:
+    return {"app.kubernetes.io/name": "kubetune-trainer", "app.kubernetes.io/managed-by": "kubetune",
+            "app.kubernetes.io/instance": job.metadata.name, LABEL_FINETUNEJOB: job.metadata.name,
+            LABEL_RUN_ID: run.run_id}
+
+
+def owner_reference(api_version: str, kind: str, name: str, uid: str) -> dict:
+    return {"apiVersion": api_version, "kind": kind, "name": name, "uid": uid, "controller": True,
+            "blockOwnerDeletion": True}
+
+
+def metadata(job: FineTuneJob, run: Run, owner: dict) -> dict:
+    return {"name": run.job_name, "namespace": job.metadata.namespace, "labels": labels(job, run),
+            "ownerReferences": [owner]}
+
+
+def spec_document(job: FineTuneJob) -> str:
+    """The FineTuneJob as the trainer reads it (no status: the trainer must not depend on it)."""
+    meta = {k: v for k, v in job.metadata.model_dump(exclude_none=True).items()
+            if k in ("name", "namespace", "uid", "generation")}
+    return json.dumps({"apiVersion": API_VERSION, "kind": KIND, "metadata": meta, "spec": job.spec.to_wire()},
+                      indent=2, sort_keys=True)
+
+
+def trainer_command(job: FineTuneJob) -> list[str]:
+    """One process per GPU through torchrun when there is more than one; the trainer takes its rank and world
+    size from the environment torchrun sets."""
+    gpus, nodes = job.spec.resources.gpus_per_node, job.spec.nodes
+    if nodes > 1:
+        return ["torchrun", f"--nnodes={nodes}", f"--nproc-per-node={max(gpus, 1)}", "--node-rank=$(NODE_RANK)",
+                "--master-addr=$(MASTER_ADDR)", "--master-port=$(MASTER_PORT)", "-m", "kubetune.trainer"]
+    if gpus > 1:
+        return ["torchrun", "--standalone", f"--nproc-per-node={gpus}", "-m", "kubetune.trainer"]
+    return ["kubetune-train"]
+
+
+def trainer_env(job: FineTuneJob, run: Run, settings: OperatorSettings) -> list[dict]:
+    env = [{"name": contract.RUN_ID_ENV, "value": run.run_id},
+           {"name": contract.SPEC_FILE_ENV, "value": f"{contract.SPEC_MOUNT_DIR}/{contract.SPEC_FILE_NAME}"},
+           {"name": "KUBETUNE_TRAINER_CACHE_DIR", "value": CACHE_DIR},
+           {"name": "KUBETUNE_TRAINER_METRICS_PORT", "value": str(contract.METRICS_PORT)},
+           {"name": "HOME", "value": "/tmp"}]
+    secret = job.spec.storage.secret_ref
+    if secret:  # keys by reference only: they never appear in the Job, the spec or the status
+        env += [{"name": key, "valueFrom": {"secretKeyRef": {"name": secret.name, "key": key,
+                                                             **({"optional": True} if optional else {})}}}
+                for key, optional in CREDENTIAL_KEYS.items()]
+    if job.spec.nodes > 1:
+        env += [{"name": "NODE_RANK", "valueFrom": {"fieldRef": {
+                    "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}},
+                {"name": "MASTER_ADDR", "value": f"{run.job_name}-0.{run.job_name}"},
+                {"name": "MASTER_PORT", "value": str(settings.rendezvous_port)}]
+    return env
+
+
+def container_resources(job: FineTuneJob) -> dict:
+    r = job.spec.resources
+    requests: dict[str, str] = {}
+    limits: dict[str, str] = {}
+    if r.cpu:
+        requests["cpu"] = str(r.cpu)  # no CPU limit: throttling a data loader only slows the GPU down
+    if r.memory:
+        requests["memory"] = limits["memory"] = str(r.memory)
+    if r.gpus_per_node:
+        requests[r.gpu_resource_name] = limits[r.gpu_resource_name] = str(r.gpus_per_node)
+    return {k: v for k, v in (("requests", requests), ("limits", limits)) if v}
+
+
+def pod_spec(job: FineTuneJob, run: Run, settings: OperatorSettings) -> dict:
+    spec, sched = job.spec, job.spec.scheduling
+    node_selector = dict(sched.node_selector or {})
+    if spec.resources.gpu_product:
+        node_selector["nvidia.com/gpu.product"] = spec.resources.gpu_product
+    tolerations = [t.to_wire() for t in sched.tolerations or []]
+    gpu_toleration = {"key": spec.resources.gpu_resource_name, "operator": "Exists", "effect": "NoSchedule"}
+    if spec.resources.gpus_per_node and gpu_toleration not in tolerations:
+        tolerations.append(gpu_toleration)
+    pod = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,  # the trainer needs no Kubernetes API access
+        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
+        "securityContext": {"runAsNonRoot": True, "runAsUser": settings.run_as_user,
+                            "runAsGroup": settings.run_as_user, "fsGroup": settings.run_as_user,
+                            "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [{
+            "name": CONTAINER,
+            "image": spec.image or settings.trainer_image,
+            "imagePullPolicy": settings.image_pull_policy,
+            "command": trainer_command(job),
+            "env": trainer_env(job, run, settings),
+            "ports": [{"name": "metrics", "containerPort": contract.METRICS_PORT, "protocol": "TCP"}],
+            "resources": container_resources(job),
+            "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}},
+            "terminationMessagePolicy": "FallbackToLogsOnError",
+            "volumeMounts": [{"name": "spec", "mountPath": contract.SPEC_MOUNT_DIR, "readOnly": True},
+                             {"name": "cache", "mountPath": CACHE_DIR},
+                             {"name": "tmp", "mountPath": "/tmp"},
+                             {"name": "dshm", "mountPath": "/dev/shm"}],
+        }],
+        "volumes": [{"name": "spec", "configMap": {"name": run.job_name}},
+                    {"name": "cache", "emptyDir": {}},
+                    {"name": "tmp", "emptyDir": {}},
+                    {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.resources.shared_memory}}],
+    }
+    if node_selector:
+        pod["nodeSelector"] = node_selector
+    if tolerations:
+        pod["tolerations"] = tolerations
+    if sched.affinity:
+        pod["affinity"] = sched.affinity
+    if sched.priority_class_name:
+        pod["priorityClassName"] = sched.priority_class_name
+    if spec.nodes > 1:
+        pod["subdomain"] = run.job_name
+    return pod
+
+
+def build_job(job: FineTuneJob, run: Run, settings: OperatorSettings) -> dict:
+    spec, policy = job.spec, job.spec.run_policy
+    meta = metadata(job, run, owner_reference(API_VERSION, KIND, job.metadata.name, job.metadata.uid or ""))
+    meta["annotations"] = {ANNOTATION_SPEC_HASH: run.spec_hash, ANNOTATION_GENERATION: str(run.generation)}
+    if spec.scheduling.queue_name:
+        meta["labels"][LABEL_KUEUE_QUEUE] = spec.scheduling.queue_name
+    job_spec = {
+        # Kueue admits a queued Job by unsuspending it, so such a Job starts suspended.
+        "suspend": spec.suspend or bool(spec.scheduling.queue_name),
+        "completions": spec.nodes,
+        "parallelism": spec.nodes,
+        "backoffLimit": policy.backoff_limit,
+        "podFailurePolicy": {"rules": [
+            # Retrying cannot fix bad input or the same out-of-memory: fail at once.
+            {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In",
+                                                  "values": [contract.EXIT_BAD_INPUT, contract.EXIT_OUT_OF_MEMORY]}},
+            # Preemption, eviction and node drains are not the trainer's failure: do not count them.
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        ]},
+        "template": {"metadata": {"labels": labels(job, run)}, "spec": pod_spec(job, run, settings)},
+    }
+    if spec.nodes > 1:
+        job_spec["completionMode"] = "Indexed"
+    if policy.active_deadline_seconds:
+        job_spec["activeDeadlineSeconds"] = policy.active_deadline_seconds
+    if policy.ttl_seconds_after_finished is not None:
+        job_spec["ttlSecondsAfterFinished"] = policy.ttl_seconds_after_finished
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": job_spec}
+
+
+def build_dependents(job: FineTuneJob, run: Run, job_uid: str, settings: OperatorSettings) -> list[dict]:
+    """The spec ConfigMap and, for several nodes, the headless Service for torchrun's rendezvous; owned by the
+    Job (known once it exists) so they go when it goes."""
+    owner = owner_reference("batch/v1", "Job", run.job_name, job_uid)
+    objects = [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata(job, run, owner), "immutable": True,
+                "data": {contract.SPEC_FILE_NAME: spec_document(job)}}]
+    if job.spec.nodes > 1:
+        objects.append({"apiVersion": "v1", "kind": "Service", "metadata": metadata(job, run, owner), "spec": {
+            "clusterIP": "None", "publishNotReadyAddresses": True, "selector": {LABEL_JOB_NAME: run.job_name},
+            "ports": [{"name": "rendezvous", "port": settings.rendezvous_port,
+                                              "targetPort": settings.rendezvous_port}]}})
+    return objects
+
+
+def in_place_patch(job: FineTuneJob, observed: dict) -> dict | None:
+    """The Job fields to change so a running run follows the in-place spec fields; None when it already does.
+    With a Kueue queue the operator only ever suspends: admission (unsuspending) is Kueue's."""
+    spec, observed_spec = job.spec, observed.get("spec", {})
+    patch: dict = {}
+    if spec.suspend and not observed_spec.get("suspend"):
+        patch["suspend"] = True
+    elif not spec.suspend and observed_spec.get("suspend") and not spec.scheduling.queue_name:
+        patch["suspend"] = False
+    for field, value in (("activeDeadlineSeconds", spec.run_policy.active_deadline_seconds),
+                         ("ttlSecondsAfterFinished", spec.run_policy.ttl_seconds_after_finished)):
+        if observed_spec.get(field) != value:
+            patch[field] = value
+    return {"spec": patch} if patch else None
+
+
+def render(job: FineTuneJob, settings: OperatorSettings) -> list[dict]:
+    """Every child of a new run, in creation order (the Job's uid is assigned by the API server)."""
+    run = current_run(job)
+    return [build_job(job, run, settings), *build_dependents(job, run, job.metadata.uid or "", settings)]

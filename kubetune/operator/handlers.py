@@ -1,0 +1,50 @@
+"""kopf handlers: the only module that imports kopf. Each one just names the FineTuneJob to reconcile; all the
+logic is in `reconcile` (I/O) and the pure builders it calls."""
+import logging
+
+import kopf
+
+from kubetune.api import GROUP, PLURAL, VERSION
+from kubetune.operator.children import LABEL_FINETUNEJOB
+from kubetune.operator.kube import Kube
+from kubetune.operator.reconcile import COMPONENT, reconcile
+from kubetune.operator.settings import OperatorSettings
+
+ACTIVE_PHASES = ("Pending", "Running")
+RETRY_SECONDS = 5
+
+
+def register(settings: OperatorSettings, kube: Kube) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.startup(registry=registry)
+    def configure(settings: kopf.OperatorSettings, **_) -> None:
+        # kopf's own bookkeeping lives in annotations under our domain, never in .status (which is the API).
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
+        settings.persistence.finalizer = f"{GROUP}/finalizer"
+        settings.posting.level = logging.WARNING  # our own events tell the story; kopf adds only its warnings
+        settings.posting.reporting_component = COMPONENT
+        settings.peering.standalone = True  # one leader via the Lease (see leader.py)
+
+    kopf.on.login(registry=registry)(kopf.login_via_client)
+
+    @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry, backoff=RETRY_SECONDS)
+    @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry, backoff=RETRY_SECONDS)
+    @kopf.on.update(GROUP, VERSION, PLURAL, registry=registry, backoff=RETRY_SECONDS)
+    def finetunejob_changed(namespace: str, name: str, **_) -> None:
+        reconcile(kube, settings, namespace, name)
+
+    @kopf.on.event("batch", "v1", "jobs", labels={LABEL_FINETUNEJOB: kopf.PRESENT}, registry=registry)
+    @kopf.on.event("v1", "pods", labels={LABEL_FINETUNEJOB: kopf.PRESENT}, registry=registry)
+    def child_changed(namespace: str, labels: dict, **_) -> None:
+        reconcile(kube, settings, namespace, labels[LABEL_FINETUNEJOB])
+
+    def active(status: dict, **_) -> bool:
+        return status.get("phase") in ACTIVE_PHASES
+
+    @kopf.timer(GROUP, VERSION, PLURAL, interval=settings.progress_interval_seconds, when=active, registry=registry)
+    def read_progress(namespace: str, name: str, **_) -> None:
+        reconcile(kube, settings, namespace, name, scrape=True)
+
+    return registry

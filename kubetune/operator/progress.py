@@ -1,0 +1,48 @@
+"""Live progress: the operator reads the trainer's Prometheus endpoint (rank 0's pod IP, contract port) on a
+timer. Trainer pods need no rights over any object for their progress to reach the FineTuneJob status."""
+import urllib.request
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from kubetune.api import contract
+
+FIELDS = {contract.METRIC_STEP: "step", contract.METRIC_TOTAL_STEPS: "total_steps", contract.METRIC_EPOCH: "epoch",
+          contract.METRIC_TRAIN_LOSS: "train_loss", contract.METRIC_EVAL_LOSS: "eval_loss",
+          contract.METRIC_LEARNING_RATE: "learning_rate", contract.METRIC_TOKENS_PER_SECOND: "tokens_per_second",
+          contract.METRIC_ETA_SECONDS: "eta_seconds"}
+
+
+def parse(text: str) -> dict:
+    """The contract's gauges as a sample dict; `best` is (metric name, value). Absent gauges are absent keys."""
+    sample: dict = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name in FIELDS:
+                sample[FIELDS[s.name]] = s.value
+            elif s.name == contract.METRIC_BEST:
+                sample["best"] = (s.labels.get("metric", "loss"), s.value)
+    if not sample.get("eval_loss"):
+        sample.pop("eval_loss", None)  # a gauge that was never set reads 0, which is no evaluation yet
+    return sample
+
+
+def metrics_pod(pods: list[dict]) -> dict | None:
+    """The running pod of rank 0 (completion index 0 for several nodes), which serves the metrics."""
+    running = [p for p in pods if p.get("status", {}).get("phase") == "Running" and p["status"].get("podIP")]
+    index = "batch.kubernetes.io/job-completion-index"
+    running.sort(key=lambda p: (p["metadata"].get("annotations", {}).get(index, "0") != "0",
+                                p["metadata"].get("creationTimestamp", "")))
+    return running[0] if running else None
+
+
+def scrape(pods: list[dict], timeout: float) -> dict | None:
+    """The latest sample, or None when no pod serves one (yet): the status then keeps the previous one."""
+    pod = metrics_pod(pods)
+    if pod is None:
+        return None
+    url = f"http://{pod['status']['podIP']}:{contract.METRICS_PORT}/metrics"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (pod IPs only)
+            return parse(response.read().decode()) or None
+    except (OSError, ValueError):
+        return None

@@ -1,0 +1,41 @@
+"""Operator configuration, from the environment (KUBETUNE_OPERATOR_*), so a Deployment or Helm values set it."""
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class OperatorSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="KUBETUNE_OPERATOR_", frozen=True)
+
+    namespaces: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Namespaces to watch (JSON list or comma-separated); empty watches the whole cluster."""
+    trainer_image: str = "ghcr.io/kubetune/trainer:0.1.0"
+    """Trainer image for FineTuneJobs without spec.image."""
+    image_pull_policy: str = "IfNotPresent"
+    progress_interval_seconds: float = Field(10.0, gt=0)
+    """How often a running job's trainer metrics are read into its status."""
+    scrape_timeout_seconds: float = Field(3.0, gt=0)
+    metrics_port: int = Field(8080, ge=0, le=65535)
+    """The operator's own Prometheus endpoint (0: off)."""
+    health_port: int = Field(8081, ge=0, le=65535)
+    """kopf's liveness endpoint /healthz (0: off)."""
+    leader_election: bool = True
+    """Run only while holding the Lease, so several replicas never reconcile at once."""
+    lease_name: str = "kubetune-operator"
+    lease_namespace: str = "kubetune-system"
+    lease_duration_seconds: int = Field(15, ge=2)
+    identity: str = ""
+    """This replica's name in the Lease (default: hostname and pid)."""
+    run_as_user: int = Field(1000, ge=1)
+    """UID of trainer pods (non-root, restricted PodSecurity)."""
+    rendezvous_port: int = 29500
+    max_runs_kept: int = Field(10, ge=1, le=10)
+    """Earlier runs remembered in status.runs."""
+
+    @field_validator("namespaces", mode="before")
+    @classmethod
+    def _comma_separated(cls, value):
+        if isinstance(value, str):
+            return [n.strip() for n in value.split(",") if n.strip()]
+        return value

@@ -1,0 +1,248 @@
+"""FineTuneJob status from what is observed, level-based: a pure function of the resource (with its previous
+status), the current run's Job and Pods, and the trainer's latest metrics. No I/O; the same inputs always give
+the same status, so a restarted operator continues where the last one stopped.
+"""
+import json
+from dataclasses import dataclass
+from datetime import datetime
+
+from kubetune.api import Condition, ConditionType, FineTuneJob, FineTuneJobStatus, Reason, contract
+from kubetune.api.status import Artifacts, BestMetric, Metrics, Progress, RunRecord
+from kubetune.operator.children import CONTAINER, Run
+
+TERMINAL = ("Succeeded", "Failed")
+PULL_ERRORS = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverPull")
+
+
+@dataclass(frozen=True)
+class State:
+    phase: str
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+def parse_time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+
+
+def job_condition(job: dict, kind: str) -> dict | None:
+    return next((c for c in job.get("status", {}).get("conditions") or []
+                 if c.get("type") == kind and c.get("status") == "True"), None)
+
+
+def terminated(pod: dict) -> dict | None:
+    for cs in pod.get("status", {}).get("containerStatuses") or []:
+        if cs.get("name") == CONTAINER and "terminated" in (cs.get("state") or {}):
+            return cs["state"]["terminated"]
+    return None
+
+
+def termination_json(pod: dict) -> dict | None:
+    """The trainer's ≤4 KB termination message, when it is the trainer's JSON (not a log tail)."""
+    message = (terminated(pod) or {}).get("message") or ""
+    try:
+        value = json.loads(message)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def failure_of(pod: dict) -> tuple[str, str] | None:
+    """(reason, message) of a failed trainer pod, from its exit code and termination message."""
+    t = terminated(pod)
+    if pod.get("status", {}).get("phase") != "Failed" and not (t and t.get("exitCode")):
+        return None
+    t = t or {}
+    error = (termination_json(pod) or {}).get("error") or {}
+    code = t.get("exitCode")
+    message = error.get("message") or t.get("message") or pod.get("status", {}).get("message") or ""
+    if t.get("reason") == "OOMKilled" or code == contract.EXIT_OUT_OF_MEMORY:
+        return Reason.OOM_KILLED, message or "the trainer ran out of memory"
+    if code == contract.EXIT_BAD_INPUT:
+        return Reason.BAD_INPUT, message
+    return error.get("reason") or t.get("reason") or "Error", message or f"exit code {code}"
+
+
+def pending_state(pods: list[dict]) -> State:
+    for pod in pods:
+        status = pod.get("status", {})
+        for c in status.get("conditions") or []:
+            if c.get("type") == "PodScheduled" and c.get("status") == "False" and c.get("reason") == "Unschedulable":
+                return State("Pending", Reason.UNSCHEDULABLE, c.get("message", ""))
+        for cs in status.get("containerStatuses") or []:
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in PULL_ERRORS:
+                return State("Pending", Reason.IMAGE_PULL_BACK_OFF, waiting.get("message") or waiting["reason"])
+    return State("Pending", Reason.PENDING, "waiting for the trainer pod to start")
+
+
+def observe(job: FineTuneJob, child: dict | None, pods: list[dict], summary: dict | None) -> State:
+    spec = job.spec
+    if child is None:
+        return State("Pending", Reason.CREATED, "creating the trainer Job")
+    if job_condition(child, "Complete") or job_condition(child, "SuccessCriteriaMet"):
+        reason = (summary or {}).get("stopReason") or Reason.COMPLETED
+        return State("Succeeded", reason, succeeded_message(summary))
+    failed = job_condition(child, "Failed") or job_condition(child, "FailureTarget")
+    if failed:
+        if failed.get("reason") == "DeadlineExceeded":
+            return State("Failed", Reason.DEADLINE_EXCEEDED, failed.get("message", ""))
+        causes = [f for f in map(failure_of, reversed(pods)) if f]
+        if causes:
+            reason, message = causes[0]
+            if reason not in (Reason.OOM_KILLED, Reason.BAD_INPUT):
+                reason = Reason.BACKOFF_LIMIT_EXCEEDED if failed.get("reason") == "BackoffLimitExceeded" else reason
+            return State("Failed", reason, message)
+        return State("Failed", failed.get("reason") or "Failed", failed.get("message", ""))
+    if child.get("spec", {}).get("suspend"):
+        if spec.suspend:
+            return State("Suspended", Reason.SUSPENDED, "spec.suspend is true")
+        queue = spec.scheduling.queue_name
+        return State("Queued", Reason.QUEUED, f"waiting for admission by Kueue queue {queue}" if queue
+                     else "waiting for the Job to be resumed")
+    if any(p.get("status", {}).get("phase") == "Running" for p in pods):
+        return State("Running", Reason.RUNNING, "training")
+    failures = [f for f in map(failure_of, pods) if f]
+    if failures:
+        reason, message = failures[-1]
+        return State("Running", Reason.RESTARTING, f"retrying after {reason}: {message}"[:1000])
+    return pending_state(pods)
+
+
+def succeeded_message(summary: dict | None) -> str:
+    if not summary:
+        return "the trainer finished"
+    loss = (summary.get("eval") or {}).get("loss")
+    return (f"{summary.get('stopReason')} after {summary.get('steps')} steps"
+            + (f", eval loss {loss:.4g}" if isinstance(loss, (int, float)) else ""))
+
+
+def conditions(state: State, previous: list[Condition], generation: int | None, now: datetime) -> list[Condition]:
+    truth = {
+        ConditionType.READY: state.phase == "Succeeded",
+        ConditionType.RECONCILING: state.phase in ("Pending", "Running"),
+        ConditionType.STALLED: state.phase == "Failed",
+        ConditionType.SUSPENDED: state.phase in ("Suspended", "Queued"),
+        ConditionType.RUNNING: state.phase == "Running",
+        ConditionType.SUCCEEDED: state.phase == "Succeeded",
+        ConditionType.FAILED: state.phase == "Failed",
+    }
+    before = {c.type: c for c in previous}
+    out = []
+    for kind, holds in truth.items():
+        status = "True" if holds else "False"
+        old = before.get(kind)
+        # Kubernetes convention: the transition time moves only when the status does.
+        since = old.last_transition_time if old and old.status == status else now
+        out.append(Condition(type=kind, status=status, reason=state.reason, message=state.message[:1000],
+                             last_transition_time=since, observed_generation=generation))
+    return out
+
+
+def floats(values: dict | None) -> dict[str, float] | None:
+    clean = {k: float(v) for k, v in (values or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return clean or None
+
+
+def live_metrics(previous: Metrics | None, sample: dict | None, summary: dict | None) -> Metrics | None:
+    m = (previous or Metrics()).model_copy()
+    if sample:
+        for key in ("train_loss", "eval_loss", "tokens_per_second", "learning_rate"):
+            if sample.get(key) is not None:
+                setattr(m, key, sample[key])
+        if sample.get("best"):
+            name, value = sample["best"]
+            m.best = BestMetric(name=name, value=value, step=(m.best.step if m.best else 0))
+    if summary:
+        ev = summary.get("eval") or {}
+        m.eval_loss = ev.get("loss", m.eval_loss)
+        best = summary.get("best")
+        if best and best.get("value") is not None:
+            m.best = BestMetric(name=best["name"], value=best["value"], step=best.get("step") or 0)
+        m.baseline = floats(summary.get("baseline")) or m.baseline
+        m.test = floats(summary.get("test")) or m.test
+    return m if m != Metrics() else None
+
+
+def progress_of(previous: Progress | None, sample: dict | None, summary: dict | None, phase: str) -> Progress | None:
+    if summary:
+        total = summary.get("totalSteps")
+        return Progress(step=summary.get("steps", 0), total_steps=total, epoch=summary.get("epochs"), percent=100,
+                        eta_seconds=0)
+    if sample and sample.get("step") is not None:
+        step, total = int(sample["step"]), sample.get("total_steps")
+        total = int(total) if total else None
+        percent = min(100, int(100 * step / total)) if total else 0
+        eta = sample.get("eta_seconds")
+        return Progress(step=step, total_steps=total, epoch=sample.get("epoch"), percent=percent,
+                        eta_seconds=int(eta) if eta is not None and phase == "Running" else None)
+    return previous
+
+
+def archive(previous: FineTuneJobStatus) -> RunRecord:
+    """The record of a run that a spec change replaced (or that had ended)."""
+    m = previous.metrics
+    return RunRecord(generation=int(previous.run_id.split("-")[0][1:]), job_name=previous.job_name or "",
+                     phase=previous.phase or "Pending",
+                     reason=(next((c.reason for c in previous.conditions if c.type == ConditionType.READY), None)
+                             if previous.phase in TERMINAL else Reason.SPEC_CHANGED),
+                     start_time=previous.start_time, completion_time=previous.completion_time,
+                     eval_loss=m.eval_loss if m else None,
+                     artifacts_uri=previous.artifacts.uri if previous.artifacts else None)
+
+
+def compute_status(job: FineTuneJob, run: Run, child: dict | None, pods: list[dict], sample: dict | None,
+                   now: datetime, max_runs: int = 10) -> tuple[FineTuneJobStatus, list[Event]]:
+    """The status to write and the events to post (one per change of phase or reason)."""
+    prior = job.status or FineTuneJobStatus()
+    same_run = prior.run_id == run.run_id and prior.spec_hash == run.spec_hash
+    runs = list(prior.runs)
+    events: list[Event] = []
+    if not same_run:
+        if prior.run_id:
+            runs = [archive(prior), *runs][:max_runs]
+            events.append(Event("Normal", Reason.SPEC_CHANGED,
+                                f"the training spec changed: run {run.run_id} replaces {prior.run_id}"))
+        prior = FineTuneJobStatus(runs=runs)
+    elif child is None and prior.phase in TERMINAL:
+        return prior, []  # the Job's TTL removed it; the outcome stays on the status
+
+    summary = next((s for s in map(termination_json, pods) if s and "stopReason" in s), None)
+    state = observe(job, child, pods, summary)
+    child_status = (child or {}).get("status", {})
+    starts = [parse_time(p.get("status", {}).get("startTime")) for p in pods]
+    start = prior.start_time or parse_time(child_status.get("startTime")) or min(filter(None, starts), default=None)
+    end = parse_time(child_status.get("completionTime"))
+    if state.phase == "Failed" and not end:
+        end = prior.completion_time or now
+    attempts = max(len(pods), prior.attempts)
+    output = f"{job.spec.output.uri.rstrip('/')}/{run.run_id}"
+    artifacts = Artifacts(uri=output, checkpoint_uri=f"{output}/{contract.CHECKPOINTS_DIR}/")
+    if summary and summary.get("artifacts"):
+        a = summary["artifacts"]
+        artifacts = Artifacts(uri=a.get("uri", output), model_uri=a.get("modelUri"), merged_uri=a.get("mergedUri"),
+                              summary_uri=a.get("summaryUri"), checkpoint_uri=None)
+    status = FineTuneJobStatus(
+        observed_generation=job.metadata.generation, phase=state.phase,
+        conditions=conditions(state, prior.conditions, job.metadata.generation, now),
+        job_name=run.job_name, run_id=run.run_id, spec_hash=run.spec_hash,
+        start_time=start, completion_time=end if state.phase in TERMINAL else None,
+        attempts=attempts, restarts=max(0, attempts - job.spec.nodes),
+        progress=progress_of(prior.progress, sample, summary, state.phase),
+        metrics=live_metrics(prior.metrics, sample, summary),
+        stop_reason=(summary or {}).get("stopReason") or prior.stop_reason,
+        artifacts=artifacts, runs=runs)
+    was = next((c for c in prior.conditions if c.type == ConditionType.READY), None)
+    if not was or was.reason != state.reason or prior.phase != state.phase:
+        warn = state.phase == "Failed" or state.reason in (Reason.UNSCHEDULABLE, Reason.IMAGE_PULL_BACK_OFF,
+                                                           Reason.RESTARTING)
+        events.append(Event("Warning" if warn else "Normal", state.reason,
+                            f"{state.phase}: {state.message}" if state.message else state.phase))
+    return status, events

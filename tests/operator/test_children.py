@@ -1,0 +1,154 @@
+"""The pure builder: the children a FineTuneJob becomes, and which spec edits start a new run."""
+import json
+
+import pytest
+
+from kubetune.api import FineTuneJob, contract
+from kubetune.api.status import FineTuneJobStatus
+from kubetune.operator import children
+from kubetune.operator.settings import OperatorSettings
+from tests.api.cases import make_job
+
+SETTINGS = OperatorSettings(trainer_image="registry.example/trainer:1")
+UID = "0f1e2d3c-4b5a-6978-8695-a4b3c2d1e0f9"
+
+
+def ftj(patch: dict | None = None, generation: int = 1, status: dict | None = None) -> FineTuneJob:
+    doc = make_job(patch, name="chat")
+    doc["metadata"].update(namespace="team-a", uid=UID, generation=generation)
+    if status:
+        doc["status"] = status
+    return FineTuneJob.model_validate(doc)
+
+
+def built(patch: dict | None = None) -> tuple[dict, dict, list[dict]]:
+    job = ftj(patch)
+    run = children.current_run(job)
+    k8s_job = children.build_job(job, run, SETTINGS)
+    return k8s_job, k8s_job["spec"]["template"]["spec"], children.build_dependents(job, run, "job-uid", SETTINGS)
+
+
+def test_job_shape_single_gpu():
+    patch = {"spec": {"resources": {"gpusPerNode": 1, "memory": "32Gi", "cpu": "8",
+                                    "gpuProduct": "NVIDIA-H100-80GB-HBM3"}}}
+    job, pod, deps = built(patch)
+    assert job["metadata"]["name"] == "chat-g1"
+    assert job["metadata"]["ownerReferences"] == [{"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob",
+                                                   "name": "chat", "uid": UID, "controller": True,
+                                                   "blockOwnerDeletion": True}]
+    assert job["metadata"]["labels"][children.LABEL_RUN_ID] == "g1-0f1e2d3c"
+    assert job["spec"]["suspend"] is False and job["spec"]["completions"] == 1
+    assert "completionMode" not in job["spec"]
+    c = pod["containers"][0]
+    assert c["command"] == ["kubetune-train"]
+    assert c["image"] == "registry.example/trainer:1"
+    assert c["resources"] == {"requests": {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": "1"},
+                              "limits": {"memory": "32Gi", "nvidia.com/gpu": "1"}}
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    env = {e["name"]: e for e in c["env"]}
+    assert env[contract.RUN_ID_ENV]["value"] == "g1-0f1e2d3c"
+    assert env[contract.SPEC_FILE_ENV]["value"] == "/etc/kubetune/finetunejob.json"
+    assert pod["restartPolicy"] == "Never" and pod["automountServiceAccountToken"] is False
+    # the spec reaches the trainer through a ConfigMap owned by the Job (TTL cleanup takes it along)
+    [config] = deps
+    assert config["kind"] == "ConfigMap" and config["immutable"] is True
+    assert config["metadata"]["ownerReferences"][0]["kind"] == "Job"
+    handed = json.loads(config["data"][contract.SPEC_FILE_NAME])
+    assert FineTuneJob.model_validate(handed).spec == ftj(patch).spec
+    assert "status" not in handed
+
+
+def test_restricted_security_context():
+    _, pod, _ = built()
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    sc = pod["containers"][0]["securityContext"]
+    assert sc == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True,
+                  "capabilities": {"drop": ["ALL"]}}
+
+
+def test_credentials_only_by_reference():
+    job, pod, deps = built({"spec": {"storage": {"secretRef": {"name": "s3-keys"}}}})
+    env = {e["name"]: e for e in pod["containers"][0]["env"]}
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        assert env[key] == {"name": key, "valueFrom": {"secretKeyRef": {"name": "s3-keys", "key": key}}}
+    assert env["AWS_SESSION_TOKEN"]["valueFrom"]["secretKeyRef"]["optional"] is True
+    assert "value" not in env["AWS_SECRET_ACCESS_KEY"]
+
+
+def test_fail_fast_on_bad_input_and_ignore_disruptions():
+    job, _, _ = built({"spec": {"runPolicy": {"backoffLimit": 5, "activeDeadlineSeconds": 3600,
+                                              "ttlSecondsAfterFinished": 600}}})
+    spec = job["spec"]
+    assert (spec["backoffLimit"], spec["activeDeadlineSeconds"], spec["ttlSecondsAfterFinished"]) == (5, 3600, 600)
+    fail, ignore = spec["podFailurePolicy"]["rules"]
+    assert fail["action"] == "FailJob" and fail["onExitCodes"]["values"] == [64, 65]
+    assert ignore == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+
+
+def test_multi_gpu_uses_torchrun_standalone():
+    _, pod, deps = built({"spec": {"resources": {"gpusPerNode": 4}, "hyperparameters": {"batchSize": 16}}})
+    assert pod["containers"][0]["command"][:3] == ["torchrun", "--standalone", "--nproc-per-node=4"]
+    assert len(deps) == 1
+
+
+def test_multi_node_indexed_job_with_headless_service():
+    job, pod, deps = built({"spec": {"nodes": 3, "resources": {"gpusPerNode": 8},
+                                     "hyperparameters": {"batchSize": 96, "microBatchSize": 4}}})
+    assert job["spec"]["completionMode"] == "Indexed"
+    assert job["spec"]["completions"] == job["spec"]["parallelism"] == 3
+    assert pod["subdomain"] == "chat-g1"
+    env = {e["name"]: e for e in pod["containers"][0]["env"]}
+    assert env["MASTER_ADDR"]["value"] == "chat-g1-0.chat-g1"
+    assert "job-completion-index" in env["NODE_RANK"]["valueFrom"]["fieldRef"]["fieldPath"]
+    assert "--nnodes=3" in pod["containers"][0]["command"]
+    service = deps[1]
+    assert service["kind"] == "Service" and service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["selector"] == {children.LABEL_JOB_NAME: "chat-g1"}
+
+
+def test_scheduling_and_kueue():
+    job, pod, _ = built({"spec": {"scheduling": {
+        "nodeSelector": {"pool": "a100"}, "priorityClassName": "training", "queueName": "team-a",
+        "tolerations": [{"key": "spot", "operator": "Exists", "effect": "NoSchedule"}]}}})
+    assert job["metadata"]["labels"][children.LABEL_KUEUE_QUEUE] == "team-a"
+    assert job["spec"]["suspend"] is True  # Kueue admits by unsuspending
+    assert pod["nodeSelector"] == {"pool": "a100"} and pod["priorityClassName"] == "training"
+    assert {"key": "spot", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+
+
+def test_suspend_maps_to_the_job():
+    job, _, _ = built({"spec": {"suspend": True}})
+    assert job["spec"]["suspend"] is True
+
+
+@pytest.mark.parametrize("patch, new_run", [
+    ({"spec": {"suspend": True}}, False),
+    ({"spec": {"runPolicy": {"activeDeadlineSeconds": 60, "ttlSecondsAfterFinished": 5}}}, False),
+    ({"metadata": {"labels": {"team": "x"}}}, False),
+    ({"spec": {"hyperparameters": {"maxSteps": 11}}}, True),
+    ({"spec": {"dataset": {"maxSeqLength": 512}}}, True),
+    ({"spec": {"runPolicy": {"backoffLimit": 1}}}, True),
+])
+def test_which_edits_start_a_new_run(patch, new_run):
+    first = ftj(generation=1)
+    run = children.current_run(first)
+    status = FineTuneJobStatus(run_id=run.run_id, spec_hash=run.spec_hash).to_wire()
+    edited = FineTuneJob.model_validate({**make_job(patch, name="chat"), "status": status} | {
+        "metadata": {**make_job(patch, name="chat")["metadata"], "namespace": "team-a", "uid": UID,
+                     "generation": 2}})
+    again = children.current_run(edited)
+    assert (again.run_id != run.run_id) is new_run
+    assert again.job_name == ("chat-g2" if new_run else "chat-g1")
+
+
+def test_in_place_patch():
+    observed = {"spec": {"suspend": False, "activeDeadlineSeconds": None}}
+    assert children.in_place_patch(ftj(), observed) is None
+    assert children.in_place_patch(ftj({"spec": {"suspend": True}}), observed) == {"spec": {"suspend": True}}
+    assert children.in_place_patch(ftj(), {"spec": {"suspend": True}}) == {"spec": {"suspend": False}}
+    # with a Kueue queue, unsuspending is Kueue's admission decision, never the operator's
+    queued = ftj({"spec": {"scheduling": {"queueName": "q"}}})
+    assert children.in_place_patch(queued, {"spec": {"suspend": True}}) is None
+    deadline = ftj({"spec": {"runPolicy": {"activeDeadlineSeconds": 99}}})
+    assert children.in_place_patch(deadline, observed) == {"spec": {"activeDeadlineSeconds": 99}}
