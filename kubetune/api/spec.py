@@ -15,11 +15,11 @@ Task = Literal["causal-lm", "sequence-classification"]
 MethodType = Literal["lora", "qlora", "full"]
 
 # Metrics each task can report, hence what early stopping may monitor.
-CAUSAL_LM_METRICS = ("loss", "perplexity", "tokenAccuracy")
+CAUSAL_LM_METRICS = ("loss", "perplexity", "tokenAccuracy", "exactMatch")
 CLASSIFICATION_METRICS = ("loss", "accuracy", "f1", "precision", "recall")
 REGRESSION_METRICS = ("loss", "mse", "mae", "r2")
-Metric = Literal["loss", "perplexity", "tokenAccuracy", "accuracy", "f1", "precision", "recall", "mse", "mae", "r2"]
-MAXIMISED_METRICS = ("tokenAccuracy", "accuracy", "f1", "precision", "recall", "r2")
+Metric = Literal["loss", "perplexity", "tokenAccuracy", "exactMatch", "accuracy", "f1", "precision", "recall", "mse", "mae", "r2"]
+MAXIMISED_METRICS = ("tokenAccuracy", "exactMatch", "accuracy", "f1", "precision", "recall", "r2")
 
 
 class BaseModelSource(APIModel):
@@ -102,9 +102,13 @@ class Freeze(APIModel):
     embeddings: bool = False
     """Keep the token embeddings frozen."""
     trainable_top_layers: int | None = Field(None, ge=0)
-    """Train only the top N transformer blocks (and the head); unset trains all of them."""
+    """Train only the top N transformer blocks (and the head); unset trains all of them. With gradual
+    unfreezing, the blocks that train from the start (unset: 0, only the head)."""
     unfreeze_every_steps: int | None = Field(None, ge=1)
-    """Gradual unfreezing: starting from trainableTopLayers, unfreeze one more block from the top every N steps."""
+    """Gradual unfreezing: starting from trainableTopLayers, unfreeze one more block from the top every N steps
+    (the embedding layer last)."""
+    unfreeze_every_epochs: int | None = Field(None, ge=1)
+    """Gradual unfreezing by epochs: one more block from the top every N epochs."""
 
 
 class Method(APIModel):
@@ -127,6 +131,13 @@ class Method(APIModel):
             message="freeze applies only when method.type is full",
             field="freeze",
             check=lambda m: m.freeze is None or m.type == "full",
+        ),
+        Rule(
+            cel="!has(self.freeze) || !has(self.freeze.unfreezeEverySteps) || !has(self.freeze.unfreezeEveryEpochs)",
+            message="set at most one of unfreezeEverySteps and unfreezeEveryEpochs",
+            field="freeze.unfreezeEveryEpochs",
+            check=lambda m: m.freeze is None or m.freeze.unfreeze_every_steps is None
+            or m.freeze.unfreeze_every_epochs is None,
         ),
     )
 
@@ -359,6 +370,12 @@ class FineTuneJobSpec(APIModel):
             message="output.mergeAdapter applies only to lora and qlora",
             field="output.mergeAdapter",
             check=lambda s: not s.output.merge_adapter or s.method.type in ("lora", "qlora"),
+        ),
+        Rule(
+            cel="self.task == 'causal-lm' || !self.dataset.packing",
+            message="dataset.packing applies only to causal-lm (a classifier scores one text per sequence)",
+            field="dataset.packing",
+            check=lambda s: s.task == "causal-lm" or not s.dataset.packing,
         ),
         Rule(
             cel="!has(self.classification) || self.task == 'sequence-classification'",
