@@ -14,6 +14,7 @@ from kubetune.operator.settings import OperatorSettings
 def main() -> None:
     settings = OperatorSettings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)  # not a line per handled event; errors stay
     if settings.metrics_port:
         prometheus_client.start_http_server(settings.metrics_port)
     kube = Kube()

@@ -20,6 +20,7 @@ LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
 ANNOTATION_SPEC_HASH = "kubetune.io/spec-hash"
 ANNOTATION_GENERATION = "kubetune.io/generation"
 CONTAINER = "trainer"
+EXIT_KILLED = 137  # SIGKILL: outside a disruption, the kernel's OOM killer
 CACHE_DIR = "/var/cache/kubetune"
 # Preempted pods get SIGTERM and this long to write a synchronous checkpoint before SIGKILL.
 TERMINATION_GRACE_SECONDS = 300
@@ -180,6 +181,12 @@ def pod_spec(job: FineTuneJob, run: Run, settings: OperatorSettings) -> dict:
     return pod
 
 
+def pod_metadata(job: FineTuneJob, run: Run, settings: OperatorSettings) -> dict:
+    copied = {k: v for k, v in (job.metadata.annotations or {}).items()
+              if any(k.startswith(prefix) for prefix in settings.pod_annotation_prefixes)}
+    return {"labels": labels(job, run), **({"annotations": copied} if copied else {})}
+
+
 def build_job(job: FineTuneJob, run: Run, settings: OperatorSettings) -> dict:
     spec, policy = job.spec, job.spec.run_policy
     meta = metadata(job, run, owner_reference(API_VERSION, KIND, job.metadata.name, job.metadata.uid or ""))
@@ -193,13 +200,15 @@ def build_job(job: FineTuneJob, run: Run, settings: OperatorSettings) -> dict:
         "parallelism": spec.nodes,
         "backoffLimit": policy.backoff_limit,
         "podFailurePolicy": {"rules": [
-            # Retrying cannot fix bad input or the same out-of-memory: fail at once.
-            {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In",
-                                                  "values": [contract.EXIT_BAD_INPUT, contract.EXIT_OUT_OF_MEMORY]}},
-            # Preemption, eviction and node drains are not the trainer's failure: do not count them.
+            # First (rules match in order): preemption, eviction and node drains are not the trainer's
+            # failure, even when the grace period ran out and the kill was a SIGKILL; do not count them.
             {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+            # Retrying cannot fix bad input or the same out-of-memory (the trainer's own code, or the kernel's
+            # OOM kill, 137): fail at once.
+            {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [
+                contract.EXIT_BAD_INPUT, contract.EXIT_OUT_OF_MEMORY, EXIT_KILLED]}},
         ]},
-        "template": {"metadata": {"labels": labels(job, run)}, "spec": pod_spec(job, run, settings)},
+        "template": {"metadata": pod_metadata(job, run, settings), "spec": pod_spec(job, run, settings)},
     }
     if spec.nodes > 1:
         job_spec["completionMode"] = "Indexed"

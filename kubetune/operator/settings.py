@@ -29,11 +29,14 @@ class OperatorSettings(BaseSettings):
     """This replica's name in the Lease (default: hostname and pid)."""
     run_as_user: int = Field(1000, ge=1)
     """UID of trainer pods (non-root, restricted PodSecurity)."""
+    pod_annotation_prefixes: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """FineTuneJob annotations with these prefixes are copied onto its trainer pods (e.g. `sidecar.istio.io/`,
+    `cluster-autoscaler.kubernetes.io/`); comma-separated."""
     rendezvous_port: int = 29500
     max_runs_kept: int = Field(10, ge=1, le=10)
     """Earlier runs remembered in status.runs."""
 
-    @field_validator("namespaces", mode="before")
+    @field_validator("namespaces", "pod_annotation_prefixes", mode="before")
     @classmethod
     def _comma_separated(cls, value):
         if isinstance(value, str):

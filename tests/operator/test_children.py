@@ -81,8 +81,8 @@ def test_fail_fast_on_bad_input_and_ignore_disruptions():
                                               "ttlSecondsAfterFinished": 600}}})
     spec = job["spec"]
     assert (spec["backoffLimit"], spec["activeDeadlineSeconds"], spec["ttlSecondsAfterFinished"]) == (5, 3600, 600)
-    fail, ignore = spec["podFailurePolicy"]["rules"]
-    assert fail["action"] == "FailJob" and fail["onExitCodes"]["values"] == [64, 65]
+    ignore, fail = spec["podFailurePolicy"]["rules"]
+    assert fail["action"] == "FailJob" and fail["onExitCodes"]["values"] == [64, 65, 137]
     assert ignore == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
 
 
@@ -152,3 +152,12 @@ def test_in_place_patch():
     assert children.in_place_patch(queued, {"spec": {"suspend": True}}) is None
     deadline = ftj({"spec": {"runPolicy": {"activeDeadlineSeconds": 99}}})
     assert children.in_place_patch(deadline, observed) == {"spec": {"activeDeadlineSeconds": 99}}
+
+
+def test_configured_annotations_reach_the_pods():
+    job = ftj({"metadata": {"annotations": {"sidecar.istio.io/inject": "false", "team": "nlp"}}})
+    settings = OperatorSettings(pod_annotation_prefixes="sidecar.istio.io/")
+    template = children.build_job(job, children.current_run(job), settings)["spec"]["template"]
+    assert template["metadata"]["annotations"] == {"sidecar.istio.io/inject": "false"}
+    assert "annotations" not in children.build_job(job, children.current_run(job), SETTINGS)["spec"]["template"][
+        "metadata"]
