@@ -336,7 +336,7 @@ def train(job: FineTuneJob, run_id: str, settings: TrainerSettings, on_log=None)
     pad = tok.pad_token_id
     baseline: dict = {}
 
-    step = 0
+    step, tokens_seen = 0, 0
     state = ckpt.latest()
     if state is not None:
         load_trainable(model, state["weights"])
@@ -345,6 +345,7 @@ def train(job: FineTuneJob, run_id: str, settings: TrainerSettings, on_log=None)
         random.setstate(state["rng"]["python"])
         torch.set_rng_state(state["rng"]["torch"])
         step, baseline, telemetry.records = state["step"], state["baseline"], state["records"]
+        tokens_seen = state["tokens"]
         for k, v in state["early_stopping"].items():
             setattr(es, k, v)
         telemetry.log("resume", step=step)
@@ -354,13 +355,14 @@ def train(job: FineTuneJob, run_id: str, settings: TrainerSettings, on_log=None)
 
     stop: dict = {}
     signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("sigterm", True))
-    last_ckpt, tokens_seen, stop_reason = time.monotonic(), 0, None
-    step_started = time.monotonic()
+    last_ckpt, stop_reason = time.monotonic(), None
+    # Rates and the ETA count only what this process did: a resumed run starts its clock at the checkpoint.
+    step_started, first_step, first_tokens = time.monotonic(), step, tokens_seen
 
     def checkpoint(background: bool = True) -> None:
         state = {"weights": trainable_state(model), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                  "rng": {"python": random.getstate(), "torch": torch.get_rng_state()}, "step": step,
-                 "baseline": baseline, "records": list(telemetry.records),
+                 "tokens": tokens_seen, "baseline": baseline, "records": list(telemetry.records),
                  "early_stopping": {k: getattr(es, k) for k in ("best_value", "best_step", "bad_evals",
                                                                   "best_weights")}}
         telemetry.checkpoint_seconds.set(ckpt.save(step, state, background))
@@ -391,8 +393,9 @@ def train(job: FineTuneJob, run_id: str, settings: TrainerSettings, on_log=None)
             if step % settings.log_every_steps == 0 or step in (1, total):
                 elapsed = max(time.monotonic() - step_started, 1e-9)
                 telemetry.train_step(step, total, step * hp.batch_size / len(train_rows), loss_total,
-                                     sched.get_last_lr()[0], float(grad_norm), tokens_seen / elapsed,
-                                     hp.batch_size * step / elapsed)
+                                     sched.get_last_lr()[0], float(grad_norm), (tokens_seen - first_tokens) / elapsed,
+                                     hp.batch_size * (step - first_step) / elapsed,
+                                     eta=elapsed / (step - first_step) * (total - step))
             if val and (step % eval_every == 0 or step == total):
                 result = evaluate(model, val, micro, pad, device, amp)
                 es.update(step, result[metric], lambda: trainable_state(model))

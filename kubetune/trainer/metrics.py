@@ -28,7 +28,6 @@ class Telemetry:
         self.memory_bytes = g("kubetune_device_memory_bytes", "Peak accelerator memory allocated")
         self.records: list[dict] = []
         self.on_log = on_log
-        self.started = time.monotonic()
         if port:
             start_http_server(port, registry=self.registry)
 
@@ -43,9 +42,7 @@ class Telemetry:
         return row
 
     def train_step(self, step: int, total: int, epoch: float, loss: float, lr: float, grad_norm: float,
-                   tokens_per_s: float, samples_per_s: float) -> dict:
-        elapsed = time.monotonic() - self.started
-        eta = elapsed / step * (total - step) if step else 0.0
+                   tokens_per_s: float, samples_per_s: float, eta: float) -> dict:
         for gauge, v in ((self.step, step), (self.total_steps, total), (self.epoch, epoch), (self.train_loss, loss),
                          (self.lr, lr), (self.grad_norm, grad_norm), (self.tokens_per_second, tokens_per_s),
                          (self.samples_per_second, samples_per_s), (self.eta, eta)):

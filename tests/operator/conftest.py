@@ -28,6 +28,7 @@ def free_port() -> int:
 class Operator:
     proc: subprocess.Popen
     metrics_port: int
+    health_port: int
     log: Path
     identity: str
 
@@ -56,17 +57,17 @@ class Operators:
 
     def start(self, **env: str) -> Operator:
         identity = f"replica-{len(self.started)}"
-        metrics_port = free_port()
+        metrics_port, health_port = free_port(), free_port()
         log = self.tmp / f"operator-{identity}.log"
         settings = {"NAMESPACES": self.namespace, "LEASE_NAME": self.lease, "IDENTITY": identity,
                     "LEASE_DURATION_SECONDS": "4", "METRICS_PORT": str(metrics_port),
-                    "HEALTH_PORT": str(free_port()), "PROGRESS_INTERVAL_SECONDS": "1",
+                    "HEALTH_PORT": str(health_port), "PROGRESS_INTERVAL_SECONDS": "1",
                     "POD_ANNOTATION_PREFIXES": "kwok.kubetune.io/", "TRAINER_IMAGE": "kubetune/trainer:test", **env}
         environment = dict(os.environ, KUBECONFIG=str(self.cluster.operator_kubeconfig),
                            **{f"KUBETUNE_OPERATOR_{k}": v for k, v in settings.items()})
         proc = subprocess.Popen([sys.executable, "-m", "kubetune.operator"], cwd=ROOT, env=environment,
                                 stdout=log.open("w"), stderr=subprocess.STDOUT)
-        operator = Operator(proc, metrics_port, log, identity)
+        operator = Operator(proc, metrics_port, health_port, log, identity)
         self.started.append(operator)
         return operator
 

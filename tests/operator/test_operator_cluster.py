@@ -102,6 +102,8 @@ def test_live_progress_from_the_trainer_metrics_endpoint(cluster, namespace, ope
     text = urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5).read().decode()
     assert f'kubetune_operator_finetunejobs{{namespace="{namespace}",phase="Running"}} 1.0' in text
     assert "kubetune_operator_time_to_running_seconds_count 1.0" in text
+    health = urllib.request.urlopen(f"http://127.0.0.1:{operator.health_port}/healthz", timeout=5)
+    assert health.status == 200
 
 
 @pytest.mark.parametrize("notes, reason, pods", [

@@ -1,0 +1,29 @@
+"""The operator's own manifests are accepted by the API server, including PodSecurity `restricted`."""
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).parents[2]
+
+
+@pytest.mark.cluster
+def test_operator_deployment_passes_restricted_pod_security(cluster, namespace):
+    docs = [d for d in yaml.safe_load_all((ROOT / "config" / "manager" / "operator.yaml").read_text())
+            if d["kind"] != "Namespace"]
+    for doc in docs:
+        doc["metadata"]["namespace"] = namespace  # a namespace enforcing `restricted`
+    result = cluster.kubectl("apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump_all(docs))
+    assert "deployment.apps/kubetune-operator created (server dry run)" in result.stdout
+    assert "PodSecurity" not in result.stderr, result.stderr
+
+
+@pytest.mark.cluster
+def test_rbac_grants_no_secrets_and_no_pod_writes(cluster, finetunejob_crd):
+    cluster.kubectl("apply", "-k", str(ROOT / "config" / "rbac"))
+    can = lambda verb, resource: cluster.kubectl(  # noqa: E731
+        "auth", "can-i", verb, resource, "-n", "default",
+        "--as=system:serviceaccount:kubetune-system:kubetune-operator", check=False).stdout.strip() == "yes"
+    assert can("create", "jobs.batch") and can("patch", "finetunejobs.kubetune.io/status")
+    assert can("watch", "pods") and not can("create", "pods") and not can("delete", "pods")
+    assert not can("get", "secrets") and not can("list", "secrets")
