@@ -73,6 +73,9 @@ def test_apply_run_succeed_with_trainer_summary(cluster, namespace, operator):
     assert conds["Succeeded"]["reason"] == "EarlyStopped" and conds["Succeeded"]["observedGeneration"] == 1
     reasons = wait_for("events", lambda: (lambda r: "EarlyStopped" in r and r)(events(cluster, namespace, "chat")))
     assert {"JobCreated", "Running", "EarlyStopped"} <= set(reasons)
+    notes = ftj(cluster, namespace, "chat")["metadata"].get("annotations", {})
+    assert any(k.startswith("kubetune.io/") for k in notes), notes  # kopf's state, under our domain
+    assert not any(k.startswith(("kopf.zalando.org", "kopf.dev")) for k in notes) and "kopf" not in json.dumps(st)
     table = cluster.kubectl("get", "ftj", "chat", "-n", namespace).stdout
     assert "Succeeded" in table and "100" in table
 
@@ -125,6 +128,16 @@ def test_failures(cluster, namespace, operator, notes, reason, pods):
     # bad input and OOM fail at once (podFailurePolicy); other errors use the retries
     assert st["attempts"] == pods
     assert "Warning" in cluster.kubectl("get", "events", "-n", namespace).stdout
+
+
+def test_unschedulable_is_reported(cluster, namespace, operator):
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest(
+        "huge", {"resources": {"gpusPerNode": 16}, "hyperparameters": {"batchSize": 64}}))
+    st = wait_for("Unschedulable", lambda: (lambda s: s.get("conditions") and {
+        c["type"]: c for c in s["conditions"]}["Ready"]["reason"] == "Unschedulable" and s)(
+        status(cluster, namespace, "huge")), timeout=30)
+    assert st["phase"] == "Pending"
+    assert "nvidia.com/gpu" in {c["type"]: c for c in st["conditions"]}["Reconciling"]["message"]
 
 
 def test_suspend_and_resume_in_place(cluster, namespace, operator):
