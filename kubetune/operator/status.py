@@ -80,6 +80,9 @@ def pending_state(pods: list[dict]) -> State:
             waiting = (cs.get("state") or {}).get("waiting") or {}
             if waiting.get("reason") in PULL_ERRORS:
                 return State("Pending", Reason.IMAGE_PULL_BACK_OFF, waiting.get("message") or waiting["reason"])
+            if waiting.get("reason") not in (None, "ContainerCreating", "PodInitializing"):
+                # e.g. CreateContainerConfigError: the storage.secretRef Secret or one of its keys is missing
+                return State("Pending", waiting["reason"], waiting.get("message") or waiting["reason"])
     return State("Pending", Reason.PENDING, "waiting for the trainer pod to start")
 
 

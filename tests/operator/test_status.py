@@ -51,6 +51,8 @@ CASES = {
                       "Insufficient nvidia.com/gpu"),
     "image pull": ({}, k8s_job(), [pod("Pending", waiting="ImagePullBackOff")], "Pending",
                    Reason.IMAGE_PULL_BACK_OFF, "pull failed"),
+    "missing secret": ({}, k8s_job(), [pod("Pending", waiting="CreateContainerConfigError")], "Pending",
+                       "CreateContainerConfigError", "pull failed"),
     "running": ({}, k8s_job(), [pod("Running")], "Running", Reason.RUNNING, "training"),
     "restarting": ({}, k8s_job(), [pod("Failed", exit_code=75, message=error("Preempted", "SIGTERM at step 9")),
                                   pod("Pending")], "Running", Reason.RESTARTING, "SIGTERM at step 9"),
