@@ -46,7 +46,7 @@ def read_job() -> FineTuneJob:
 def termination_message(outcome: dict) -> str:
     """The outcome as JSON within the kubelet's 4 KB limit, dropping detail before essentials."""
     text = json.dumps(outcome, separators=(",", ":"))
-    for key in ("data", "baseline", "test", "eval", "artifacts"):
+    for key in ("confusionMatrix", "perClass", "comparison", "data", "baseline", "test", "eval", "artifacts"):
         if len(text.encode()) <= contract.TERMINATION_MESSAGE_MAX_BYTES:
             break
         outcome.pop(key, None)

@@ -178,7 +178,7 @@ def encode(records: list[Record], schema: str, tok, dataset: Dataset, stats: Sta
             continue
         stats.examples += 1
         stats.target_tokens += targets
-        out.append({"input_ids": ids, "labels": labels})
+        out.append({"input_ids": ids, "labels": labels, "source": rec.source})  # source: for errors.jsonl
     return out
 
 

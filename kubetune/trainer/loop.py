@@ -1,6 +1,9 @@
 """The fine-tuning recipe, in the order it runs: resolve inputs → model and method → (baseline evaluation) →
 train (log, evaluate, keep the best, checkpoint, stop early) → test → ship artifacts, summary.json last.
 
+One loop serves every task: what differs (batches, the loss, scoring) comes from `CausalLM` below or from
+`classify.Classification`, each with the same few functions.
+
 Data order is a pure function of (seed, step): the rows of optimizer step s are fixed, so a resumed run
 neither replays nor skips data. The loss of a step is the sum of token losses over all its micro-batches (and
 ranks) divided by the step's target-token count, so accumulation equals one big batch.
@@ -17,19 +20,22 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from kubetune.api import FineTuneJob, contract
 from kubetune.api.spec import MAXIMISED_METRICS, Lora
 from kubetune.api.status import Reason
+from kubetune.trainer import classify
 from kubetune.trainer import data as d
+from kubetune.trainer import evaluation as ev
 from kubetune.trainer.checkpoint import Checkpointer
 from kubetune.trainer.errors import BadInput, OutOfMemory, Preempted
 from kubetune.trainer.metrics import Telemetry
-from kubetune.trainer.scoring import bootstrap
 from kubetune.trainer.settings import TrainerSettings
 from kubetune.trainer.storage import Store, join
+from kubetune.trainer.unfreeze import GradualUnfreezing, gradual, transformer_blocks
 
 
 @dataclass
@@ -98,12 +104,12 @@ def choose_device(job: FineTuneJob, dist: Dist) -> tuple[torch.device, torch.dty
     return device, {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
 
 
-def load_model(job: FineTuneJob, store: Store, device: torch.device, amp: torch.dtype | None):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_model(job: FineTuneJob, store: Store, device: torch.device, amp: torch.dtype | None,
+               labels: classify.Labels | None = None):
+    """The tokenizer and model; with `labels`, the model gets a new classification (or regression) head."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     spec = job.spec
-    if spec.task != "causal-lm":
-        raise BadInput(f"task {spec.task} is not supported by this trainer version; use causal-lm")
     source = spec.base_model.uri
     if source.startswith("hf://"):
         path, kw = source.removeprefix("hf://"), {"revision": spec.base_model.revision}
@@ -122,12 +128,16 @@ def load_model(job: FineTuneJob, store: Store, device: torch.device, amp: torch.
     load_dtype = amp if (amp is not None and spec.method.type != "full") else torch.float32
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=spec.base_model.trust_remote_code, **kw)
-        model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=load_dtype, trust_remote_code=spec.base_model.trust_remote_code, **kw)
+        auto, head = (AutoModelForSequenceClassification, labels.model_kwargs()) if labels else (AutoModelForCausalLM, {})
+        model = auto.from_pretrained(
+            path, dtype=load_dtype, trust_remote_code=spec.base_model.trust_remote_code, **head, **kw)
     except (OSError, ValueError) as exc:
-        raise BadInput(f"baseModel.uri {source}: cannot load a causal LM and tokenizer from it: {exc}") from exc
+        raise BadInput(f"baseModel.uri {source}: cannot load a {spec.task} model and tokenizer from it: {exc}") \
+            from exc
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
+    if labels and model.config.pad_token_id is None:
+        model.config.pad_token_id = tok.pad_token_id  # decoder heads pool the last token that is not padding
     if not qlora:
         model.to(device)
     return tok, model
@@ -144,9 +154,12 @@ def apply_method(job: FineTuneJob, model):
             model = prepare_model_for_kbit_training(
                 model, use_gradient_checkpointing=job.spec.hyperparameters.gradient_checkpointing)
         targets = "all-linear" if lora.target_modules == ["all-linear"] else lora.target_modules
+        seq_cls = job.spec.task == "sequence-classification"
+        # A new head starts random: it trains in full and is saved with the adapter.
+        keep = (lora.modules_to_save or []) + (classify.head_modules(model) if seq_cls else [])
         config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
                             bias=lora.bias, use_rslora=lora.use_rslora, use_dora=lora.use_dora,
-                            modules_to_save=lora.modules_to_save, task_type="CAUSAL_LM")
+                            modules_to_save=keep or None, task_type="SEQ_CLS" if seq_cls else "CAUSAL_LM")
         try:
             return get_peft_model(model, config)
         except ValueError as exc:
@@ -155,24 +168,17 @@ def apply_method(job: FineTuneJob, model):
     if freeze is not None:
         if freeze.embeddings:
             model.get_input_embeddings().weight.requires_grad_(False)
-        if freeze.trainable_top_layers is not None:
+        if freeze.trainable_top_layers is not None and not gradual(freeze):  # else GradualUnfreezing does it
             blocks = transformer_blocks(model)
             for block in blocks[: max(len(blocks) - freeze.trainable_top_layers, 0)]:
                 block.requires_grad_(False)
     return model
 
 
-def transformer_blocks(model) -> list:
-    """The model's stack of transformer blocks (the ModuleList as long as num_hidden_layers)."""
-    n = model.config.num_hidden_layers
-    for module in model.modules():
-        if isinstance(module, torch.nn.ModuleList) and len(module) == n:
-            return list(module)
-    raise BadInput("method.freeze: cannot find the model's transformer blocks")
-
-
-def trainable_state(model) -> dict:
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.named_parameters() if v.requires_grad}
+def trainable_state(model, names: set[str] | None = None) -> dict:
+    """The weights training changes; `names` also counts blocks that gradual unfreezing has yet to thaw."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.named_parameters()
+            if (k in names if names is not None else v.requires_grad)}
 
 
 def load_trainable(model, state: dict) -> None:
@@ -203,13 +209,16 @@ def optimizer_for(job: FineTuneJob, model, total_steps: int):
 
 # --- Data ----------------------------------------------------------------------------------------------------
 
-def load_data(job: FineTuneJob, store: Store, tok, stats: d.Stats) -> tuple[list, list, list]:
+def load_data(job: FineTuneJob, store: Store, tok, stats: d.Stats,
+              labels: classify.Labels | None = None) -> tuple[list, list, list]:
     ds = job.spec.dataset
 
     def encoded(uri: str, what: str) -> list:
         records = d.read_records(store.fetch(uri, what), ds.format, uri)
         if not records:
             raise BadInput(f"{what} {uri}: no records")
+        if labels is not None:
+            return classify.encode(records, tok, ds, labels, stats)
         return d.encode(records, d.detect_schema(records, ds), tok, ds, stats)
 
     train = encoded(ds.train, "dataset.train")
@@ -262,26 +271,60 @@ def token_losses(model, batch: dict, device, amp) -> tuple[torch.Tensor, torch.T
     return loss.sum(1), mask.sum(1), correct
 
 
-@torch.no_grad()
-def evaluate(model, examples: list, micro: int, pad_id: int, device, amp, with_ci: bool = False) -> dict:
-    model.eval()
-    sums, counts, correct = [], [], []
-    for i in range(0, len(examples), micro):
-        s, n, c = token_losses(model, d.collate(examples[i: i + micro], pad_id), device, amp)
-        sums += s.tolist()
-        counts += n.tolist()
-        correct += c.tolist()
-    model.train()
-    tokens = max(sum(counts), 1)
-    loss = sum(sums) / tokens
-    out = {"loss": loss, "perplexity": math.exp(min(loss, 50)), "tokenAccuracy": sum(correct) / tokens}
-    if with_ci:
-        import numpy as np
+class CausalLM:
+    """What the loop calls per task, for causal LMs (classify.Classification is the classifier's)."""
 
-        per_token = lambda s, n: float(np.sum(s) / max(np.sum(n), 1))  # noqa: E731
-        ci = bootstrap(per_token, np.array(sums), np.array(counts), resamples=1000, seed=0)
-        out.update(lossLow=ci.low, lossHigh=ci.high)
-    return out
+    def __init__(self, tok=None):
+        self.tok = tok
+
+    collate = staticmethod(d.collate)
+
+    @staticmethod
+    def targets(batch: dict) -> float:
+        """The loss normaliser: target tokens (labels are shifted by one against the inputs)."""
+        return float((batch["labels"][:, 1:] != d.IGNORE).sum())
+
+    @staticmethod
+    def losses(model, batch: dict, device, amp) -> torch.Tensor:
+        return token_losses(model, batch, device, amp)[0]
+
+    @staticmethod
+    @torch.no_grad()
+    def score(model, examples: list, micro: int, pad_id: int, device, amp) -> ev.Scored:
+        model.eval()
+        sums, counts, correct = [], [], []
+        for i in range(0, len(examples), micro):
+            s, n, c = token_losses(model, d.collate(examples[i: i + micro], pad_id), device, amp)
+            sums += s.tolist()
+            counts += n.tolist()
+            correct += c.tolist()
+        model.train()
+        return ev.Scored("causal-lm", loss=np.array(sums), weight=np.array(counts), correct=np.array(correct))
+
+    @torch.no_grad()
+    def errors(self, model, scored: ev.Scored, examples: list, indices: list[int], device, amp) -> list[dict]:
+        """Rows of errors.jsonl. The prediction is teacher-forced: the model's most likely token at each target
+        position given the reference before it (it equals greedy decoding where the example is an exact match)."""
+        model.eval()
+        rows = []
+        for i in indices:
+            ex = examples[i]
+            labels = torch.tensor(ex["labels"][1:])
+            logits = forward_logits(model, d.collate([ex], 0), device, amp)[0, :-1]
+            where = labels != d.IGNORE
+            rows.append({"source": ex.get("source"), "input": self.tok.decode(ex["input_ids"])[:2000],
+                         "reference": self.tok.decode(labels[where]),
+                         "prediction": self.tok.decode(logits.argmax(-1).cpu()[where]),
+                         "loss": round(float(scored.loss[i] / max(scored.weight[i], 1)), 5),
+                         "targetTokens": int(scored.weight[i])})
+        model.train()
+        return rows
+
+
+def evaluate(model, examples: list, micro: int, pad_id: int, device, amp, with_ci: bool = False,
+             task=CausalLM) -> dict:
+    scored = task.score(model, examples, micro, pad_id, device, amp)
+    return ev.with_intervals(scored) if with_ci else ev.metrics(scored)
 
 
 # --- The run -------------------------------------------------------------------------------------------------
@@ -307,15 +350,22 @@ def train(job: FineTuneJob, run_id: str, settings: TrainerSettings, on_log=None)
     random.seed(hp.seed)
     torch.manual_seed(hp.seed)
     device, amp = choose_device(job, dist)
-    tok, model = load_model(job, store, device, amp)
+    labels = classify.labels_for(job, store) if spec.task == "sequence-classification" else None
+    tok, model = load_model(job, store, device, amp, labels)
     stats = d.Stats()
-    train_rows, val, test = load_data(job, store, tok, stats)
+    train_rows, val, test = load_data(job, store, tok, stats, labels)
+    task = classify.Classification(labels, spec.classification and spec.classification.class_weights) \
+        if labels else CausalLM(tok)
     model = apply_method(job, model)
+    unfreezer = GradualUnfreezing(model, spec.method.freeze, math.ceil(len(train_rows) / hp.batch_size)) \
+        if gradual(spec.method.freeze) else None
     if hp.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     if dist.world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+        model = torch.nn.parallel.DistributedDataParallel(  # frozen blocks send no gradients while they wait
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=unfreezer is not None)
+    trained = {k for k, p in model.named_parameters() if p.requires_grad}  # before gradual freezing
     micro = hp.micro_batch_size
     accumulation = hp.batch_size // (micro * dist.world)
     if accumulation < 1 or hp.batch_size % (micro * dist.world):
@@ -335,6 +385,7 @@ def train(job: FineTuneJob, run_id: str, settings: TrainerSettings, on_log=None)
     ckpt = Checkpointer(store, run_uri, spec.checkpoint.keep, scratch)
     pad = tok.pad_token_id
     baseline: dict = {}
+    baseline_test: ev.Scored | None = None
 
     step, tokens_seen = 0, 0
     state = ckpt.latest()
@@ -345,13 +396,17 @@ def train(job: FineTuneJob, run_id: str, settings: TrainerSettings, on_log=None)
         random.setstate(state["rng"]["python"])
         torch.set_rng_state(state["rng"]["torch"])
         step, baseline, telemetry.records = state["step"], state["baseline"], state["records"]
-        tokens_seen = state["tokens"]
+        tokens_seen, baseline_test = state["tokens"], state.get("baseline_test")
         for k, v in state["early_stopping"].items():
             setattr(es, k, v)
         telemetry.log("resume", step=step)
-    elif spec.evaluation.baseline and val:
-        baseline = evaluate(model, val, micro, pad, device, amp)
-        telemetry.evaluation(0, baseline, metric, None, tag="baseline")
+    elif spec.evaluation.baseline:
+        if val:
+            baseline = evaluate(model, val, micro, pad, device, amp, task=task)
+            telemetry.evaluation(0, baseline, metric, None, tag="baseline")
+        if test and dist.main:  # kept per example: the fine-tuned model is compared on the same rows
+            baseline_test = task.score(model, test, micro, pad, device, amp)
+            telemetry.evaluation(0, ev.metrics(baseline_test), metric, None, tag="baseline-test")
 
     stop: dict = {}
     signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("sigterm", True))
@@ -360,9 +415,9 @@ def train(job: FineTuneJob, run_id: str, settings: TrainerSettings, on_log=None)
     step_started, first_step, first_tokens = time.monotonic(), step, tokens_seen
 
     def checkpoint(background: bool = True) -> None:
-        state = {"weights": trainable_state(model), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+        state = {"weights": trainable_state(model, trained), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                  "rng": {"python": random.getstate(), "torch": torch.get_rng_state()}, "step": step,
-                 "tokens": tokens_seen, "baseline": baseline, "records": list(telemetry.records),
+                 "tokens": tokens_seen, "baseline": baseline, "baseline_test": baseline_test, "records": list(telemetry.records),
                  "early_stopping": {k: getattr(es, k) for k in ("best_value", "best_step", "bad_evals",
                                                                   "best_weights")}}
         telemetry.checkpoint_seconds.set(ckpt.save(step, state, background))
@@ -370,16 +425,19 @@ def train(job: FineTuneJob, run_id: str, settings: TrainerSettings, on_log=None)
 
     try:
         while step < total:
+            if unfreezer and (units := unfreezer.apply(step)) is not None:
+                telemetry.log("unfreeze", step=step, trainable_units=units, of=len(unfreezer.units))
             rows = rows_of_step(step, hp.batch_size, len(train_rows), hp.seed)[dist.rank:: dist.world]
-            batches = [d.collate([train_rows[i] for i in rows[j: j + micro]], pad) for j in range(0, len(rows), micro)]
-            n_tokens = torch.tensor(sum(int((b["labels"][:, 1:] != d.IGNORE).sum()) for b in batches))
+            batches = [task.collate([train_rows[i] for i in rows[j: j + micro]], pad)
+                       for j in range(0, len(rows), micro)]
+            n_tokens = torch.tensor(sum(task.targets(b) for b in batches))  # tokens, or examples' class weights
             if dist.world > 1:
                 torch.distributed.all_reduce(n_tokens)
             loss_total = 0.0
             for k, batch in enumerate(batches):
                 sync = dist.world == 1 or k == len(batches) - 1
                 with nullcontext() if sync else model.no_sync():
-                    s, _, _ = token_losses(model, batch, device, amp)
+                    s = task.losses(model, batch, device, amp)
                     loss = s.sum() / n_tokens.item() * dist.world  # DDP averages gradients over ranks
                     loss.backward()
                 loss_total += loss.item() / dist.world
@@ -397,8 +455,8 @@ def train(job: FineTuneJob, run_id: str, settings: TrainerSettings, on_log=None)
                                      hp.batch_size * (step - first_step) / elapsed,
                                      eta=elapsed / (step - first_step) * (total - step))
             if val and (step % eval_every == 0 or step == total):
-                result = evaluate(model, val, micro, pad, device, amp)
-                es.update(step, result[metric], lambda: trainable_state(model))
+                result = evaluate(model, val, micro, pad, device, amp, task=task)
+                es.update(step, result[metric], lambda: trainable_state(model, trained))
                 telemetry.evaluation(step, result, metric, es.best_value)
                 if es.should_stop:
                     stop_reason = Reason.EARLY_STOPPED
@@ -423,14 +481,20 @@ def train(job: FineTuneJob, run_id: str, settings: TrainerSettings, on_log=None)
         shipped = es.best_step
     if not dist.main:
         return {}
-    final = evaluate(model, val, micro, pad, device, amp) if val else {}
-    test_metrics = evaluate(model, test, micro, pad, device, amp, with_ci=True) if test else {}
-    return finish(job, run_id, store, run_uri, model, tok, telemetry, scratch, {
+    final = evaluate(model, val, micro, pad, device, amp, task=task) if val else {}
+    tested, errors = {"test": {}}, []
+    if test:
+        scored = task.score(model, test, micro, pad, device, amp)
+        constant = task.constant_baseline(train_rows, test) if labels else None
+        tested = ev.report(scored, baseline_test, constant, labels.names if labels else ())
+        telemetry.test(tested)
+        errors = task.errors(model, scored, test, ev.worst(scored), device, amp)
+    return finish(job, run_id, store, run_uri, model, tok, telemetry, scratch, errors=errors, summary={
         "runId": run_id, "specHash": spec_hash(job), "stopReason": stop_reason, "steps": step,
         "totalSteps": total, "shippedStep": shipped, "epochs": round(step * hp.batch_size / len(train_rows), 4),
         "trainTokens": tokens_seen, "wallSeconds": round(time.time() - started, 1),
         "deviceSeconds": round((time.time() - started) * dist.world * max(spec.resources.gpus_per_node, 1), 1),
-        "eval": final, "baseline": baseline, "test": test_metrics,
+        "eval": final, "baseline": baseline, **tested,
         "best": {"name": metric, "value": es.best_value, "step": es.best_step} if es.best_value is not None else None,
         "data": {"trainRows": len(train_rows), "validationExamples": len(val), "testExamples": len(test),
                  "truncated": stats.truncated, "droppedTooLong": stats.dropped_too_long,
@@ -438,7 +502,8 @@ def train(job: FineTuneJob, run_id: str, settings: TrainerSettings, on_log=None)
     })
 
 
-def finish(job, run_id, store, run_uri, model, tok, telemetry, scratch: Path, summary: dict) -> dict:
+def finish(job, run_id, store, run_uri, model, tok, telemetry, scratch: Path, summary: dict,
+           errors: list[dict] = ()) -> dict:
     """Writes every artifact, then summary.json last: its presence marks a complete run."""
     out = scratch / "artifacts"
     if isinstance(model, torch.nn.parallel.DistributedDataParallel):
@@ -446,8 +511,13 @@ def finish(job, run_id, store, run_uri, model, tok, telemetry, scratch: Path, su
     model_dir = out / contract.MODEL_DIR
     model.save_pretrained(model_dir)
     tok.save_pretrained(model_dir)
+    if job.spec.task == "sequence-classification" and hasattr(model, "peft_config"):
+        model.get_base_model().config.save_pretrained(model_dir)  # the label names travel with the adapter
     artifacts = {"uri": run_uri, "modelUri": join(run_uri, contract.MODEL_DIR),
                  "summaryUri": join(run_uri, contract.SUMMARY_FILE), "metricsUri": join(run_uri, contract.METRICS_FILE)}
+    if errors:
+        (out / contract.ERRORS_FILE).write_text("".join(json.dumps(r) + "\n" for r in errors))
+        artifacts["errorsUri"] = join(run_uri, contract.ERRORS_FILE)
     if job.spec.output.merge_adapter:
         merged = model.merge_and_unload()
         merged.save_pretrained(out / contract.MERGED_DIR)
@@ -464,11 +534,12 @@ def finish(job, run_id, store, run_uri, model, tok, telemetry, scratch: Path, su
 
 def model_card(job: FineTuneJob, s: dict) -> str:
     spec = job.spec
+    auto = "AutoModelForSequenceClassification" if spec.task == "sequence-classification" else "AutoModelForCausalLM"
     lines = [f"# {job.metadata.name} (run {s['runId']})", "",
              f"Fine-tuned from `{spec.base_model.uri}` with {spec.method.type} on `{spec.dataset.train}` by kubetune.",
              "", f"- Stopped: {s['stopReason']} after {s['steps']} of {s['totalSteps']} steps; weights of step "
              f"{s['shippedStep']}.", f"- Validation: {json.dumps(s['eval'])}", f"- Baseline: {json.dumps(s['baseline'])}",
              f"- Test: {json.dumps(s['test'])}", "", "Load the adapter with "
              "`PeftModel.from_pretrained(base, \"model/\")`." if spec.method.type != "full" else
-             "Load with `AutoModelForCausalLM.from_pretrained(\"model/\")`."]
+             f"Load with `{auto}.from_pretrained(\"model/\")`."]
     return "\n".join(lines) + "\n"

@@ -26,6 +26,12 @@ class Telemetry:
         self.samples_per_second = g("kubetune_samples_per_second", "Training sequences per second")
         self.checkpoint_seconds = g("kubetune_checkpoint_seconds", "Duration of the last checkpoint write")
         self.memory_bytes = g("kubetune_device_memory_bytes", "Peak accelerator memory allocated")
+        self.eval_metric = g("kubetune_eval_metric", "Validation metrics of the last evaluation", ["metric"])
+        self.test_metric = g("kubetune_test_metric", "Final test metrics; metric names ending in Low/High are the "
+                             "95% bootstrap interval; model is fine-tuned, baseModel or majorityClass/trainMean",
+                             ["model", "metric"])
+        self.test_difference = g("kubetune_test_difference", "Fine-tuned minus baseline test metric, with its 95% "
+                                 "paired-bootstrap interval (bound value/low/high)", ["against", "metric", "bound"])
         self.records: list[dict] = []
         self.on_log = on_log
         if port:
@@ -54,9 +60,26 @@ class Telemetry:
     def evaluation(self, step: int, metrics: dict, best_name: str, best_value: float | None, tag: str = "eval"):
         if tag == "eval":
             self.eval_loss.set(metrics["loss"])
+            for k, v in metrics.items():
+                self.eval_metric.labels(metric=k).set(v)
             if best_value is not None:
                 self.best.labels(metric=best_name).set(best_value)
         return self.log(tag, step=step, **{k: round(v, 5) for k, v in metrics.items()})
+
+    def test(self, report: dict) -> None:
+        """The test-set results (evaluation.report) as gauges and metrics.jsonl rows."""
+        models = {"fine-tuned": report["test"], **{k: v["test"] for k, v in report.get("comparison", {}).items()}}
+        for model, values in models.items():
+            for k, v in values.items():
+                self.test_metric.labels(model=model, metric=k).set(v)
+            self.log("test", model=model, **{k: round(v, 5) for k, v in values.items()})
+        for against, c in report.get("comparison", {}).items():
+            for k, diff in c["difference"].items():
+                for bound in ("value", "low", "high"):
+                    self.test_difference.labels(against=against, metric=k, bound=bound).set(diff[bound])
+            self.log("comparison", against=against, **{k: {b: (round(x, 5) if isinstance(x, float) else x)
+                                                            for b, x in diff.items()}
+                                                        for k, diff in c["difference"].items()})
 
     def jsonl(self) -> str:
         return "".join(json.dumps(r) + "\n" for r in self.records)
