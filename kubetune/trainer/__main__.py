@@ -14,7 +14,7 @@ import yaml
 
 from kubetune.api import API_VERSION, FineTuneJob, contract
 from kubetune.api.validate import validate_manifest
-from kubetune.trainer.errors import BadInput, TrainerError
+from kubetune.trainer.errors import BadInput, OutOfMemory, TrainerError
 from kubetune.trainer.settings import TrainerSettings
 
 
@@ -44,14 +44,41 @@ def read_job() -> FineTuneJob:
 
 
 def termination_message(outcome: dict) -> str:
-    """The outcome as JSON within the kubelet's 4 KB limit, dropping detail before essentials."""
-    text = json.dumps(outcome, separators=(",", ":"))
+    """The outcome as JSON within the kubelet's 4 KB limit: detail is dropped before essentials, then long strings
+    are cut (never the JSON itself, so the operator can always parse it)."""
+    dumps = lambda o: json.dumps(o, separators=(",", ":"))  # noqa: E731
+    fits = lambda o: len(dumps(o).encode()) <= contract.TERMINATION_MESSAGE_MAX_BYTES  # noqa: E731
+    outcome = dict(outcome)
     for key in ("confusionMatrix", "perClass", "comparison", "data", "baseline", "test", "eval", "artifacts"):
-        if len(text.encode()) <= contract.TERMINATION_MESSAGE_MAX_BYTES:
-            break
+        if fits(outcome):
+            return dumps(outcome)
         outcome.pop(key, None)
-        text = json.dumps(outcome, separators=(",", ":"))
-    return text[: contract.TERMINATION_MESSAGE_MAX_BYTES]
+    for n in (2000, 1000, 500, 200):  # non-ASCII is escaped to six bytes a character: cut by size, not length
+        if fits(cut := _cut_strings(outcome, n)):
+            return dumps(cut)
+    return dumps(_cut_strings({k: outcome[k] for k in ("runId", "stopReason", "steps", "error") if k in outcome}, 200))
+
+
+def _cut_strings(value, n: int):
+    if isinstance(value, str):
+        return value if len(value) <= n else value[:n] + "..."
+    if isinstance(value, dict):
+        return {k: _cut_strings(v, n) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_cut_strings(v, n) for v in value]
+    return value
+
+
+def known_error(exc: BaseException) -> TrainerError | None:
+    """The contract's kind of a failure, or None for a bug. An out-of-memory anywhere (loading, the baseline,
+    training) recurs with the same settings, so it is not retried."""
+    if isinstance(exc, TrainerError):
+        return exc
+    torch = sys.modules.get("torch")  # only loaded once training started; never imported here for this check
+    if isinstance(exc, MemoryError) or (torch is not None and isinstance(exc, torch.OutOfMemoryError)):
+        return OutOfMemory(f"out of memory ({type(exc).__name__}: {str(exc)[:500]}): lower microBatchSize or "
+                           "maxSeqLength, or enable hyperparameters.gradientCheckpointing")
+    return None
 
 
 def write_termination(settings: TrainerSettings, outcome: dict) -> None:
@@ -68,14 +95,14 @@ def main() -> int:
         from kubetune.trainer.loop import train
 
         summary = train(read_job(), run_id, settings)
-    except TrainerError as exc:
-        print(json.dumps({"kind": "error", "reason": exc.reason, "message": str(exc)}), file=sys.stderr, flush=True)
-        write_termination(settings, {"error": {"reason": exc.reason, "message": str(exc)[:3000]}})
-        return exc.exit_code
-    except Exception as exc:  # a bug or an unforeseen failure: let the Job retry
-        traceback.print_exc()
-        write_termination(settings, {"error": {"reason": "Error", "message": f"{type(exc).__name__}: {exc}"[:3000]}})
-        return contract.EXIT_RETRY
+    except Exception as exc:
+        error = known_error(exc)
+        if error is None:  # a bug or an unforeseen failure: let the Job retry
+            traceback.print_exc()
+            error = TrainerError(f"{type(exc).__name__}: {exc}")
+        print(json.dumps({"kind": "error", "reason": error.reason, "message": str(error)}), file=sys.stderr, flush=True)
+        write_termination(settings, {"error": {"reason": error.reason, "message": str(error)}})
+        return error.exit_code
     if summary:
         write_termination(settings, summary)
         print(json.dumps({"kind": "summary", **summary}), flush=True)

@@ -10,6 +10,7 @@ import gzip
 import io
 import json
 import random
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,27 +62,57 @@ def read_records(path: Path, declared_format: str, display: str) -> list[Record]
     for file in files:
         name = display if len(files) == 1 else f"{display.rstrip('/')}/{file.relative_to(path)}"
         fmt = _format_of(file, declared_format)
-        if fmt == "jsonl":
-            with _open_text(file) as fh:
-                for n, line in enumerate(fh, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        obj = json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        raise BadInput(f"{name} line {n}: not valid JSON ({exc.msg} at column {exc.colno})") from exc
-                    if not isinstance(obj, dict):
-                        raise BadInput(f"{name} line {n}: expected a JSON object, got {type(obj).__name__}")
-                    records.append(Record(f"{name} line {n}", obj))
-        elif fmt == "csv":
-            with _open_text(file) as fh:
-                for n, row in enumerate(csv.DictReader(fh), 2):
-                    records.append(Record(f"{name} line {n}", row))
-        else:
-            import pyarrow.parquet as pq
+        try:
+            records += {"jsonl": _jsonl_records, "csv": _csv_records, "parquet": _parquet_records}[fmt](file, name)
+        except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+            raise BadInput(f"{name}: not a valid gzip file ({exc})") from exc
+    return records
 
-            for n, row in enumerate(pq.read_table(file).to_pylist(), 1):
-                records.append(Record(f"{name} row {n}", row))
+
+def _jsonl_records(file: Path, name: str) -> list[Record]:
+    records = []
+    with _open_text(file) as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise BadInput(f"{name} line {n}: not valid JSON ({exc.msg} at column {exc.colno})") from exc
+            if not isinstance(obj, dict):
+                raise BadInput(f"{name} line {n}: expected a JSON object, got {type(obj).__name__}")
+            records.append(Record(f"{name} line {n}", obj))
+    return records
+
+
+def _parquet_records(file: Path, name: str) -> list[Record]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(file)
+    except pa.ArrowException as exc:
+        raise BadInput(f"{name}: not a readable parquet file ({exc})") from exc
+    return [Record(f"{name} row {n}", row) for n, row in enumerate(table.to_pylist(), 1)]
+
+
+def _csv_records(file: Path, name: str) -> list[Record]:
+    """Rows as dicts keyed by the header; a row with more or fewer fields than the header is an error, not a
+    silently shifted record. Line numbers are where the row starts (a quoted field may span lines)."""
+    records = []
+    with _open_text(file) as fh:
+        reader = csv.reader(fh)
+        try:
+            header, start = next(reader, None), reader.line_num + 1
+            for row in reader:
+                if row and header and len(row) != len(header):
+                    raise BadInput(f"{name} line {start}: {len(row)} field{'s' * (len(row) != 1)}, the header has {len(header)} "
+                                   f"({', '.join(header)}); quote fields that contain commas")
+                if row:
+                    records.append(Record(f"{name} line {start}", dict(zip(header, row))))
+                start = reader.line_num + 1
+        except csv.Error as exc:
+            raise BadInput(f"{name} line {reader.line_num}: not valid CSV ({exc})") from exc
     return records
 
 

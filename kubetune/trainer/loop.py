@@ -115,6 +115,10 @@ def load_model(job: FineTuneJob, store: Store, device: torch.device, amp: torch.
         path, kw = source.removeprefix("hf://"), {"revision": spec.base_model.revision}
     else:
         path, kw = str(store.fetch(source, "baseModel.uri")), {}
+        if not (Path(path) / "config.json").is_file():  # say so, rather than transformers' tokenizer puzzles
+            found = sorted(p.name for p in Path(path).iterdir())[:10] if Path(path).is_dir() else [Path(path).name]
+            raise BadInput(f"baseModel.uri {source}: no config.json there (found: {', '.join(found) or 'nothing'}); "
+                           "expected a model directory as save_pretrained writes it")
     qlora = spec.method.type == "qlora"
     if qlora:
         if device.type != "cuda":
@@ -163,7 +167,9 @@ def apply_method(job: FineTuneJob, model):
         try:
             return get_peft_model(model, config)
         except ValueError as exc:
-            raise BadInput(f"method.lora.targetModules {lora.target_modules}: {exc}") from exc
+            linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+            raise BadInput(f"method.lora.targetModules {lora.target_modules}: {exc} The model's linear layers are: "
+                           f"{', '.join(linear)} (or use all-linear)") from exc
     freeze = method.freeze
     if freeze is not None:
         if freeze.embeddings:
@@ -217,9 +223,16 @@ def load_data(job: FineTuneJob, store: Store, tok, stats: d.Stats,
         records = d.read_records(store.fetch(uri, what), ds.format, uri)
         if not records:
             raise BadInput(f"{what} {uri}: no records")
+        too_long, no_target = stats.dropped_too_long, stats.dropped_no_target
         if labels is not None:
-            return classify.encode(records, tok, ds, labels, stats)
-        return d.encode(records, d.detect_schema(records, ds), tok, ds, stats)
+            examples = classify.encode(records, tok, ds, labels, stats)
+        else:
+            examples = d.encode(records, d.detect_schema(records, ds), tok, ds, stats)
+        if not examples:  # counts of this file only: the stats add up every split
+            raise BadInput(f"{what} {uri}: no usable examples after filtering ({stats.dropped_too_long - too_long} "
+                           f"longer than maxSeqLength {ds.max_seq_length} with longSequences drop, "
+                           f"{stats.dropped_no_target - no_target} without target tokens)")
+        return examples
 
     train = encoded(ds.train, "dataset.train")
     if ds.max_samples:
@@ -230,9 +243,8 @@ def load_data(job: FineTuneJob, store: Store, tok, stats: d.Stats,
         train, val = d.split(train, ds.validation_split, job.spec.hyperparameters.seed)
     test = encoded(ds.test, "dataset.test") if ds.test else []
     if not train:
-        raise BadInput(f"dataset.train {ds.train}: no usable examples after filtering "
-                       f"({stats.dropped_too_long} longer than maxSeqLength, {stats.dropped_no_target} without "
-                       "target tokens)")
+        raise BadInput(f"dataset.validationSplit {ds.validation_split}: leaves no training examples of "
+                       f"{len(val)}")
     if ds.packing:
         train = d.pack(train, ds.max_seq_length)
     return train, val, test
@@ -381,6 +393,9 @@ def train(job: FineTuneJob, run_id: str, settings: TrainerSettings, on_log=None)
     es = EarlyStop(metric, mode == "max" or (mode == "auto" and metric in MAXIMISED_METRICS),
                    es_spec.patience if es_spec else None, es_spec.min_delta if es_spec else 0.0)
     telemetry = Telemetry(settings.metrics_port if dist.main else None, on_log)
+    telemetry.log("data", train_rows=len(train_rows), validation_examples=len(val), test_examples=len(test),
+                  truncated=stats.truncated, dropped_too_long=stats.dropped_too_long,
+                  dropped_no_target=stats.dropped_no_target, max_seq_length=spec.dataset.max_seq_length)
     scratch = Path(tempfile.mkdtemp(prefix="kubetune-", dir=settings.cache_dir))
     ckpt = Checkpointer(store, run_uri, spec.checkpoint.keep, scratch)
     pad = tok.pad_token_id
