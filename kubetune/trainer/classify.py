@@ -210,6 +210,9 @@ class Classification:
     @torch.no_grad()
     def score(self, model, examples: list, micro: int, pad_id: int, device, amp) -> Scored:
         model.eval()
+        # Batches of similar length waste less compute on padding; results go back to the examples' order.
+        order = sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"]))
+        examples = [examples[i] for i in order]
         loss, weight, pred, conf = [], [], [], []
         for i in range(0, len(examples), micro):
             batch = self.collate(examples[i: i + micro], pad_id)
@@ -225,8 +228,9 @@ class Classification:
         model.train()
         kind = "regression" if self.labels.regression else "classification"
         y = np.array([e["label"] for e in examples])
-        return Scored(kind, loss=np.array(loss), weight=np.array(weight), y_true=y, y_pred=np.array(pred),
-                      confidence=np.array(conf) if conf else None, num_classes=len(self.labels.names))
+        scored = Scored(kind, loss=np.array(loss), weight=np.array(weight), y_true=y, y_pred=np.array(pred),
+                        confidence=np.array(conf) if conf else None, num_classes=len(self.labels.names))
+        return scored.take(np.argsort(order))
 
     def constant_baseline(self, train_rows: list, examples: list) -> tuple[str, Scored]:
         """What a model that ignores its input would score: the majority training class, or the training mean."""

@@ -401,6 +401,7 @@ def train(job: FineTuneJob, run_id: str, settings: TrainerSettings, on_log=None)
     pad = tok.pad_token_id
     baseline: dict = {}
     baseline_test: ev.Scored | None = None
+    evals: dict[int, dict] = {}  # step -> validation metrics of the weights at that step
 
     step, tokens_seen = 0, 0
     state = ckpt.latest()
@@ -470,7 +471,7 @@ def train(job: FineTuneJob, run_id: str, settings: TrainerSettings, on_log=None)
                                      hp.batch_size * (step - first_step) / elapsed,
                                      eta=elapsed / (step - first_step) * (total - step))
             if val and (step % eval_every == 0 or step == total):
-                result = evaluate(model, val, micro, pad, device, amp, task=task)
+                result = evals[step] = evaluate(model, val, micro, pad, device, amp, task=task)
                 es.update(step, result[metric], lambda: trainable_state(model, trained))
                 telemetry.evaluation(step, result, metric, es.best_value)
                 if es.should_stop:
@@ -496,7 +497,8 @@ def train(job: FineTuneJob, run_id: str, settings: TrainerSettings, on_log=None)
         shipped = es.best_step
     if not dist.main:
         return {}
-    final = evaluate(model, val, micro, pad, device, amp, task=task) if val else {}
+    # The shipped weights were scored when they were current; scoring them again would give the same numbers.
+    final = evals.get(shipped) or (evaluate(model, val, micro, pad, device, amp, task=task) if val else {})
     tested, errors = {"test": {}}, []
     if test:
         scored = task.score(model, test, micro, pad, device, amp)
