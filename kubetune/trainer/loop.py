@@ -350,7 +350,7 @@ def train(job: FineTuneJob, run_id: str, settings: TrainerSettings, on_log=None)
     store = Store(spec.storage, settings.cache_dir)
     run_uri = join(spec.output.uri, run_id)
     summary_uri = join(run_uri, contract.SUMMARY_FILE)
-    if store.exists(summary_uri):
+    if store.exists(summary_uri, "output.uri"):
         previous = json.loads(store.get_text(summary_uri))
         if previous.get("specHash") != spec_hash(job):
             raise BadInput(f"output {run_uri} already holds a finished run of a different spec; "

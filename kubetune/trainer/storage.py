@@ -36,7 +36,9 @@ class Store:
             style = self.storage.addressing_style
             if style == "auto":
                 style = "path" if self.storage.endpoint else "virtual"
-            self._s3 = boto3.client(
+            # A session of its own: boto3's default session caches the credentials it resolved first.
+            self._session = boto3.session.Session()
+            self._s3 = self._session.client(
                 "s3", endpoint_url=self.storage.endpoint, region_name=self.storage.region,
                 config=Config(s3={"addressing_style": style}, retries={"max_attempts": 8, "mode": "adaptive"}),
             )
@@ -61,16 +63,21 @@ class Store:
             raise BadInput(f"no S3 credentials for {uri}: set storage.secretRef or give the pod an identity") from exc
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
-            if code in ("404", "NoSuchKey", "NoSuchBucket"):
+            if code == "NoSuchBucket":
+                raise BadInput(f"{what}: bucket {self._split(uri)[0]} of {uri} does not exist") from exc
+            if code in ("404", "NoSuchKey"):
                 raise BadInput(f"{what}: {uri} does not exist") from exc
             if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
-                raise BadInput(f"{what}: access to {uri} denied ({code}); check the credentials") from exc
+                creds = self._session.get_credentials()  # the key id names whose access failed; never the secret
+                raise BadInput(f"{what}: access to {uri} denied ({code}) for access key id "
+                               f"{creds.access_key if creds else '(none)'}; check the credentials (storage.secretRef) "
+                               "and the bucket policy") from exc
             raise TrainerError(f"{what}: {uri}: {code or exc}") from exc
         except BotoCoreError as exc:
             raise TrainerError(f"{what}: {uri}: {exc}") from exc
 
     # --- Public interface --------------------------------------------------------------------------------
-    def list(self, uri: str) -> list[str]:
+    def list(self, uri: str, what: str = "list") -> list[str]:
         """URIs of every object under a prefix (or the one object named)."""
         if uri.startswith("file://"):
             path = Path(urlparse(uri).path)
@@ -85,9 +92,9 @@ class Store:
                 out += [f"s3://{bucket}/{o['Key']}" for o in page.get("Contents", [])]
             return out
 
-        return sorted(self._s3_call("list", uri, pages))
+        return sorted(self._s3_call(what, uri, pages))
 
-    def exists(self, uri: str) -> bool:
+    def exists(self, uri: str, what: str = "head") -> bool:
         if uri.startswith("file://"):
             return Path(urlparse(uri).path).exists()
         from botocore.exceptions import ClientError
@@ -103,7 +110,7 @@ class Store:
                     return False
                 raise
 
-        return self._s3_call("head", uri, probe)
+        return self._s3_call(what, uri, probe)
 
     def fetch(self, uri: str, what: str) -> Path:
         """A local path holding the file, or the directory of every object under the prefix (cached)."""
@@ -112,7 +119,7 @@ class Store:
             if not path.exists():
                 raise BadInput(f"{what}: {uri} does not exist")
             return path
-        objects = self.list(uri)
+        objects = self.list(uri, what)
         if not objects:
             raise BadInput(f"{what}: nothing at {uri}")
         bucket, key = self._split(uri)
@@ -122,14 +129,14 @@ class Store:
         def get(obj: str) -> None:
             _, okey = self._split(obj)
             dest = root if single else root / okey[len(key):].lstrip("/")
-            head = self._s3_call("head", obj, lambda: self.s3.head_object(Bucket=bucket, Key=okey))
+            head = self._s3_call(what, obj, lambda: self.s3.head_object(Bucket=bucket, Key=okey))
             stamp = dest.with_name(dest.name + ".etag")
             if dest.exists() and stamp.exists() and stamp.read_text() == head["ETag"]:
                 return
             dest.parent.mkdir(parents=True, exist_ok=True)
             part = dest.with_name(dest.name + ".part")
-            self._s3_call("download", obj, lambda: self.s3.download_file(bucket, okey, str(part),
-                                                                          Config=self._transfer()))
+            self._s3_call(what, obj, lambda: self.s3.download_file(bucket, okey, str(part),
+                                                                   Config=self._transfer()))
             part.replace(dest)
             stamp.write_text(head["ETag"])
 
