@@ -2,6 +2,7 @@
 trained end to end on file:// data, scored against the base model and the majority class on a test set."""
 import json
 import random
+import time
 from pathlib import Path
 
 import numpy as np
@@ -329,3 +330,35 @@ def test_unknown_label_in_the_test_set_is_bad_input_naming_the_line(tmp_path, ti
     job = make_job(tmp_path, tiny_bert, test_rows=test_rows)
     with pytest.raises(BadInput, match=r"data/test\.jsonl line 6: unknown label 'ecstatic' in column 'label'"):
         train(job, "bad", settings(tmp_path))
+
+
+def test_interrupted_classifier_with_gradual_unfreezing_resumes_exactly(tmp_path, tiny_bert):
+    """Checkpoints carry the weights of blocks that are still frozen and the baseline's test scores: a run
+    stopped after a checkpoint resumes into the same losses and the same comparison as an uninterrupted one."""
+    job = make_job(tmp_path, tiny_bert, method={"freeze": {"trainableTopLayers": 1, "unfreezeEverySteps": 6}},
+                   hyperparameters={"maxSteps": 24}, checkpoint={"everySteps": 8}, evaluation={"everySteps": 12})
+
+    def losses(run: str) -> dict:
+        rows = [json.loads(x) for x in (tmp_path / "out" / run / "metrics.jsonl").read_text().splitlines()]
+        return {r["step"]: r["loss"] for r in rows if r["kind"] == "train"}
+
+    reference = train(job, "reference", settings(tmp_path))
+
+    class Killed(Exception):
+        pass
+
+    def die_at_step_13(row):
+        if row["kind"] == "train" and row["step"] == 13:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(job, "killed", settings(tmp_path), on_log=die_at_step_13)
+    marker = tmp_path / "out/killed/checkpoints/step-00000008/COMPLETE"
+    for _ in range(100):  # the upload runs in the background
+        if marker.exists():
+            break
+        time.sleep(0.05)
+    resumed = train(job, "killed", settings(tmp_path), on_log=lambda row: None)
+    assert losses("killed") == pytest.approx(losses("reference"), rel=1e-5)
+    assert resumed["test"] == pytest.approx(reference["test"], rel=1e-5)
+    assert resumed["comparison"]["baseModel"]["test"] == pytest.approx(reference["comparison"]["baseModel"]["test"])
