@@ -7,6 +7,7 @@ weighted per class when classification.classWeights is set; and the per-example 
 `evaluation.py` turns into metrics, intervals and the error analysis. Every data error names the file and line.
 """
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -192,8 +193,6 @@ class Classification:
 
     def forward(self, model, batch: dict, device, amp) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-example weighted loss and the logits."""
-        from contextlib import nullcontext
-
         with torch.autocast(device.type, dtype=amp) if amp else nullcontext():
             logits = model(input_ids=batch["input_ids"].to(device),
                            attention_mask=batch["attention_mask"].to(device)).logits.float()
