@@ -15,6 +15,7 @@ from kubetune.trainer import scoring
 
 RESAMPLES = 1000
 ERRORS_KEPT = 100
+CONFUSION_MAX_CLASSES = 100  # beyond, the matrix would dwarf the summary; per-class metrics still come
 
 
 @dataclass
@@ -142,5 +143,6 @@ def report(scored: Scored, base: Scored | None, constant: tuple[str, Scored] | N
         out["comparison"] = comparison
     if scored.kind == "classification":
         out["perClass"] = per_class(scored, names)
-        out["confusionMatrix"] = confusion(scored, names)
+        if len(names) <= CONFUSION_MAX_CLASSES:
+            out["confusionMatrix"] = confusion(scored, names)
     return out

@@ -24,10 +24,12 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -
 
 
 def per_class(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> dict[str, np.ndarray]:
-    """Precision, recall, F1 and support of each class; 0 where a ratio has no denominator (as scikit-learn)."""
-    m = confusion_matrix(y_true, y_pred, num_classes)
-    tp = np.diag(m).astype(float)
-    predicted, actual = m.sum(axis=0), m.sum(axis=1)
+    """Precision, recall, F1 and support of each class; 0 where a ratio has no denominator (as scikit-learn).
+    Counted without the confusion matrix: the bootstrap calls this thousands of times, and classes may be many."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    tp = np.bincount(y_true[y_true == y_pred], minlength=num_classes).astype(float)
+    predicted = np.bincount(y_pred, minlength=num_classes)
+    actual = np.bincount(y_true, minlength=num_classes)
     precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
     recall = np.divide(tp, actual, out=np.zeros_like(tp), where=actual > 0)
     denom = precision + recall
