@@ -48,6 +48,7 @@ class Labels:
 
     names: tuple[str, ...]
     column: str
+    from_data: bool = False  # read from dataset.train rather than declared in classification.labels
 
     @property
     def regression(self) -> bool:
@@ -72,8 +73,10 @@ class Labels:
         if i is not None and 0 <= i < len(self.names):
             return i
         shown = ", ".join(self.names[:20]) + (", ..." if len(self.names) > 20 else "")
+        hint = "; they were read from dataset.train: list every class in classification.labels" \
+            if self.from_data else ""
         raise BadInput(f"{source}: unknown label {value!r} in column {self.column!r}; the labels are {shown} "
-                       "(class names or ids 0..numLabels-1)")
+                       f"(class names or ids 0..numLabels-1){hint}")
 
     def model_kwargs(self) -> dict:
         """Config overrides that give the model its head and carry the mapping into the saved config."""
@@ -119,7 +122,7 @@ def label_space(job: FineTuneJob, records: list[d.Record]) -> Labels:
         if len(names) < 2:
             raise BadInput(f"dataset.train: column {column!r} holds a single class {names[0]!r}; classification "
                            "needs at least two (classification.numLabels: 1 for regression)")
-        labels = Labels(names, column)
+        labels = Labels(names, column, from_data=True)
     weights = spec.class_weights
     if weights is not None:
         if labels.regression or len(weights) != labels.num_labels:

@@ -132,7 +132,8 @@ def test_bad_label_specs_name_the_field_and_value(spec, values, message):
 
 def test_unknown_label_and_non_numeric_target_name_file_and_line():
     labels = classify.label_space(job_with(), records(["a", "b"]))
-    with pytest.raises(BadInput, match=r"test\.jsonl line 7: unknown label 'c' in column 'label'; the labels are a, b"):
+    with pytest.raises(BadInput, match=r"test\.jsonl line 7: unknown label 'c' in column 'label'; the labels are a, b "
+                       r"\(class names or ids 0\.\.numLabels-1\); they were read from dataset\.train: list every"):
         labels.target("c", "test.jsonl line 7")
     with pytest.raises(BadInput, match=r"line 7: unknown label 2"):
         labels.target(2, "test.jsonl line 7")
@@ -278,7 +279,7 @@ def test_lora_llama_classifier_trains_and_saves_its_head(tmp_path, tiny_model):
 
     job = make_job(tmp_path, tiny_model, method={"type": "lora", "lora": {"r": 8, "alpha": 16, "dropout": 0.0}},
                    hyperparameters={"maxSteps": 40, "learningRate": 1e-2}, evaluation={"everySteps": 20},
-                   dataset={"maxSeqLength": 32})
+                   dataset={"maxSeqLength": 32}, output={"mergeAdapter": True})
     summary = train(job, "lora", settings(tmp_path))
     assert summary["comparison"]["majorityClass"]["difference"]["f1"]["excludesZero"]
     assert summary["test"]["f1"] > summary["comparison"]["baseModel"]["test"]["f1"]
@@ -297,6 +298,12 @@ def test_lora_llama_classifier_trains_and_saves_its_head(tmp_path, tiny_model):
         logits = reloaded(**tok([r["text"] for r in rows], return_tensors="pt", padding=True)).logits
     predicted = [config.id2label[i] for i in logits.argmax(-1).tolist()]
     assert np.mean([p == r["label"] for p, r in zip(predicted, rows)]) == pytest.approx(summary["test"]["accuracy"])
+    # Merged: a plain classifier with the trained head and the label names, predicting the same.
+    merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "out/lora/merged").eval()
+    assert merged.config.id2label == config.id2label
+    with torch.no_grad():
+        again = merged(**tok([r["text"] for r in rows], return_tensors="pt", padding=True)).logits
+    assert again.argmax(-1).tolist() == logits.argmax(-1).tolist()
 
 
 def test_regression_reports_mse_mae_r2_against_the_training_mean(tmp_path, tiny_bert):
