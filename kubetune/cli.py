@@ -83,5 +83,118 @@ def render(file: Path = typer.Argument(..., exists=True, dir_okay=False, readabl
     raise typer.Exit(1 if failed else 0)
 
 
+@app.command()
+def run(
+    file: Path = typer.Argument(..., exists=True, dir_okay=False, readable=True),
+    output_dir: Path | None = typer.Option(None, help="Write the artifacts under this local directory instead of "
+                                           "spec.output.uri."),
+    run_id: str | None = typer.Option(None, help="Artifacts go under <output>/<run id>/. Reusing an id resumes an "
+                                      "interrupted run, or does nothing if it finished. Default: local-<UTC time>."),
+    name: str | None = typer.Option(None, help="Which FineTuneJob, when FILE holds several."),
+    threads: int | None = typer.Option(None, min=1, help="CPU threads for torch (default: torch decides)."),
+    cache_dir: Path | None = typer.Option(None, help="Downloads and scratch space (default ~/.cache/kubetune/trainer)."),
+) -> None:
+    """Run FILE's FineTuneJob here, with the trainer the pod runs; exit codes are the trainer's (64 bad input,
+    65 out of memory, 75 retry)."""
+    import time
+
+    from kubetune.api import contract
+
+    docs = [d for d in load_documents(file.read_text()) if is_finetunejob(d)]
+    if name:
+        docs = [d for d in docs if (d.get("metadata") or {}).get("name") == name]
+    if len(docs) != 1:
+        err.print(f"{file}: {len(docs)} FineTuneJobs{f' named {name}' if name else ''}; "
+                  "run needs exactly one (choose with --name)", markup=False)
+        raise typer.Exit(contract.EXIT_BAD_INPUT)
+    doc = docs[0]
+    if output_dir is not None:
+        doc.setdefault("spec", {}).setdefault("output", {})["uri"] = f"file://{output_dir.resolve()}/"
+    job, errors = validate_manifest(doc)
+    for e in errors:
+        err.print(f"{file}: {e}", markup=False)
+    if errors:
+        raise typer.Exit(contract.EXIT_BAD_INPUT)
+
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    from kubetune.trainer.__main__ import known_error  # torch and transformers load only now
+    from kubetune.trainer.loop import train
+    from kubetune.trainer.settings import TrainerSettings
+
+    hf_logging.disable_progress_bar()  # one progress bar on the screen: ours
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+
+    run_id = run_id or time.strftime("local-%Y%m%dT%H%M%SZ", time.gmtime())
+    settings = TrainerSettings(metrics_port=0, threads=threads, **({"cache_dir": cache_dir} if cache_dir else {}))
+    out.print(f"FineTuneJob/{job.metadata.name}, run {run_id} → {job.spec.output.uri.rstrip('/')}/{run_id}/",
+              markup=False)
+    progress = RunProgress()
+    try:
+        with progress.bar:
+            summary = train(job, run_id, settings, on_log=progress)
+    except Exception as exc:
+        error = known_error(exc)
+        if error is None:
+            raise
+        err.print(f"{file}: {error.reason}: {error}", markup=False)
+        if error.reason == "Preempted":
+            err.print(f"resume with: kubetune run {file} --run-id {run_id}", markup=False)
+        raise typer.Exit(error.exit_code)
+    report(summary)
+
+
+class RunProgress:
+    """Draws the trainer's log rows (train()'s on_log): a bar with step/total, loss, eval loss, tokens/s, ETA."""
+
+    def __init__(self):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        self.bar = Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("loss {task.fields[loss]}  eval {task.fields[eval]}  {task.fields[rate]} tok/s"
+                                       "  ETA {task.fields[eta]}"), console=out)
+        self.task = self.bar.add_task("train", total=None, loss="-", eval="-", rate="-", eta="-")
+
+    def __call__(self, row: dict) -> None:
+        kind, say = row["kind"], self.bar.console.print
+        if kind == "train":
+            self.bar.update(self.task, completed=row["step"], total=row["total_steps"], loss=f"{row['loss']:.4f}",
+                            rate=f"{row['tokens_per_s']:.0f}", eta=_duration(row["eta_s"]))
+        elif kind == "eval":
+            self.bar.update(self.task, eval=f"{row['loss']:.4f}")
+        elif kind == "baseline":
+            say(f"baseline (untouched model): validation loss {row['loss']:.4f}", markup=False)
+        elif kind == "resume":
+            self.bar.update(self.task, completed=row["step"])
+            say(f"resumed from the checkpoint of step {row['step']}", markup=False)
+        elif kind == "data":
+            say(f"data: {row['train_rows']} training rows, {row['validation_examples']} validation and "
+                f"{row['test_examples']} test examples; longer than maxSeqLength {row['max_seq_length']}: "
+                f"{row['truncated']} truncated, {row['dropped_too_long']} dropped", markup=False)
+
+
+def _duration(seconds: float) -> str:
+    minutes, s = divmod(int(seconds), 60)
+    return f"{minutes}:{s:02d}"
+
+
+def report(summary: dict) -> None:
+    """Baseline against fine-tuned, then where the artifacts are."""
+    from rich.table import Table
+
+    table = Table("metric", "baseline", "fine-tuned", title=f"validation: {summary['stopReason']} after "
+                  f"{summary['steps']} steps, shipped step {summary['shippedStep']}")
+    for key, value in summary["eval"].items():
+        base = summary["baseline"].get(key)
+        table.add_row(key, "-" if base is None else f"{base:.4f}", f"{value:.4f}")
+    out.print(table if summary["eval"] else "no validation set: nothing to compare", markup=False)
+    if summary.get("test"):
+        out.print("test: " + ", ".join(f"{k} {v:.4f}" for k, v in summary["test"].items()
+                                       if isinstance(v, (int, float))), markup=False)
+    out.print(f"artifacts: {summary['artifacts']['uri']}/ (model: {summary['artifacts']['modelUri']})", markup=False)
+
+
 if __name__ == "__main__":
     app()
