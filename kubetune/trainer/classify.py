@@ -212,8 +212,7 @@ class Classification:
     @torch.no_grad()
     def score(self, model, examples: list, micro: int, pad_id: int, device, amp) -> Scored:
         model.eval()
-        # Batches of similar length waste less compute on padding; results go back to the examples' order.
-        order = sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"]))
+        order = d.length_order(examples)
         examples = [examples[i] for i in order]
         loss, weight, pred, conf = [], [], [], []
         for i in range(0, len(examples), micro):

@@ -304,14 +304,16 @@ class CausalLM:
     @torch.no_grad()
     def score(model, examples: list, micro: int, pad_id: int, device, amp) -> ev.Scored:
         model.eval()
+        order = d.length_order(examples)
         sums, counts, correct = [], [], []
         for i in range(0, len(examples), micro):
-            s, n, c = token_losses(model, d.collate(examples[i: i + micro], pad_id), device, amp)
+            s, n, c = token_losses(model, d.collate([examples[j] for j in order[i: i + micro]], pad_id), device, amp)
             sums += s.tolist()
             counts += n.tolist()
             correct += c.tolist()
         model.train()
-        return ev.Scored("causal-lm", loss=np.array(sums), weight=np.array(counts), correct=np.array(correct))
+        scored = ev.Scored("causal-lm", loss=np.array(sums), weight=np.array(counts), correct=np.array(correct))
+        return scored.take(np.argsort(order))
 
     @torch.no_grad()
     def errors(self, model, scored: ev.Scored, examples: list, indices: list[int], device, amp) -> list[dict]:

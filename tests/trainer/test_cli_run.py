@@ -9,6 +9,7 @@ from pathlib import Path
 import yaml
 
 from kubetune.api import contract
+from tests.trainer.conftest import chat_rows, write_jsonl
 from tests.trainer.test_train import make_job
 
 ROOT = Path(__file__).parents[2]
@@ -29,7 +30,8 @@ def manifest(tmp_path: Path, tiny_model: Path, **patch) -> Path:
 
 
 def test_run_trains_with_a_progress_bar_and_reports_baseline_against_fine_tuned(tmp_path, tiny_model):
-    path = manifest(tmp_path, tiny_model)
+    path = manifest(tmp_path, tiny_model,
+                    dataset={"test": write_jsonl(tmp_path / "data/test.jsonl", chat_rows(16, seed=3))})
     result = kubetune("run", str(path), "--output-dir", str(tmp_path / "artifacts"), "--run-id", "r1",
                       "--threads", "1", "--cache-dir", str(tmp_path / "cache"), tty=True)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -39,8 +41,12 @@ def test_run_trains_with_a_progress_bar_and_reports_baseline_against_fine_tuned(
     assert f"run r1 → file://{tmp_path}/artifacts/r1/" in text
     assert "12/12" in text and "tok/s" in text  # the bar reached the end
     assert f"baseline (untouched model): validation loss {summary['baseline']['loss']:.4f}" in text
-    loss_row = next(line for line in text.splitlines() if "│ loss" in line)
-    assert f"{summary['baseline']['loss']:.4f}" in loss_row and f"{summary['eval']['loss']:.4f}" in loss_row
+    validation_row, test_row = [line for line in text.splitlines() if "│ loss" in line]
+    assert f"{summary['baseline']['loss']:.4f}" in validation_row and f"{summary['eval']['loss']:.4f}" in validation_row
+    test, base = summary["test"], summary["comparison"]["baseModel"]
+    difference = base["difference"]["loss"]
+    assert f"{test['loss']:.4f} [{test['lossLow']:.4f}, {test['lossHigh']:.4f}]" in test_row
+    assert f"{base['test']['loss']:.4f} → {difference['value']:+.4f} [{difference['low']:+.4f}, " in test_row
     assert f"artifacts: file://{tmp_path}/artifacts/r1/" in text
     assert '{"kind"' not in text  # the JSON log lines are the pod's; a person gets the bar
 
