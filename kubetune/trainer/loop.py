@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from kubetune.api import FineTuneJob, contract
 from kubetune.api.spec import MAXIMISED_METRICS, Lora
 from kubetune.api.status import Reason
-from kubetune.trainer import classify
+from kubetune.trainer import classify, flops
 from kubetune.trainer import data as d
 from kubetune.trainer import evaluation as ev
 from kubetune.trainer.checkpoint import Checkpointer
@@ -380,6 +380,8 @@ def train(job: FineTuneJob, run_id: str, settings: TrainerSettings, on_log=None)
             model, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=unfreezer is not None)
     trained = {k for k, p in model.named_parameters() if p.requires_grad}  # before gradual freezing
+    peak = flops.peak_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
+    per_token = flops.flops_per_token(model)
     micro = hp.micro_batch_size
     accumulation = hp.batch_size // (micro * dist.world)
     if accumulation < 1 or hp.batch_size % (micro * dist.world):
@@ -468,10 +470,14 @@ def train(job: FineTuneJob, run_id: str, settings: TrainerSettings, on_log=None)
             tokens_seen += sum(int(b["input_ids"].numel()) for b in batches) * dist.world
             if step % settings.log_every_steps == 0 or step in (1, total):
                 elapsed = max(time.monotonic() - step_started, 1e-9)
+                tokens_per_s = (tokens_seen - first_tokens) / elapsed
                 telemetry.train_step(step, total, step * hp.batch_size / len(train_rows), loss_total,
-                                     sched.get_last_lr()[0], float(grad_norm), (tokens_seen - first_tokens) / elapsed,
+                                     sched.get_last_lr()[0], float(grad_norm), tokens_per_s,
                                      hp.batch_size * (step - first_step) / elapsed,
-                                     eta=elapsed / (step - first_step) * (total - step))
+                                     eta=elapsed / (step - first_step) * (total - step),
+                                     mfu=flops.mfu(tokens_per_s, per_token, peak, dist.world) if peak else None,
+                                     memory_bytes=torch.cuda.max_memory_allocated(device) if device.type == "cuda"
+                                     else None)
             if val and (step % eval_every == 0 or step == total):
                 result = evals[step] = evaluate(model, val, micro, pad, device, amp, task=task)
                 es.update(step, result[metric], lambda: trainable_state(model, trained))

@@ -25,7 +25,9 @@ class Telemetry:
         self.grad_norm = g("kubetune_grad_norm", "Gradient norm before clipping")
         self.samples_per_second = g("kubetune_samples_per_second", "Training sequences per second")
         self.checkpoint_seconds = g("kubetune_checkpoint_seconds", "Duration of the last checkpoint write")
-        self.memory_bytes = g("kubetune_device_memory_bytes", "Peak accelerator memory allocated")
+        self.memory_bytes = g("kubetune_device_memory_bytes", "Peak accelerator memory allocated by this process")
+        self.mfu = g("kubetune_mfu", "Model FLOPs utilisation: model matmul FLOPs per second over the devices' "
+                     "bf16 peak (only where the device's peak is known)")
         self.eval_metric = g("kubetune_eval_metric", "Validation metrics of the last evaluation", ["metric"])
         self.test_metric = g("kubetune_test_metric", "Final test metrics; metric names ending in Low/High are the "
                              "95% bootstrap interval; model is fine-tuned, baseModel or majorityClass/trainMean",
@@ -48,14 +50,18 @@ class Telemetry:
         return row
 
     def train_step(self, step: int, total: int, epoch: float, loss: float, lr: float, grad_norm: float,
-                   tokens_per_s: float, samples_per_s: float, eta: float) -> dict:
+                   tokens_per_s: float, samples_per_s: float, eta: float, mfu: float | None = None,
+                   memory_bytes: int | None = None) -> dict:
         for gauge, v in ((self.step, step), (self.total_steps, total), (self.epoch, epoch), (self.train_loss, loss),
                          (self.lr, lr), (self.grad_norm, grad_norm), (self.tokens_per_second, tokens_per_s),
-                         (self.samples_per_second, samples_per_s), (self.eta, eta)):
-            gauge.set(v)
+                         (self.samples_per_second, samples_per_s), (self.eta, eta), (self.mfu, mfu),
+                         (self.memory_bytes, memory_bytes)):
+            if v is not None:
+                gauge.set(v)
+        device = {k: v for k, v in (("mfu", mfu and round(mfu, 4)), ("memory_bytes", memory_bytes)) if v is not None}
         return self.log("train", step=step, total_steps=total, epoch=round(epoch, 4), loss=round(loss, 5),
                         lr=lr, grad_norm=round(grad_norm, 4), tokens_per_s=round(tokens_per_s, 1),
-                        eta_s=round(eta))
+                        eta_s=round(eta), **device)
 
     def evaluation(self, step: int, metrics: dict, best_name: str, best_value: float | None, tag: str = "eval"):
         if tag == "eval":
