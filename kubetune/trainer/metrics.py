@@ -79,13 +79,13 @@ class Telemetry:
             for k, v in values.items():
                 self.test_metric.labels(model=model, metric=k).set(v)
             self.log("test", model=model, **{k: round(v, 5) for k, v in values.items()})
-        for against, c in report.get("comparison", {}).items():
-            for k, diff in c["difference"].items():
+        for against, baseline in report.get("comparison", {}).items():
+            for k, diff in baseline["difference"].items():
                 for bound in ("value", "low", "high"):
                     self.test_difference.labels(against=against, metric=k, bound=bound).set(diff[bound])
             self.log("comparison", against=against, **{k: {b: (round(x, 5) if isinstance(x, float) else x)
                                                             for b, x in diff.items()}
-                                                        for k, diff in c["difference"].items()})
+                                                        for k, diff in baseline["difference"].items()})
 
     def jsonl(self) -> str:
         return "".join(json.dumps(r) + "\n" for r in self.records)

@@ -12,6 +12,21 @@ CHAT_TEMPLATE = (
 WORDS = "red green blue cat dog bird one two three four five six seven eight nine ten".split()
 
 
+def finetunejob(name: str, spec: dict):
+    from kubetune.api import FineTuneJob
+
+    return FineTuneJob.model_validate({"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob",
+                                       "metadata": {"name": name}, "spec": spec})
+
+
+def settings(tmp_path: Path, **overrides):
+    """Trainer settings for a test: scratch under tmp_path, no metrics port, every step logged."""
+    from kubetune.trainer.settings import TrainerSettings
+
+    return TrainerSettings(**{"cache_dir": tmp_path / "cache", "metrics_port": 0,
+                              "termination_log": tmp_path / "term", "log_every_steps": 1, **overrides})
+
+
 def qa_pairs(n: int, seed: int = 0) -> list[tuple[str, str]]:
     """Questions whose answers follow a rule a small model can learn: echo the word after 'say'."""
     rng = random.Random(seed)

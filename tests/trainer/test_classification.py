@@ -18,7 +18,7 @@ from kubetune.trainer.loop import train
 from kubetune.trainer.unfreeze import GradualUnfreezing
 from tests.api.cases import _merge
 from tests.trainer.conftest import write_jsonl
-from tests.trainer.test_train import settings
+from tests.trainer.conftest import finetunejob, settings
 
 WORDS = {"negative": "bad awful sad terrible poor".split(), "neutral": "table chair door window road".split(),
          "positive": "good great happy lovely nice".split()}
@@ -77,8 +77,7 @@ def make_job(tmp_path: Path, model: Path, train_rows=None, test_rows=None, **spe
         "resources": {"gpusPerNode": 0},
     }
     _merge(spec, spec_patch)
-    return FineTuneJob.model_validate({"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob",
-                                       "metadata": {"name": "tiny-cls"}, "spec": spec})
+    return finetunejob("tiny-cls", spec)
 
 
 def records(values: list, source: str = "train.jsonl") -> list[d.Record]:

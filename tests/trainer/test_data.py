@@ -1,5 +1,4 @@
 """Masking, EOS, truncation, packing and loss normalisation on inputs small enough to check by hand."""
-import json
 
 import pytest
 import torch

@@ -8,9 +8,8 @@ import time
 import pytest
 
 from hack import assets
-from kubetune.api import FineTuneJob
 from kubetune.trainer.loop import train
-from kubetune.trainer.settings import TrainerSettings
+from tests.trainer.conftest import finetunejob, settings
 
 pytestmark = pytest.mark.slow
 
@@ -28,8 +27,7 @@ def chat(tmp_path_factory):
 
 def test_smollm2_lora_lowers_held_out_loss_against_its_baseline(tmp_path, chat):
     model, splits = chat
-    job = FineTuneJob.model_validate({"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob",
-                                      "metadata": {"name": "smollm2-chatterbot"}, "spec": {
+    job = finetunejob("smollm2-chatterbot", {
         "task": "causal-lm",
         "baseModel": {"uri": f"file://{model}"},
         "dataset": {"train": f"file://{splits['train']}", "validation": f"file://{splits['validation']}",
@@ -40,10 +38,9 @@ def test_smollm2_lora_lowers_held_out_loss_against_its_baseline(tmp_path, chat):
                             "warmupRatio": 0.1},
         "evaluation": {"everySteps": 6, "baseline": True},
         "output": {"uri": f"file://{tmp_path}/out/"},
-        "resources": {"gpusPerNode": 0}}})
+        "resources": {"gpusPerNode": 0}})
     started = time.monotonic()
-    summary = train(job, "real", TrainerSettings(cache_dir=tmp_path / "cache", metrics_port=0, threads=2,
-                                                 termination_log=tmp_path / "term", log_every_steps=4))
+    summary = train(job, "real", settings(tmp_path, threads=2, log_every_steps=4))
     print(json.dumps({"seconds": round(time.monotonic() - started), "baseline": summary["baseline"],
                       "eval": summary["eval"], "test": summary["test"], "comparison": summary["comparison"]},
                      indent=1))

@@ -7,9 +7,8 @@ import time
 import pytest
 
 from hack import assets
-from kubetune.api import FineTuneJob
 from kubetune.trainer.loop import train
-from kubetune.trainer.settings import TrainerSettings
+from tests.trainer.conftest import finetunejob, settings
 
 pytestmark = pytest.mark.slow
 
@@ -27,8 +26,7 @@ def tweets(tmp_path_factory):
 
 def test_minilm_sentiment_beats_the_majority_class_on_test_macro_f1(tmp_path, tweets):
     model, splits = tweets
-    job = FineTuneJob.model_validate({"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob",
-                                      "metadata": {"name": "tweet-sentiment"}, "spec": {
+    job = finetunejob("tweet-sentiment", {
         "task": "sequence-classification",
         "baseModel": {"uri": f"file://{model}"},
         "dataset": {"train": f"file://{splits['train']}", "validation": f"file://{splits['validation']}",
@@ -43,10 +41,9 @@ def test_minilm_sentiment_beats_the_majority_class_on_test_macro_f1(tmp_path, tw
         "evaluation": {"everySteps": 30, "baseline": True},
         "earlyStopping": {"metric": "f1", "patience": 2},
         "output": {"uri": f"file://{tmp_path}/out/"},
-        "resources": {"gpusPerNode": 0}}})
+        "resources": {"gpusPerNode": 0}})
     started = time.monotonic()
-    summary = train(job, "real", TrainerSettings(cache_dir=tmp_path / "cache", metrics_port=0, threads=1,
-                                                 termination_log=tmp_path / "term", log_every_steps=10))
+    summary = train(job, "real", settings(tmp_path, threads=1, log_every_steps=10))
     print(json.dumps({"seconds": round(time.monotonic() - started), "test": summary["test"],
                       "comparison": summary["comparison"], "perClass": summary["perClass"]}, indent=1))
     majority = summary["comparison"]["majorityClass"]

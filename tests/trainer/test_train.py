@@ -5,12 +5,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from kubetune.api import FineTuneJob, contract
+from kubetune.api import FineTuneJob
 from kubetune.trainer.errors import BadInput
 from kubetune.trainer.loop import train
-from kubetune.trainer.settings import TrainerSettings
 from tests.api.cases import _merge
-from tests.trainer.conftest import chat_rows, write_jsonl
+from tests.trainer.conftest import chat_rows, finetunejob, settings, write_jsonl
 
 
 def make_job(tmp_path: Path, model: Path, **spec_patch) -> FineTuneJob:
@@ -27,13 +26,7 @@ def make_job(tmp_path: Path, model: Path, **spec_patch) -> FineTuneJob:
         "resources": {"gpusPerNode": 0},
     }
     _merge(spec, spec_patch)
-    return FineTuneJob.model_validate({"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob",
-                                       "metadata": {"name": "tiny"}, "spec": spec})
-
-
-def settings(tmp_path: Path) -> TrainerSettings:
-    return TrainerSettings(cache_dir=tmp_path / "cache", metrics_port=0, termination_log=tmp_path / "term",
-                           log_every_steps=1)
+    return finetunejob("tiny", spec)
 
 
 def test_lora_end_to_end_lowers_loss_and_adapter_reloads(tmp_path, tiny_model):
