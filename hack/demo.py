@@ -20,12 +20,12 @@ from hack import assets
 
 REPO = Path(__file__).resolve().parent.parent
 BUCKET = "kubetune-demo"
-SIZES = {"train": 400, "validation": 48, "test": 128}
-# Enough steps on two CPU threads to move the held-out loss clearly in about five minutes.
+SIZES = {"train": 400, "validation": 32, "test": 96}
+# Enough steps on two CPU threads to move the held-out loss clearly in about six minutes.
 CPU_SIZING = {
     "dataset": {"maxSeqLength": 128, "packing": False},
     "method": {"lora": {"r": 8, "alpha": 16, "dropout": 0.0}},
-    "hyperparameters": {"epochs": None, "maxSteps": 40, "batchSize": 8, "microBatchSize": 8, "learningRate": 1e-3,
+    "hyperparameters": {"epochs": None, "maxSteps": 30, "batchSize": 8, "microBatchSize": 8, "learningRate": 1e-3,
                         "warmupRatio": 0.1},
     "evaluation": {"everySteps": 10},
     "checkpoint": {"everySteps": 20},
