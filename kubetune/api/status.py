@@ -86,6 +86,28 @@ class BestMetric(APIModel):
     """The step where it was reached (the shipped weights)."""
 
 
+class Comparison(APIModel):
+    """Fine-tuned against one baseline on the test set, for the headline metric (the early-stopping metric, else
+    f1 / mse / loss by task), with the 95% paired-bootstrap interval of the difference."""
+
+    against: str
+    """baseModel (the untouched model), majorityClass or trainMean."""
+    metric: str
+    """The test metric compared."""
+    baseline: float
+    """The baseline's value."""
+    fine_tuned: float
+    """The fine-tuned model's value."""
+    difference: float
+    """fine-tuned minus baseline."""
+    low: float
+    """Lower bound of the difference's 95% interval."""
+    high: float
+    """Upper bound of the difference's 95% interval."""
+    excludes_zero: bool
+    """The interval excludes zero: the difference is not chance at the 95% level."""
+
+
 class Metrics(APIModel):
     train_loss: float | None = None
     """Latest training loss."""
@@ -97,6 +119,8 @@ class Metrics(APIModel):
     """The untouched base model's validation metrics (evaluation.baseline)."""
     test: dict[str, float] | None = None
     """Final test-set metrics."""
+    comparisons: list[Comparison] | None = None
+    """Fine-tuned against each baseline on the test set (evaluation.baseline and a test file)."""
     tokens_per_second: float | None = None
     """Training throughput, all devices together."""
     learning_rate: float | None = None

@@ -6,8 +6,10 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 
+from pydantic import ValidationError
+
 from kubetune.api import Condition, ConditionType, FineTuneJob, FineTuneJobStatus, Reason, contract
-from kubetune.api.status import Artifacts, BestMetric, Metrics, Progress, RunRecord
+from kubetune.api.status import Artifacts, BestMetric, Comparison, Metrics, Progress, RunRecord
 from kubetune.operator.children import CONTAINER, Run
 
 TERMINAL = ("Succeeded", "Failed")
@@ -154,6 +156,17 @@ def floats(values: dict | None) -> dict[str, float] | None:
     return clean or None
 
 
+def comparisons(lines: list | None) -> list[Comparison] | None:
+    """The trainer's headline comparisons; a malformed line is left out rather than failing the status."""
+    parsed = []
+    for line in lines or []:
+        try:
+            parsed.append(Comparison.model_validate(line))
+        except ValidationError:
+            continue
+    return parsed or None
+
+
 def live_metrics(previous: Metrics | None, sample: dict | None, summary: dict | None) -> Metrics | None:
     m = (previous or Metrics()).model_copy()
     if sample:
@@ -171,6 +184,7 @@ def live_metrics(previous: Metrics | None, sample: dict | None, summary: dict | 
             m.best = BestMetric(name=best["name"], value=best["value"], step=best.get("step") or 0)
         m.baseline = floats(summary.get("baseline")) or m.baseline
         m.test = floats(summary.get("test")) or m.test
+        m.comparisons = comparisons(summary.get("headline")) or m.comparisons
     return m if m != Metrics() else None
 
 

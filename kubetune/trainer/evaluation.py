@@ -146,3 +146,22 @@ def report(scored: Scored, base: Scored | None, constant: tuple[str, Scored] | N
         if len(names) <= CONFUSION_MAX_CLASSES:
             out["confusionMatrix"] = confusion(scored, names)
     return out
+
+
+HEADLINE_PREFERENCE = ("f1", "mse", "loss")  # by task, after the early-stopping metric
+
+
+def headline(report: dict, monitored: str) -> list[dict]:
+    """One line per baseline for the status and the termination message: the fine-tuned model against it on the
+    test set for the monitored metric (or the task's usual one), with the paired interval of the difference."""
+    lines = []
+    for against, c in report.get("comparison", {}).items():
+        available = c["difference"]
+        name = next((m for m in (monitored, *HEADLINE_PREFERENCE) if m in available), next(iter(available), None))
+        if name is None:
+            continue
+        diff = available[name]
+        lines.append({"against": against, "metric": name, "baseline": c["test"][name],
+                      "fineTuned": report["test"][name], "difference": diff["value"], "low": diff["low"],
+                      "high": diff["high"], "excludesZero": diff["excludesZero"]})
+    return lines

@@ -512,6 +512,7 @@ def train(job: FineTuneJob, run_id: str, settings: TrainerSettings, on_log=None)
         scored = task.score(model, test, micro, pad, device, amp)
         constant = task.constant_baseline(train_rows, test) if labels else None
         tested = ev.report(scored, baseline_test, constant, labels.names if labels else ())
+        tested["headline"] = ev.headline(tested, metric)
         telemetry.test(tested)
         errors = task.errors(model, scored, test, ev.worst(scored), device, amp)
     return finish(job, run_id, store, run_uri, model, tok, telemetry, scratch, errors=errors, summary={

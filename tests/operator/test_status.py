@@ -13,6 +13,9 @@ NOW = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)
 SUMMARY = {"runId": "g1-0f1e2d3c", "stopReason": "EarlyStopped", "steps": 60, "totalSteps": 100, "epochs": 1.2,
            "eval": {"loss": 1.25, "perplexity": 3.49}, "baseline": {"loss": 2.0}, "test": {"loss": 1.3},
            "best": {"name": "loss", "value": 1.2, "step": 40},
+           "headline": [{"against": "baseModel", "metric": "loss", "baseline": 2.1, "fineTuned": 1.3, "difference": -0.8,
+                         "low": -1.0, "high": -0.6, "excludesZero": True},
+                        {"against": "baseModel", "metric": "loss", "baseline": "not a number"}],  # left out
            "artifacts": {"uri": "s3://artifacts/case/g1-0f1e2d3c", "modelUri": "s3://artifacts/case/g1-0f1e2d3c/model"}}
 
 
@@ -108,6 +111,9 @@ def test_success_carries_the_trainer_summary():
     assert (status.progress.step, status.progress.total_steps, status.progress.percent) == (60, 100, 100)
     assert status.metrics.eval_loss == 1.25 and status.metrics.baseline == {"loss": 2.0}
     assert (status.metrics.best.value, status.metrics.best.step) == (1.2, 40)
+    [verdict] = status.metrics.comparisons
+    assert (verdict.against, verdict.fine_tuned, verdict.low, verdict.excludes_zero) == ("baseModel", 1.3, -1.0, True)
+    assert status.to_wire()["metrics"]["comparisons"][0]["fineTuned"] == 1.3  # camelCase on the wire
     assert status.artifacts.model_uri == SUMMARY["artifacts"]["modelUri"]
     assert status.completion_time == datetime(2026, 11, 22, 11, 30, tzinfo=timezone.utc)
     assert status.start_time == datetime(2026, 11, 22, 11, 1, tzinfo=timezone.utc)

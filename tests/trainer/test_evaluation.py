@@ -71,6 +71,12 @@ def test_report_and_gauges():
     assert report["perClass"]["b"] == {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 40}
     assert report["confusionMatrix"]["matrix"] == [[40, 0, 0], [0, 40, 0], [0, 0, 40]]
     assert "loss" not in report["comparison"]["baseModel"]["difference"]  # the fine-tuned score has no loss here
+    # The headline: the monitored metric where a baseline has it, else the task's usual one (f1 here).
+    by_baseline = {line["against"]: line for line in ev.headline(report, "loss")}
+    assert by_baseline["baseModel"]["metric"] == "f1" and by_baseline["majorityClass"]["metric"] == "f1"
+    assert by_baseline["majorityClass"]["fineTuned"] == 1.0 and by_baseline["majorityClass"]["excludesZero"]
+    assert by_baseline["majorityClass"]["baseline"] == pytest.approx(report["comparison"]["majorityClass"]["test"]["f1"])
+    assert [line["metric"] for line in ev.headline(report, "accuracy")] == ["accuracy", "accuracy"]
     telemetry = Telemetry(None, on_log=lambda row: None)
     telemetry.test(report)
     value = telemetry.registry.get_sample_value
@@ -90,6 +96,10 @@ def test_causal_lm_baseline_vs_fine_tuned_on_the_test_set(tmp_path, tiny_model):
     loss = base["difference"]["loss"]
     assert loss["excludesZero"] and loss["high"] < 0  # the fine-tuned model is better: its loss is lower
     assert "majorityClass" not in summary["comparison"] and "perClass" not in summary
+    [headline] = summary["headline"]
+    assert headline == {"against": "baseModel", "metric": "loss", "baseline": base["test"]["loss"],
+                        "fineTuned": test["loss"], "difference": loss["value"], "low": loss["low"],
+                        "high": loss["high"], "excludesZero": True}
     errors = [json.loads(x) for x in (tmp_path / "out/lm/errors.jsonl").read_text().splitlines()]
     assert len(errors) == 24 and [e["loss"] for e in errors] == sorted((e["loss"] for e in errors), reverse=True)
     assert errors[0]["source"].startswith(f"file://{tmp_path}/data/test.jsonl line ")
