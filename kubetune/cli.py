@@ -162,6 +162,9 @@ class RunProgress:
         if kind == "train":
             self.bar.update(self.task, completed=row["step"], total=row["total_steps"], loss=f"{row['loss']:.4f}",
                             rate=f"{row['tokens_per_s']:.0f}", eta=_duration(row["eta_s"]))
+            if not self.bar.console.is_terminal:  # a log file or a pipe gets no live bar: a line per logged step
+                say(f"step {row['step']}/{row['total_steps']}  loss {row['loss']:.4f}  "
+                    f"{row['tokens_per_s']:.0f} tok/s  ETA {_duration(row['eta_s'])}", markup=False)
         elif kind == "eval":
             self.bar.update(self.task, eval=f"{row['loss']:.4f}")
         elif kind == "baseline":

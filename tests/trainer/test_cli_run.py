@@ -58,6 +58,18 @@ def test_run_trains_with_a_progress_bar_and_reports_baseline_against_fine_tuned(
     assert (tmp_path / "artifacts/r1/summary.json").stat().st_mtime_ns == stamp
 
 
+def test_run_without_a_terminal_prints_a_line_per_logged_step(tmp_path, tiny_model):
+    path = manifest(tmp_path, tiny_model)
+    result = kubetune("run", str(path), "--output-dir", str(tmp_path / "artifacts"), "--run-id", "r1",
+                      "--threads", "1", "--cache-dir", str(tmp_path / "cache"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(x) for x in (tmp_path / "artifacts/r1/metrics.jsonl").read_text().splitlines()]
+    steps = [line for line in result.stdout.splitlines() if line.startswith("step ")]
+    assert [int(line.split()[1].split("/")[0]) for line in steps] == [r["step"] for r in rows if r["kind"] == "train"]
+    last = next(r for r in reversed(rows) if r["kind"] == "train")
+    assert steps[-1].startswith(f"step 12/12  loss {last['loss']:.4f}  ")
+
+
 def test_run_exit_codes_are_the_trainers(tmp_path, tiny_model):
     bad_data = manifest(tmp_path, tiny_model, dataset={"train": f"file://{tmp_path}/missing.jsonl"})
     result = kubetune("run", str(bad_data), "--output-dir", str(tmp_path / "a"), "--cache-dir", str(tmp_path / "c"))
