@@ -17,6 +17,8 @@ import yaml
 from botocore.exceptions import ClientError
 
 from hack import assets
+from tests.api.cases import DELETE, _merge
+from tests.plugins.cluster import read_env
 
 REPO = Path(__file__).resolve().parent.parent
 BUCKET = "kubetune-demo"
@@ -25,19 +27,13 @@ SIZES = {"train": 400, "validation": 32, "test": 96}
 CPU_SIZING = {
     "dataset": {"maxSeqLength": 128, "packing": False},
     "method": {"lora": {"r": 8, "alpha": 16, "dropout": 0.0}},
-    "hyperparameters": {"epochs": None, "maxSteps": 30, "batchSize": 8, "microBatchSize": 8, "learningRate": 1e-3,
-                        "warmupRatio": 0.1},
+    "hyperparameters": {"epochs": DELETE, "maxSteps": 30, "batchSize": 8, "microBatchSize": 8,
+                        "learningRate": 1e-3, "warmupRatio": 0.1},
     "evaluation": {"everySteps": 10},
     "checkpoint": {"everySteps": 20},
     "output": {"mergeAdapter": False},  # a merged copy is 540 MB more to write on a laptop disk
     "resources": {"gpusPerNode": 0, "cpu": 2, "memory": "8Gi"},
 }
-
-
-def cluster_env() -> dict[str, str]:
-    lines = subprocess.run([REPO / "hack" / "cluster", "env"], check=True, capture_output=True, text=True).stdout
-    return {k.removeprefix("export "): v.strip("'") for k, v in
-            (line.split("=", 1) for line in lines.splitlines() if line.startswith("export ") and "=" in line)}
 
 
 def upload_once(s3, local: Path, key: str) -> None:
@@ -50,19 +46,8 @@ def upload_once(s3, local: Path, key: str) -> None:
         s3.upload_file(str(local), BUCKET, key)
 
 
-def merge(base: dict, patch: dict) -> dict:
-    for key, value in patch.items():
-        if isinstance(value, dict):
-            merge(base.setdefault(key, {}), value)
-        elif value is None:
-            base.pop(key, None)
-        else:
-            base[key] = value
-    return base
-
-
 def main() -> int:
-    env = cluster_env()
+    env = read_env()
     endpoint = env["AWS_ENDPOINT_URL"]
     s3 = boto3.client("s3", endpoint_url=endpoint, region_name=env["AWS_REGION"],
                       aws_access_key_id=env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
@@ -85,8 +70,8 @@ def main() -> int:
     print(f"in S3 ({endpoint}): s3://{BUCKET}/{model_prefix} and s3://{BUCKET}/{data_prefix}", flush=True)
 
     job = yaml.safe_load((REPO / "examples" / "chat-lora.yaml").read_text())
-    merge(job["spec"], CPU_SIZING)
-    merge(job["spec"], {
+    _merge(job["spec"], CPU_SIZING)
+    _merge(job["spec"], {
         "baseModel": {"uri": f"s3://{BUCKET}/{model_prefix}"},
         "dataset": {split: f"s3://{BUCKET}/{data_prefix}{path.name}" for split, path in splits.items()},
         "output": {"uri": f"s3://{BUCKET}/artifacts/smollm2-chat/"},

@@ -20,13 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 from tests.api.cases import make_job  # noqa: E402
-
-
-def env() -> dict:
-    out = subprocess.run([str(ROOT / "hack" / "cluster"), "env"], capture_output=True, text=True, check=True).stdout
-    values = dict(re.match(r"export (\w+)='(.*)'", line).groups() for line in out.splitlines()
-                  if re.match(r"export (\w+)='(.*)'", line))
-    return values
+from tests.plugins.cluster import read_env  # noqa: E402
 
 
 def kubectl(e: dict, *args, input=None) -> str:
@@ -43,7 +37,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 def main(n: int) -> None:
-    e = env()
+    e = read_env()
     ns = f"bench-{os.getpid()}"
     kubectl(e, "apply", "-f", str(ROOT / "crds"))
     kubectl(e, "apply", "-k", str(ROOT / "config" / "rbac"))
