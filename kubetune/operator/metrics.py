@@ -1,5 +1,9 @@
-"""The operator's own Prometheus metrics: jobs by phase and namespace, reconcile duration and errors, the time
-from a run's creation to Running and the time Kueue kept it queued."""
+"""The operator's own Prometheus metrics: jobs by phase and namespace, each job's phase and reason, finished runs
+by outcome and reason, GPU-seconds used, reconcile duration and errors, the time from a run's creation to Running
+and the time Kueue kept it queued.
+
+Everything is derived in observe() from the status the reconcile computed and the run's Job, so a metric never
+disagrees with what `kubectl get ftj` shows."""
 import threading
 from datetime import datetime, timezone
 
@@ -8,8 +12,19 @@ from prometheus_client import Counter, Gauge, Histogram
 from kubetune.api import FineTuneJobStatus
 
 WAIT_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400)
+GPU = "nvidia.com/gpu"
 
 JOBS = Gauge("kubetune_operator_finetunejobs", "FineTuneJobs by phase", ["namespace", "phase"])
+JOB_PHASE = Gauge("kubetune_operator_finetunejob_phase",
+                  "1 for each FineTuneJob's current phase and reason (one series per job)",
+                  ["namespace", "finetunejob", "phase", "reason"])
+RUNS_FINISHED = Counter("kubetune_operator_runs_finished_total",
+                        "Runs that ended, by outcome (Succeeded/Failed) and the condition's reason",
+                        ["namespace", "phase", "reason"])
+GPU_SECONDS = Counter("kubetune_operator_gpu_seconds_total",
+                      "GPU-seconds of runs while Running (GPUs requested by the run's Job x time Running)",
+                      ["namespace"])
+GPUS_RUNNING = Gauge("kubetune_operator_gpus_running", "GPUs requested by Running runs", ["namespace"])
 RECONCILE_SECONDS = Histogram("kubetune_operator_reconcile_duration_seconds", "Duration of one reconcile")
 RECONCILE_ERRORS = Counter("kubetune_operator_reconcile_errors_total", "Reconciles that raised", ["error"])
 TIME_TO_RUNNING = Histogram("kubetune_operator_time_to_running_seconds",
@@ -18,6 +33,8 @@ QUEUE_WAIT = Histogram("kubetune_operator_queue_wait_seconds",
                        "How long a run's Job waited suspended for admission (Kueue)", buckets=WAIT_BUCKETS)
 
 _phases: dict[tuple[str, str], str] = {}
+_labels: dict[tuple[str, str], tuple[str, str]] = {}  # (namespace, name) -> (phase, reason) now exported
+_running: dict[tuple[str, str], tuple[str, datetime, int]] = {}  # -> (run id, counted up to, GPUs)
 _lock = threading.Lock()
 
 
@@ -28,11 +45,31 @@ def _publish() -> None:
     JOBS.clear()
     for (namespace, phase), n in counts.items():
         JOBS.labels(namespace, phase).set(n)
+    gpus: dict[str, int] = {}
+    for (namespace, _), (_, _, n) in _running.items():
+        gpus[namespace] = gpus.get(namespace, 0) + n
+    GPUS_RUNNING.clear()
+    for namespace, n in gpus.items():
+        GPUS_RUNNING.labels(namespace).set(n)
+
+
+def _set_phase(namespace: str, name: str, phase: str, reason: str) -> None:
+    old = _labels.get((namespace, name))
+    if old == (phase, reason):
+        return
+    if old:
+        JOB_PHASE.remove(namespace, name, *old)
+    _labels[(namespace, name)] = (phase, reason)
+    JOB_PHASE.labels(namespace, name, phase, reason).set(1)
 
 
 def forget(namespace: str, name: str) -> None:
     with _lock:
         _phases.pop((namespace, name), None)
+        old = _labels.pop((namespace, name), None)
+        if old:
+            JOB_PHASE.remove(namespace, name, *old)
+        _stop_counting((namespace, name), datetime.now(timezone.utc))
         _publish()
 
 
@@ -42,15 +79,52 @@ def _seconds_since(stamp: str | None, until: datetime) -> float | None:
     return (until - datetime.fromisoformat(stamp.replace("Z", "+00:00"))).total_seconds()
 
 
+def gpus_of(child: dict | None) -> int:
+    """GPUs a run's Job holds while it runs: the pod's GPU limits times its parallel pods (nodes)."""
+    if not child:
+        return 0
+    spec = child.get("spec", {})
+    pod = spec.get("template", {}).get("spec", {})
+    per_pod = sum(int((c.get("resources", {}).get("limits") or {}).get(GPU, 0)) for c in pod.get("containers", []))
+    return per_pod * int(spec.get("parallelism") or 1)
+
+
+def _stop_counting(key: tuple[str, str], until: datetime) -> None:
+    run = _running.pop(key, None)
+    if run:
+        _, since, gpus = run
+        GPU_SECONDS.labels(key[0]).inc(max((until - since).total_seconds(), 0.0) * gpus)
+
+
+def _count_gpu_time(key: tuple[str, str], status: FineTuneJobStatus, child: dict | None, now: datetime) -> None:
+    """Adds GPU-seconds since the last observation while a run is Running; a run that ended is counted up to its
+    completion time. Time while the operator was down (or on standby) before a restart is not counted."""
+    tracked = _running.get(key)
+    if tracked and (tracked[0] != status.run_id or status.phase != "Running"):
+        end = status.completion_time if tracked[0] == status.run_id and status.completion_time else now
+        _stop_counting(key, min(end, now))
+        tracked = None
+    if status.phase == "Running":
+        gpus = gpus_of(child)
+        if tracked:
+            GPU_SECONDS.labels(key[0]).inc(max((now - tracked[1]).total_seconds(), 0.0) * tracked[2])
+        _running[key] = (status.run_id or "", now, gpus)
+
+
 def observe(namespace: str, name: str, prior: FineTuneJobStatus | None, status: FineTuneJobStatus,
             child: dict | None) -> None:
+    now = datetime.now(timezone.utc)
+    ready = next((c for c in status.conditions if c.type == "Ready"), None)
     with _lock:
         _phases[(namespace, name)] = status.phase or "Pending"
+        _set_phase(namespace, name, status.phase or "Pending", ready.reason if ready else "")
+        _count_gpu_time((namespace, name), status, child, now)
         _publish()
     was = prior.phase if prior and prior.run_id == status.run_id else None
+    if status.phase in ("Succeeded", "Failed") and status.phase != was:
+        RUNS_FINISHED.labels(namespace, status.phase, ready.reason if ready else "").inc()
     if child is None or status.phase == was:
         return
-    now = datetime.now(timezone.utc)
     created = child["metadata"].get("creationTimestamp")
     if status.phase == "Running" and was in (None, "Pending", "Queued"):
         waited = _seconds_since(created, now)

@@ -1,0 +1,66 @@
+"""The operator's fleet metrics, fed by the real status function and the real Job builder: failures by reason,
+GPU-seconds of Running runs, one phase series per job."""
+from datetime import datetime, timedelta
+
+from prometheus_client import REGISTRY
+
+from kubetune.operator import children, metrics
+from kubetune.operator.status import compute_status
+from tests.operator.test_children import SETTINGS, ftj
+from tests.operator.test_status import NOW, k8s_job, pod
+
+
+def sample(name: str, **labels) -> float | None:
+    return REGISTRY.get_sample_value(name, labels)
+
+
+class Clock:
+    """metrics.datetime with `now` set by the test, so the GPU-seconds are exact."""
+    at = NOW
+    now = classmethod(lambda cls, tz=None: cls.at)
+    fromisoformat = staticmethod(datetime.fromisoformat)
+
+
+def step(job, child_status: dict | None, pods: list[dict], at):
+    """One reconcile's observation: the status computed at `at`, then metrics.observe as reconcile.py calls it."""
+    Clock.at = at
+    run = children.current_run(job)
+    child = children.build_job(job, run, SETTINGS)
+    child["metadata"]["creationTimestamp"] = "2026-11-22T11:00:00Z"
+    if child_status is not None:
+        child["status"] = child_status
+    status, _ = compute_status(job, run, child, pods, None, at)
+    metrics.observe(job.metadata.namespace, job.metadata.name, job.status, status, child)
+    return job.model_copy(update={"status": status})
+
+
+def test_gpu_seconds_failures_by_reason_and_phase_series(monkeypatch):
+    job = ftj({"spec": {"resources": {"gpusPerNode": 2}, "nodes": 2,
+                           "hyperparameters": {"batchSize": 16, "microBatchSize": 4}}})
+    gpus_before = sample("kubetune_operator_gpu_seconds_total", namespace="team-a") or 0.0
+    oom_before = sample("kubetune_operator_runs_finished_total", namespace="team-a", phase="Failed",
+                        reason="OOMKilled") or 0.0
+    monkeypatch.setattr(metrics, "datetime", Clock)
+    job = step(job, {}, [pod("Running")], NOW)
+    assert sample("kubetune_operator_finetunejob_phase", namespace="team-a", finetunejob="chat", phase="Running",
+                  reason="Running") == 1
+    assert sample("kubetune_operator_gpus_running", namespace="team-a") == 4  # 2 GPUs x 2 nodes
+    job = step(job, {}, [pod("Running")], NOW + timedelta(seconds=30))
+    failed = {"conditions": [{"type": "Failed", "status": "True", "reason": "PodFailurePolicy", "message": "x"}],
+              "completionTime": "2026-11-22T12:01:00Z"}
+    job = step(job, failed, [pod("Failed", exit_code=137, reason="OOMKilled")], NOW + timedelta(seconds=90))
+    # 4 GPUs x 60 s (Running from NOW to the completion time), not up to the later observation
+    assert sample("kubetune_operator_gpu_seconds_total", namespace="team-a") - gpus_before == 240
+    assert sample("kubetune_operator_runs_finished_total", namespace="team-a", phase="Failed",
+                  reason="OOMKilled") - oom_before == 1
+    assert sample("kubetune_operator_finetunejob_phase", namespace="team-a", finetunejob="chat", phase="Running",
+                  reason="Running") is None  # the old phase's series is gone, not left at 1
+    assert sample("kubetune_operator_finetunejob_phase", namespace="team-a", finetunejob="chat", phase="Failed",
+                  reason="OOMKilled") == 1
+    step(job, failed, [pod("Failed", exit_code=137, reason="OOMKilled")], NOW + timedelta(seconds=90))
+    assert sample("kubetune_operator_runs_finished_total", namespace="team-a", phase="Failed",
+                  reason="OOMKilled") - oom_before == 1  # a reconcile of a finished run counts nothing again
+    assert not sample("kubetune_operator_gpus_running", namespace="team-a")
+    metrics.forget("team-a", "chat")
+    assert sample("kubetune_operator_finetunejob_phase", namespace="team-a", finetunejob="chat", phase="Failed",
+                  reason="OOMKilled") is None
