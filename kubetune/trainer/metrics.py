@@ -4,7 +4,7 @@ import json
 import sys
 import time
 
-from prometheus_client import CollectorRegistry, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
 from kubetune.api import contract as c
 
@@ -34,6 +34,13 @@ class Telemetry:
                              ["model", "metric"])
         self.test_difference = g("kubetune_test_difference", "Fine-tuned minus baseline test metric, with its 95% "
                                  "paired-bootstrap interval (bound value/low/high)", ["against", "metric", "bound"])
+        # Checkpoint uploads run in the background; these say whether they keep succeeding and how long they take
+        # (alerts: docs/alerts.md). The Checkpointer reports each upload through checkpoint_uploaded/_failed.
+        self.upload_seconds = g("kubetune_checkpoint_upload_seconds", "Duration of the last checkpoint upload")
+        self.upload_last_success = g("kubetune_checkpoint_last_success_timestamp_seconds",
+                                     "Unix time of the last checkpoint upload that completed")
+        self.upload_failures = Counter("kubetune_checkpoint_upload_failures", "Checkpoint uploads that failed",
+                                       registry=self.registry)
         self.records: list[dict] = []
         self.on_log = on_log
         if port:
@@ -86,6 +93,14 @@ class Telemetry:
             self.log("comparison", against=against, **{k: {b: (round(x, 5) if isinstance(x, float) else x)
                                                             for b, x in diff.items()}
                                                         for k, diff in baseline["difference"].items()})
+
+    def checkpoint_uploaded(self, step: int, seconds: float) -> None:
+        self.upload_seconds.set(seconds)
+        self.upload_last_success.set(time.time())
+
+    def checkpoint_upload_failed(self, step: int, error: BaseException) -> None:
+        self.upload_failures.inc()
+        self.log("checkpoint-upload-failed", step=step, error=type(error).__name__)
 
     def jsonl(self) -> str:
         return "".join(json.dumps(r) + "\n" for r in self.records)
