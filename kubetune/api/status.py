@@ -43,6 +43,13 @@ class Reason:
     BAD_INPUT = "BadInput"
     BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
     INVALID_SPEC = "InvalidSpec"
+    """The stored spec fails the model (only an outdated CRD lets one through): the message names the field."""
+    CHILD_CONFLICT = "ChildConflict"
+    """A child's name is taken by an object this FineTuneJob does not control."""
+    CHILD_REJECTED = "ChildRejected"
+    """The API server refused a child as invalid (422): the spec must change."""
+    CHILD_FORBIDDEN = "ChildForbidden"
+    """The API server refused a child for now (a ResourceQuota, a missing PriorityClass...): retried."""
     SPEC_CHANGED = "SpecChanged"
 
 

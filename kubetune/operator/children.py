@@ -1,8 +1,9 @@
 """What a FineTuneJob becomes in the cluster: pure functions from the resource to its children (no I/O).
 
-`kubetune render` prints exactly these objects. One run (one training-defining spec) has one Job named
-`<name>-g<generation>`; its spec ConfigMap and, for several nodes, a headless Service carry the same name and
-are owned by the Job, so the Job's TTL cleanup or deletion removes them and keeps the FineTuneJob.
+`kubetune render` prints exactly these objects. One run (one training identity, see IDENTITY_EXCLUDED) has a
+Job named `<name>-g<generation>`; its spec ConfigMap and, for several nodes, a headless Service carry the same
+name. All three are controlled by the FineTuneJob (by uid), so the dependents can be created before the Job and
+re-asserted on every reconcile (plan.py), and deleting the FineTuneJob removes them all.
 """
 import hashlib
 import json
@@ -19,6 +20,7 @@ LABEL_JOB_NAME = "batch.kubernetes.io/job-name"  # set by the Job controller on 
 LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
 ANNOTATION_SPEC_HASH = "kubetune.io/spec-hash"
 ANNOTATION_GENERATION = "kubetune.io/generation"
+ANNOTATION_TEMPLATE_HASH = "kubetune.io/template-hash"
 CONTAINER = "trainer"
 EXIT_KILLED = 137  # SIGKILL: outside a disruption, the kernel's OOM killer
 CACHE_DIR = "/var/cache/kubetune"
@@ -50,14 +52,28 @@ def training_hash(job: FineTuneJob) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def current_run(job: FineTuneJob) -> Run:
-    """The run the spec asks for: the status' run while its spec hash still matches, else a new one at the
-    current generation. Level-based: a restarted operator derives the same run, hence the same Job name."""
+def controlled_by(obj: dict, uid: str | None) -> bool:
+    """metav1.IsControlledBy: the object's controller reference names this uid (a name proves nothing)."""
+    return bool(uid) and any(o.get("controller") and o.get("uid") == uid
+                             for o in obj.get("metadata", {}).get("ownerReferences") or [])
+
+
+def current_run(job: FineTuneJob, owned_jobs: list[dict] = ()) -> Run:
+    """The run the spec asks for. Level-based, so a restarted operator derives the same run and Job name:
+    first an owned Job whose spec-hash annotation matches (it exists even when a crash lost the status write
+    that should have recorded it), then the status' run while its spec hash matches, else a new run at the
+    current generation."""
     spec_hash, status = training_hash(job), job.status
+    generation = None
+    for child in sorted(owned_jobs, key=lambda j: j["metadata"].get("creationTimestamp") or "", reverse=True):
+        notes = child["metadata"].get("annotations") or {}
+        if notes.get(ANNOTATION_SPEC_HASH) == spec_hash and (notes.get(ANNOTATION_GENERATION) or "").isdigit():
+            generation = int(notes[ANNOTATION_GENERATION])
+            break
     match = re.match(r"^g(\d+)-", status.run_id or "") if status else None
-    if status and status.spec_hash == spec_hash and match:
+    if generation is None and status and status.spec_hash == spec_hash and match:
         generation = int(match.group(1))
-    else:
+    if generation is None:
         generation = job.metadata.generation or 1
     return Run(generation, contract.run_id(generation, job.metadata.uid or ""), spec_hash,
                f"{job.metadata.name}-g{generation}")
@@ -187,9 +203,13 @@ def pod_metadata(job: FineTuneJob, run: Run, settings: OperatorSettings) -> dict
     return {"labels": labels(job, run), **({"annotations": copied} if copied else {})}
 
 
+def owner(job: FineTuneJob) -> dict:
+    return owner_reference(API_VERSION, KIND, job.metadata.name, job.metadata.uid or "")
+
+
 def build_job(job: FineTuneJob, run: Run, settings: OperatorSettings) -> dict:
     spec, policy = job.spec, job.spec.run_policy
-    meta = metadata(job, run, owner_reference(API_VERSION, KIND, job.metadata.name, job.metadata.uid or ""))
+    meta = metadata(job, run, owner(job))
     meta["annotations"] = {ANNOTATION_SPEC_HASH: run.spec_hash, ANNOTATION_GENERATION: str(run.generation)}
     if spec.scheduling.queue_name:
         meta["labels"][LABEL_KUEUE_QUEUE] = spec.scheduling.queue_name
@@ -219,14 +239,15 @@ def build_job(job: FineTuneJob, run: Run, settings: OperatorSettings) -> dict:
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": job_spec}
 
 
-def build_dependents(job: FineTuneJob, run: Run, job_uid: str, settings: OperatorSettings) -> list[dict]:
-    """The spec ConfigMap and, for several nodes, the headless Service for torchrun's rendezvous; owned by the
-    Job (known once it exists) so they go when it goes."""
-    owner = owner_reference("batch/v1", "Job", run.job_name, job_uid)
-    objects = [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata(job, run, owner), "immutable": True,
-                "data": {contract.SPEC_FILE_NAME: spec_document(job)}}]
+def build_dependents(job: FineTuneJob, run: Run, *args: OperatorSettings) -> list[dict]:
+    """The spec ConfigMap and, for several nodes, the headless Service for torchrun's rendezvous, in creation
+    order (before the Job that needs them). Controlled by the FineTuneJob; plan.py removes them with their run.
+    `args` ends with the settings (older callers pass the Job's uid first, which is no longer needed)."""
+    settings = args[-1]
+    objects = [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata(job, run, owner(job)),
+                "immutable": True, "data": {contract.SPEC_FILE_NAME: spec_document(job)}}]
     if job.spec.nodes > 1:
-        objects.append({"apiVersion": "v1", "kind": "Service", "metadata": metadata(job, run, owner), "spec": {
+        objects.append({"apiVersion": "v1", "kind": "Service", "metadata": metadata(job, run, owner(job)), "spec": {
             "clusterIP": "None", "publishNotReadyAddresses": True, "selector": {LABEL_JOB_NAME: run.job_name},
             "ports": [{"name": "rendezvous", "port": settings.rendezvous_port,
                                               "targetPort": settings.rendezvous_port}]}})
@@ -250,6 +271,6 @@ def in_place_patch(job: FineTuneJob, observed: dict) -> dict | None:
 
 
 def render(job: FineTuneJob, settings: OperatorSettings) -> list[dict]:
-    """Every child of a new run, in creation order (the Job's uid is assigned by the API server)."""
+    """Every child of a new run, in creation order: the dependents, then the Job that mounts them."""
     run = current_run(job)
-    return [build_job(job, run, settings), *build_dependents(job, run, job.metadata.uid or "", settings)]
+    return [*build_dependents(job, run, settings), build_job(job, run, settings)]

@@ -6,6 +6,7 @@ import kopf
 
 from kubetune.api import GROUP, PLURAL, VERSION
 from kubetune.operator.children import LABEL_FINETUNEJOB
+from kubetune.operator.errors import PermanentFailure, RetryLater
 from kubetune.operator.kube import Kube
 from kubetune.operator.reconcile import COMPONENT, reconcile
 from kubetune.operator.settings import OperatorSettings
@@ -33,18 +34,30 @@ def register(settings: OperatorSettings, kube: Kube) -> kopf.OperatorRegistry:
     @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry, backoff=RETRY_SECONDS)
     @kopf.on.update(GROUP, VERSION, PLURAL, registry=registry, backoff=RETRY_SECONDS)
     def finetunejob_changed(namespace: str, name: str, **_) -> None:
-        reconcile(kube, settings, namespace, name)
+        run(namespace, name)
 
     @kopf.on.event("batch", "v1", "jobs", labels={LABEL_FINETUNEJOB: kopf.PRESENT}, registry=registry)
     @kopf.on.event("v1", "pods", labels={LABEL_FINETUNEJOB: kopf.PRESENT}, registry=registry)
     def child_changed(namespace: str, labels: dict, **_) -> None:
-        reconcile(kube, settings, namespace, labels[LABEL_FINETUNEJOB])
+        try:
+            run(namespace, labels[LABEL_FINETUNEJOB])
+        except kopf.TemporaryError:
+            pass  # event handlers are not retried; the FineTuneJob's own handler or timer comes back to it
 
     def active(status: dict, **_) -> bool:
         return status.get("phase") in ACTIVE_PHASES
 
     @kopf.timer(GROUP, VERSION, PLURAL, interval=settings.progress_interval_seconds, when=active, registry=registry)
     def read_progress(namespace: str, name: str, **_) -> None:
-        reconcile(kube, settings, namespace, name, scrape=True)
+        run(namespace, name, scrape=True)
+
+    def run(namespace: str, name: str, scrape: bool = False) -> None:
+        """Our error kinds as kopf's: the status already says what went wrong."""
+        try:
+            reconcile(kube, settings, namespace, name, scrape=scrape)
+        except PermanentFailure as exc:
+            raise kopf.PermanentError(str(exc)) from exc
+        except RetryLater as exc:
+            raise kopf.TemporaryError(str(exc), delay=exc.delay) from exc
 
     return registry

@@ -19,9 +19,15 @@ def load_client() -> kubernetes.client.ApiClient:
     return kubernetes.client.ApiClient()
 
 
+# Every request has a deadline (client-go's default is none for watches but a timeout on each call): a hung
+# connection must not hold a worker, or the Lease renewal, forever. (connect, read) seconds.
+REQUEST_TIMEOUT = (5, 20)
+
+
 class Kube:
-    def __init__(self, client: kubernetes.client.ApiClient | None = None):
+    def __init__(self, client: kubernetes.client.ApiClient | None = None, timeout: tuple[float, float] = REQUEST_TIMEOUT):
         self.client = client or load_client()
+        self.timeout = timeout
         self.custom = kubernetes.client.CustomObjectsApi(self.client)
         self.batch = kubernetes.client.BatchV1Api(self.client)
         self.core = kubernetes.client.CoreV1Api(self.client)
@@ -34,7 +40,7 @@ class Kube:
     def get_finetunejob(self, namespace: str, name: str) -> dict | None:
         try:
             return self._json(self.custom.get_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, name, _preload_content=False))
+                GROUP, VERSION, namespace, PLURAL, name, _preload_content=False, _request_timeout=self.timeout))
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -42,43 +48,69 @@ class Kube:
 
     def patch_status(self, namespace: str, name: str, status: dict) -> None:
         """One merge patch of the status subresource (lists such as conditions are replaced whole)."""
-        self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, {"status": status})
+        self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, {"status": status},
+                                                          _request_timeout=self.timeout)
+
+    def _api(self, kind: str):
+        """(create, read, delete, list) of a child kind."""
+        b, c = self.batch, self.core
+        return {"Job": (b.create_namespaced_job, b.read_namespaced_job, b.delete_namespaced_job,
+                        b.list_namespaced_job),
+                "ConfigMap": (c.create_namespaced_config_map, c.read_namespaced_config_map,
+                              c.delete_namespaced_config_map, c.list_namespaced_config_map),
+                "Service": (c.create_namespaced_service, c.read_namespaced_service, c.delete_namespaced_service,
+                            c.list_namespaced_service),
+                "Pod": (None, None, None, c.list_namespaced_pod)}[kind]
+
+    def list_objects(self, kind: str, namespace: str, selector: str) -> list[dict]:
+        """Server-side label selector: only the matching objects cross the wire."""
+        return self._json(self._api(kind)[3](namespace, label_selector=selector, _preload_content=False,
+                                             _request_timeout=self.timeout))["items"]
 
     def list_jobs(self, namespace: str, selector: str) -> list[dict]:
-        return self._json(self.batch.list_namespaced_job(namespace, label_selector=selector,
-                                                         _preload_content=False))["items"]
+        return self.list_objects("Job", namespace, selector)
 
     def list_pods(self, namespace: str, selector: str) -> list[dict]:
-        return self._json(self.core.list_namespaced_pod(namespace, label_selector=selector,
-                                                        _preload_content=False))["items"]
+        return self.list_objects("Pod", namespace, selector)
+
+    def read(self, kind: str, namespace: str, name: str) -> dict | None:
+        try:
+            return self._json(self._api(kind)[1](name, namespace, _preload_content=False,
+                                                 _request_timeout=self.timeout))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
 
     def create(self, obj: dict) -> dict:
-        """Creates a child; when it exists already (deterministic names: a restarted operator, a concurrent
-        reconcile) the existing one is returned, so no child is ever made twice."""
+        """Creates a child; when one with its name exists already (a restarted operator, a concurrent reconcile,
+        or someone else's object) that one is returned, and the caller decides by its controller whether it
+        is ours. Other refusals raise ApiException."""
         namespace, kind = obj["metadata"]["namespace"], obj["kind"]
-        create, read = {
-            "Job": (self.batch.create_namespaced_job, self.batch.read_namespaced_job),
-            "ConfigMap": (self.core.create_namespaced_config_map, self.core.read_namespaced_config_map),
-            "Service": (self.core.create_namespaced_service, self.core.read_namespaced_service),
-        }[kind]
         try:
-            return self._json(create(namespace, obj, _preload_content=False))
+            return self._json(self._api(kind)[0](namespace, obj, _preload_content=False,
+                                                 _request_timeout=self.timeout))
         except ApiException as exc:
             if exc.status != 409:
                 raise
-        return self._json(read(obj["metadata"]["name"], namespace, _preload_content=False))
+        existing = self.read(kind, namespace, obj["metadata"]["name"])
+        if existing is None:  # deleted in between: let the next reconcile create it
+            raise ApiException(status=409, reason=f"{kind} {obj['metadata']['name']} was being replaced")
+        return existing
 
     def patch_job(self, namespace: str, name: str, patch: dict) -> None:
-        self.batch.patch_namespaced_job(name, namespace, patch)
+        self.batch.patch_namespaced_job(name, namespace, patch, _request_timeout=self.timeout)
 
-    def delete_job(self, namespace: str, name: str) -> None:
-        """Background propagation: the garbage collector removes its pods (SIGTERM, so they checkpoint) and the
-        ConfigMap and Service it owns."""
+    def delete(self, kind: str, namespace: str, name: str, propagation: str = "Background") -> None:
+        """Background propagation: the garbage collector removes a Job's pods (SIGTERM, so they checkpoint)."""
         try:
-            self.batch.delete_namespaced_job(name, namespace, propagation_policy="Background")
+            self._api(kind)[2](name, namespace, propagation_policy=propagation, _request_timeout=self.timeout)
         except ApiException as exc:
             if exc.status != 404:
                 raise
+
+    def delete_job(self, namespace: str, name: str) -> None:
+        self.delete("Job", namespace, name)
 
     def post_event(self, obj: dict, type_: str, reason: str, message: str, component: str) -> None:
         meta = obj["metadata"]
@@ -91,12 +123,13 @@ class Kube:
             type=type_, reason=reason, message=message[:1024], first_timestamp=now, last_timestamp=now, count=1,
             source=kubernetes.client.V1EventSource(component=component, host=socket.gethostname()),
             reporting_component=component, reporting_instance=socket.gethostname())
-        self.core.create_namespaced_event(meta["namespace"], event)
+        self.core.create_namespaced_event(meta["namespace"], event, _request_timeout=self.timeout)
 
     # --- Leases (leader election) ---------------------------------------------------------------------
     def read_lease(self, namespace: str, name: str) -> dict | None:
         try:
-            return self._json(self.coordination.read_namespaced_lease(name, namespace, _preload_content=False))
+            return self._json(self.coordination.read_namespaced_lease(
+                name, namespace, _preload_content=False, _request_timeout=self.timeout))
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -108,10 +141,10 @@ class Kube:
                 "metadata": {"name": name, "namespace": namespace}, "spec": spec}
         try:
             if resource_version is None:
-                self.coordination.create_namespaced_lease(namespace, body)
+                self.coordination.create_namespaced_lease(namespace, body, _request_timeout=self.timeout)
             else:
                 body["metadata"]["resourceVersion"] = resource_version
-                self.coordination.replace_namespaced_lease(name, namespace, body)
+                self.coordination.replace_namespaced_lease(name, namespace, body, _request_timeout=self.timeout)
             return True
         except ApiException as exc:
             if exc.status in (409, 422):

@@ -9,15 +9,22 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from kubernetes.client import ApiException
 from pydantic import ValidationError
 
-from kubetune.api import FineTuneJob, FineTuneJobStatus
+from kubetune.api import FineTuneJobStatus, Reason
+from kubetune.api.validate import validate_manifest
 from kubetune.operator import children, metrics, progress
+from kubetune.operator.children import controlled_by
+from kubetune.operator.errors import (FORBIDDEN_DELAY_SECONDS, PermanentFailure, RetryLater, api_message,
+                                      is_transient)
 from kubetune.operator.kube import Kube
+from kubetune.operator.plan import KINDS, Action, conflict_message, plan
 from kubetune.operator.settings import OperatorSettings
-from kubetune.operator.status import Event, compute_status
+from kubetune.operator.status import Event, State, compute_status, conditions
 
 COMPONENT = "kubetune-operator"
+LABEL_CONTROLLER_UID = "batch.kubernetes.io/controller-uid"  # set by the Job controller: its pods, by uid
 _locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
 
 
@@ -50,7 +57,8 @@ def reconcile(kube: Kube, settings: OperatorSettings, namespace: str, name: str,
         try:
             return _reconcile(kube, settings, namespace, name, scrape)
         except Exception as exc:
-            metrics.RECONCILE_ERRORS.labels(type(exc).__name__).inc()
+            cause = exc.__cause__ if isinstance(exc, RetryLater) and exc.__cause__ else exc
+            metrics.RECONCILE_ERRORS.labels(type(cause).__name__).inc()
             raise
         finally:
             metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
@@ -61,50 +69,100 @@ def _reconcile(kube: Kube, settings: OperatorSettings, namespace: str, name: str
     if obj is None or obj["metadata"].get("deletionTimestamp"):
         metrics.forget(namespace, name)
         return Outcome(None, False, [], [])  # owner references take the children away
-    try:
-        job = FineTuneJob.model_validate(obj)
-    except ValidationError as exc:  # the CRD refuses this; only an outdated CRD lets it through
-        kube.post_event(obj, "Warning", "InvalidSpec", str(exc)[:1000], COMPONENT)
-        raise
+    job, errors = validate_manifest(obj)
+    if job is None:  # the CRD refuses this; only an outdated CRD lets it through
+        message = "; ".join(map(str, errors))[:1000]
+        write_status(kube, obj, invalid_status(obj, message, now()))
+        kube.post_event(obj, "Warning", Reason.INVALID_SPEC, message, COMPONENT)
+        raise PermanentFailure(message)
 
-    run = children.current_run(job)
-    owned = [j for j in kube.list_jobs(namespace, f"{children.LABEL_FINETUNEJOB}={name}")
-             if any(o.get("uid") == job.metadata.uid for o in j["metadata"].get("ownerReferences", []))]
-    deleted = []
-    for stale in owned:  # Jobs of replaced runs: stop them (they checkpoint on SIGTERM)
-        if stale["metadata"]["name"] != run.job_name and not stale["metadata"].get("deletionTimestamp"):
-            kube.delete_job(namespace, stale["metadata"]["name"])
-            deleted.append(stale["metadata"]["name"])
-    child = next((j for j in owned if j["metadata"]["name"] == run.job_name), None)
+    selector = f"{children.LABEL_FINETUNEJOB}={name}"
+    observed = {kind: kube.list_objects(kind, namespace, selector) for kind in KINDS}
+    p = plan(job, observed, settings)
+    problem, retry = None, None
+    if p.conflict:
+        problem = State("Pending", Reason.CHILD_CONFLICT, p.conflict, stalled=True)
+    child, created, deleted, events = p.child, [], [], []
+    for action in p.actions:
+        if problem is not None and action.verb != "delete":
+            break
+        try:
+            result = act(kube, namespace, action)
+        except ApiException as exc:
+            if is_transient(exc):
+                raise RetryLater(f"{action.verb} {action.kind} {action.name}: {api_message(exc)}") from exc
+            problem, retry = refusal(action, exc)
+            break
+        if action.verb == "create":
+            if not controlled_by(result, job.metadata.uid):  # its name was taken meanwhile
+                problem = State("Pending", Reason.CHILD_CONFLICT,
+                                conflict_message(f"{action.kind} {action.name}", job.metadata.uid), stalled=True)
+                break
+            if action.kind == "Job":
+                child = result
+                created.append(action.name)
+                events.append(Event("Normal", "JobCreated", f"created Job {action.name} for run {p.run.run_id}"))
+        elif action.verb == "delete" and action.kind == "Job":
+            deleted.append(action.name)
+        elif action.verb == "patch":
+            child["spec"].update(action.body["spec"])
+
+    pods = kube.list_pods(namespace, f"{LABEL_CONTROLLER_UID}={child['metadata']['uid']}") if child else []
+    sample = progress.scrape(pods, settings.scrape_timeout_seconds) if scrape and problem is None else None
     prior = job.status
-    finished = (prior is not None and prior.run_id == run.run_id and prior.spec_hash == run.spec_hash
-                and prior.phase in ("Succeeded", "Failed"))
-    created, events = [], []
-    if child is None and not finished:
-        child = kube.create(children.build_job(job, run, settings))
-        for dependent in children.build_dependents(job, run, child["metadata"]["uid"], settings):
-            kube.create(dependent)
-        created.append(run.job_name)
-        events.append(Event("Normal", "JobCreated", f"created Job {run.job_name} for run {run.run_id}"))
-    elif child is not None:
-        patch = children.in_place_patch(job, child)
-        if patch:
-            kube.patch_job(namespace, run.job_name, patch)
-            child["spec"].update(patch["spec"])
-
-    pods = kube.list_pods(namespace, f"{children.LABEL_JOB_NAME}={run.job_name}") if child else []
-    sample = progress.scrape(pods, settings.scrape_timeout_seconds) if scrape else None
-    status, transitions = compute_status(job, run, child, pods, sample, now(), settings.max_runs_kept)
+    status, transitions = compute_status(job, p.run, child, pods, sample, now(), settings.max_runs_kept, problem)
     events += transitions
+    wrote = write_status(kube, obj, status)
+    for event in events:  # only after the status write succeeded
+        kube.post_event(obj, event.type, event.reason, event.message, COMPONENT)
+    metrics.observe(namespace, name, prior, status, child)
+    if retry is not None:
+        raise retry
+    if p.waiting:
+        raise RetryLater(p.waiting, delay=2)
+    return Outcome(status, wrote, created, deleted)
 
+
+def act(kube: Kube, namespace: str, action: Action) -> dict | None:
+    if action.verb == "create":
+        return kube.create(action.body)
+    if action.verb == "delete":
+        kube.delete(action.kind, namespace, action.name)
+    elif action.verb == "patch":
+        kube.patch_job(namespace, action.name, action.body)
+    return None
+
+
+def refusal(action: Action, exc: ApiException) -> tuple[State, Exception]:
+    """A child the API server refused, as the status shows it and the way to retry: invalid (422, 400) is
+    permanent until the spec changes; forbidden or missing (403 quota, 404 PriorityClass...) may clear up."""
+    message = f"the API server refused to {action.verb} {action.kind} {action.name}: {api_message(exc)}"[:1000]
+    if exc.status in (400, 422):
+        return State("Failed", Reason.CHILD_REJECTED, message, stalled=True), PermanentFailure(message)
+    return (State("Pending", Reason.CHILD_FORBIDDEN, message, stalled=True),
+            RetryLater(message, delay=FORBIDDEN_DELAY_SECONDS))
+
+
+def write_status(kube: Kube, obj: dict, status: FineTuneJobStatus) -> bool:
+    """One merge patch, and only when something changed (a reconcile that finds nothing new writes nothing)."""
     observed = obj.get("status") or {}
     try:
         unchanged = FineTuneJobStatus.model_validate(observed).to_wire() == status.to_wire()
     except ValidationError:
         unchanged = False
     if not unchanged:
-        kube.patch_status(namespace, name, merge_patch(observed, status.to_wire()))
-    for event in events:
-        kube.post_event(obj, event.type, event.reason, event.message, COMPONENT)
-    metrics.observe(namespace, name, prior, status, child)
-    return Outcome(status, not unchanged, created, deleted)
+        kube.patch_status(obj["metadata"]["namespace"], obj["metadata"]["name"],
+                          merge_patch(observed, status.to_wire()))
+    return not unchanged
+
+
+def invalid_status(obj: dict, message: str, at: datetime) -> FineTuneJobStatus:
+    """Failed and Stalled with the field named, keeping what the status knew of earlier runs."""
+    try:
+        prior = FineTuneJobStatus.model_validate(obj.get("status") or {})
+    except ValidationError:
+        prior = FineTuneJobStatus()
+    generation = obj["metadata"].get("generation")
+    state = State("Failed", Reason.INVALID_SPEC, message, stalled=True)
+    return prior.model_copy(update={"observed_generation": generation, "phase": "Failed",
+                                    "conditions": conditions(state, prior.conditions, generation, at)})

@@ -21,6 +21,8 @@ class State:
     phase: str
     reason: str
     message: str
+    stalled: bool = False
+    """The run cannot make progress without someone acting (a refused Job, a conflicting child)."""
 
 
 @dataclass(frozen=True)
@@ -132,8 +134,8 @@ def succeeded_message(summary: dict | None) -> str:
 def conditions(state: State, previous: list[Condition], generation: int | None, now: datetime) -> list[Condition]:
     truth = {
         ConditionType.READY: state.phase == "Succeeded",
-        ConditionType.RECONCILING: state.phase in ("Pending", "Running"),
-        ConditionType.STALLED: state.phase == "Failed",
+        ConditionType.RECONCILING: state.phase in ("Pending", "Running") and not state.stalled,
+        ConditionType.STALLED: state.phase == "Failed" or state.stalled,
         ConditionType.SUSPENDED: state.phase in ("Suspended", "Queued"),
         ConditionType.RUNNING: state.phase == "Running",
         ConditionType.SUCCEEDED: state.phase == "Succeeded",
@@ -216,8 +218,11 @@ def archive(previous: FineTuneJobStatus) -> RunRecord:
 
 
 def compute_status(job: FineTuneJob, run: Run, child: dict | None, pods: list[dict], sample: dict | None,
-                   now: datetime, max_runs: int = 10) -> tuple[FineTuneJobStatus, list[Event]]:
-    """The status to write and the events to post (one per change of phase or reason)."""
+                   now: datetime, max_runs: int = 10, problem: State | None = None
+                   ) -> tuple[FineTuneJobStatus, list[Event]]:
+    """The status to write and the events to post (one per change of phase or reason). `problem` is what
+    stopped the reconcile from carrying out its plan (a refused or conflicting child); it wins over what the
+    Job says."""
     prior = job.status or FineTuneJobStatus()
     same_run = prior.run_id == run.run_id and prior.spec_hash == run.spec_hash
     runs = list(prior.runs)
@@ -228,16 +233,22 @@ def compute_status(job: FineTuneJob, run: Run, child: dict | None, pods: list[di
             events.append(Event("Normal", Reason.SPEC_CHANGED,
                                 f"the training spec changed: run {run.run_id} replaces {prior.run_id}"))
         prior = FineTuneJobStatus(runs=runs)
-    elif child is None and prior.phase in TERMINAL:
-        return prior, []  # the Job's TTL removed it; the outcome stays on the status
+    elif child is None and prior.phase in TERMINAL and problem is None:
+        # The Job's TTL removed it; the outcome stays on the status, which still describes the latest spec
+        # (an in-place edit after the end must not leave kstatus reading an old observedGeneration forever).
+        generation = job.metadata.generation
+        return prior.model_copy(update={"observed_generation": generation, "conditions": [
+            c.model_copy(update={"observed_generation": generation}) for c in prior.conditions]}), []
 
     summary = next((s for s in map(termination_json, pods) if s and "stopReason" in s), None)
-    state = observe(job, child, pods, summary)
+    state = problem or observe(job, child, pods, summary)
     child_status = (child or {}).get("status", {})
     starts = [parse_time(p.get("status", {}).get("startTime")) for p in pods]
     start = prior.start_time or parse_time(child_status.get("startTime")) or min(filter(None, starts), default=None)
     end = parse_time(child_status.get("completionTime"))
-    if state.phase == "Failed" and not end:
+    if state.phase in TERMINAL and not end:
+        # The Job's terminal condition can come before its completionTime (SuccessCriteriaMet, FailureTarget):
+        # a terminal status is complete in the write that makes it terminal.
         end = prior.completion_time or now
     attempts = max(len(pods), prior.attempts)
     output = f"{job.spec.output.uri.rstrip('/')}/{run.run_id}"
@@ -258,7 +269,7 @@ def compute_status(job: FineTuneJob, run: Run, child: dict | None, pods: list[di
         artifacts=artifacts, runs=runs)
     was = next((c for c in prior.conditions if c.type == ConditionType.READY), None)
     if not was or was.reason != state.reason or prior.phase != state.phase:
-        warn = state.phase == "Failed" or state.reason in (Reason.UNSCHEDULABLE, Reason.IMAGE_PULL_BACK_OFF,
+        warn = state.phase == "Failed" or state.stalled or state.reason in (Reason.UNSCHEDULABLE, Reason.IMAGE_PULL_BACK_OFF,
                                                            Reason.RESTARTING)
         events.append(Event("Warning" if warn else "Normal", state.reason,
                             f"{state.phase}: {state.message}" if state.message else state.phase))

@@ -79,6 +79,7 @@ class Operators:
 @pytest.fixture
 def operators(cluster, namespace, tmp_path, finetunejob_crd):
     cluster.kubectl("apply", "-k", str(ROOT / "config" / "rbac"))
+    cluster.kubectl("apply", "-f", str(Path(__file__).parent / "rbac-extra.yaml"))
     ops = Operators(cluster, namespace, tmp_path)
     yield ops
     ops.stop_all()

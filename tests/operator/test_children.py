@@ -25,7 +25,7 @@ def built(patch: dict | None = None) -> tuple[dict, dict, list[dict]]:
     job = ftj(patch)
     run = children.current_run(job)
     k8s_job = children.build_job(job, run, SETTINGS)
-    return k8s_job, k8s_job["spec"]["template"]["spec"], children.build_dependents(job, run, "job-uid", SETTINGS)
+    return k8s_job, k8s_job["spec"]["template"]["spec"], children.build_dependents(job, run, SETTINGS)
 
 
 def test_job_shape_single_gpu():
@@ -49,10 +49,10 @@ def test_job_shape_single_gpu():
     assert env[contract.RUN_ID_ENV]["value"] == "g1-0f1e2d3c"
     assert env[contract.SPEC_FILE_ENV]["value"] == "/etc/kubetune/finetunejob.json"
     assert pod["restartPolicy"] == "Never" and pod["automountServiceAccountToken"] is False
-    # the spec reaches the trainer through a ConfigMap owned by the Job (TTL cleanup takes it along)
+    # the spec reaches the trainer through a ConfigMap controlled by the FineTuneJob (created before the Job)
     [config] = deps
     assert config["kind"] == "ConfigMap" and config["immutable"] is True
-    assert config["metadata"]["ownerReferences"][0]["kind"] == "Job"
+    assert config["metadata"]["ownerReferences"] == job["metadata"]["ownerReferences"]
     handed = json.loads(config["data"][contract.SPEC_FILE_NAME])
     assert FineTuneJob.model_validate(handed).spec == ftj(patch).spec
     assert "status" not in handed

@@ -21,7 +21,7 @@ def test_render_prints_the_builders_objects():
     job, errors = validate_manifest(doc)
     assert not errors
     assert printed == render(job, OperatorSettings())
-    assert [o["kind"] for o in printed] == ["Job", "ConfigMap", "Service"]
+    assert [o["kind"] for o in printed] == ["ConfigMap", "Service", "Job"]
 
 
 def test_render_refuses_an_invalid_manifest(tmp_path):

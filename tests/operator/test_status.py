@@ -6,7 +6,7 @@ import pytest
 
 from kubetune.api import ConditionType, Reason
 from kubetune.operator import children
-from kubetune.operator.status import compute_status
+from kubetune.operator.status import State, compute_status
 from tests.operator.test_children import ftj
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)
@@ -176,3 +176,33 @@ def test_restarts_count_pods_beyond_the_nodes():
     pods = [pod("Failed", exit_code=75), pod("Failed", exit_code=75), pod("Running")]
     status, _ = compute_status(job, children.current_run(job), k8s_job(), pods, None, NOW)
     assert (status.attempts, status.restarts) == (3, 2)
+
+
+def test_ttl_cleanup_then_an_in_place_edit_observes_the_new_generation():
+    # fault 9: kstatus compares observedGeneration with generation; a finished, TTL-cleaned run must follow
+    job = ftj(generation=1)
+    run = children.current_run(job)
+    done, _ = compute_status(job, run, k8s_job(("Complete", "")), [pod("Succeeded", exit_code=0)], None, NOW)
+    edited = ftj({"spec": {"runPolicy": {"ttlSecondsAfterFinished": 60}}}, generation=2, status=done.to_wire())
+    after, events = compute_status(edited, children.current_run(edited), None, [], None, NOW)
+    assert after.phase == "Succeeded" and after.run_id == done.run_id and events == []
+    assert after.observed_generation == 2 and {c.observed_generation for c in after.conditions} == {2}
+
+
+def test_a_terminal_status_is_complete_in_one_write():
+    # SuccessCriteriaMet comes before the Job's completionTime: the status still gets one
+    job = ftj()
+    status, _ = compute_status(job, children.current_run(job), k8s_job(("SuccessCriteriaMet", "")),
+                               [pod("Succeeded", exit_code=0)], None, NOW)
+    assert status.phase == "Succeeded" and status.completion_time == NOW
+
+
+def test_a_problem_stalls_the_run_with_the_api_servers_message():
+    job = ftj()
+    problem = State("Pending", Reason.CHILD_FORBIDDEN, 'exceeded quota: q, requested: count/jobs.batch=1',
+                    stalled=True)
+    status, [event] = compute_status(job, children.current_run(job), None, [], None, NOW, problem=problem)
+    conds = {c.type: (c.status, c.reason) for c in status.conditions}
+    assert conds["Stalled"] == ("True", Reason.CHILD_FORBIDDEN) and conds["Reconciling"][0] == "False"
+    assert status.phase == "Pending" and "exceeded quota" in status.conditions[0].message
+    assert event.type == "Warning"

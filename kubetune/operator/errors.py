@@ -1,0 +1,38 @@
+"""The operator's error kinds (kopf's, without importing kopf here: handlers.py maps them).
+
+An error the operator can name is written to the status first, then raised as one of these: a permanent one
+stops the retries until the FineTuneJob changes, a temporary one retries after a delay. Anything else is a bug
+or an outage, and kopf's backoff retries it.
+"""
+import json
+
+from kubernetes.client import ApiException
+from urllib3.exceptions import HTTPError
+
+TRANSIENT_DELAY_SECONDS = 5.0
+FORBIDDEN_DELAY_SECONDS = 30.0
+
+
+class PermanentFailure(Exception):
+    """Retrying cannot help until the spec changes (an invalid spec, a child the API server calls invalid)."""
+
+
+class RetryLater(Exception):
+    def __init__(self, message: str, delay: float = TRANSIENT_DELAY_SECONDS):
+        super().__init__(message)
+        self.delay = delay
+
+
+def api_message(exc: ApiException) -> str:
+    """The API server's own message (it names the field, the quota or the missing object)."""
+    try:
+        return json.loads(exc.body or "{}").get("message") or exc.reason or str(exc.status)
+    except (ValueError, AttributeError):
+        return str(exc.reason or exc.status)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Overload, timeouts, a restarting API server: the same request may well succeed in a moment."""
+    if isinstance(exc, ApiException):
+        return exc.status in (0, 408, 429) or exc.status >= 500
+    return isinstance(exc, (HTTPError, OSError))

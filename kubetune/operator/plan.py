@@ -1,0 +1,92 @@
+"""Planning, pure: from the FineTuneJob, what is observed of its children and the settings, the actions that
+make the cluster match (no I/O; reconcile.py carries them out in order).
+
+Level-based, as controller-runtime's CreateOrUpdate: every child of the current run is re-asserted on every
+reconcile, so one lost to a failed create, a crash or a manual delete comes back; dependents come before the Job
+whose pods mount them. Only children controlled by this object's uid count: a same-named child controlled by
+anyone else is a conflict to report, never adopted (metav1.IsControlledBy).
+"""
+from dataclasses import dataclass, field
+
+from kubetune.api import FineTuneJob
+from kubetune.operator import children
+from kubetune.operator.children import Run, controlled_by
+from kubetune.operator.settings import OperatorSettings
+
+KINDS = ("ConfigMap", "Service", "Job")
+"""Creation order: the Job's pods mount the ConfigMap and rendezvous through the Service."""
+TERMINAL = ("Succeeded", "Failed")
+
+
+@dataclass(frozen=True)
+class Action:
+    verb: str  # create | delete | patch
+    kind: str
+    name: str
+    body: dict | None = None
+
+
+@dataclass
+class Plan:
+    run: Run
+    child: dict | None
+    """The current run's Job, controlled by this FineTuneJob, when it exists."""
+    actions: list[Action] = field(default_factory=list)
+    conflict: str | None = None
+    """Why the run cannot proceed: a same-named child controlled by someone else."""
+    waiting: str | None = None
+    """A child of the current run is being deleted: try again once it is gone."""
+
+
+def _name(obj: dict) -> str:
+    return obj["metadata"]["name"]
+
+
+def _terminating(obj: dict) -> bool:
+    return bool(obj["metadata"].get("deletionTimestamp"))
+
+
+def job_finished(job: dict) -> bool:
+    return any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
+               for c in (job.get("status") or {}).get("conditions") or [])
+
+
+def plan(job: FineTuneJob, observed: dict[str, list[dict]], settings: OperatorSettings) -> Plan:
+    """`observed` maps each of KINDS to the objects listed by the FineTuneJob's label (and any read by name)."""
+    uid = job.metadata.uid
+    owned = {kind: [o for o in observed.get(kind) or [] if controlled_by(o, uid)] for kind in KINDS}
+    run = children.current_run(job, [j for j in owned["Job"] if not _terminating(j)])
+    deletes = [Action("delete", kind, _name(o)) for kind in reversed(KINDS) for o in owned[kind]
+               if _name(o) != run.job_name and not _terminating(o)]  # earlier runs: stop them (Job first)
+    foreign = [f"{kind} {_name(o)}" for kind in reversed(KINDS) for o in observed.get(kind) or []
+               if _name(o) == run.job_name and not controlled_by(o, uid)]
+    if foreign:
+        return Plan(run, None, deletes, conflict=conflict_message(foreign[0], uid))
+    current = {kind: next((o for o in owned[kind] if _name(o) == run.job_name), None) for kind in KINDS}
+    child = current["Job"] if current["Job"] is not None and not _terminating(current["Job"]) else None
+    terminating = [kind for kind, o in current.items() if o is not None and _terminating(o)]
+    prior = job.status
+    finished = (prior is not None and prior.run_id == run.run_id and prior.spec_hash == run.spec_hash
+                and prior.phase in TERMINAL)
+    actions = list(deletes)
+    if child is None and finished:
+        # The Job's TTL removed it: its dependents follow (they are the FineTuneJob's, so nothing else would).
+        actions += [Action("delete", kind, _name(o)) for kind, o in current.items()
+                    if o is not None and kind != "Job" and not _terminating(o)]
+        return Plan(run, None, actions)
+    if terminating:
+        return Plan(run, child, actions, waiting=f"{terminating[0]} {run.job_name} is being deleted")
+    if child is None or not job_finished(child):
+        for obj in [*children.build_dependents(job, run, settings), children.build_job(job, run, settings)]:
+            if current[obj["kind"]] is None:
+                actions.append(Action("create", obj["kind"], _name(obj), obj))
+    if child is not None:
+        patch = children.in_place_patch(job, child)
+        if patch:
+            actions.append(Action("patch", "Job", run.job_name, patch))
+    return Plan(run, child, actions)
+
+
+def conflict_message(what: str, uid: str | None) -> str:
+    return (f"{what} already exists and is not controlled by this FineTuneJob (uid {uid}), so it is not adopted:"
+            f" delete it (or rename the FineTuneJob) to let this run start")

@@ -1,0 +1,111 @@
+"""plan(): the actions that make a FineTuneJob's children match it, on plain dicts (faults 1-3 and 9 of issue 15)."""
+from kubetune.api import FineTuneJob
+from kubetune.api.status import FineTuneJobStatus
+from kubetune.operator import children
+from kubetune.operator.plan import plan
+from tests.api.cases import make_job
+from tests.operator.test_children import SETTINGS, UID, ftj
+
+OTHER_UID = "11111111-2222-3333-4444-555555555555"
+MULTI_NODE = {"spec": {"nodes": 2, "resources": {"gpusPerNode": 8},
+                       "hyperparameters": {"batchSize": 64, "microBatchSize": 4}}}
+
+
+def observed_children(job: FineTuneJob, *, generation_of_run: FineTuneJob | None = None, kinds=("ConfigMap", "Job"),
+                      uid: str | None = UID, **job_status) -> dict[str, list[dict]]:
+    """The children as the API server would return them for `generation_of_run` (default: `job`)."""
+    source = generation_of_run or job
+    run = children.current_run(source)
+    objects = [*children.build_dependents(source, run, SETTINGS), children.build_job(source, run, SETTINGS)]
+    out: dict[str, list[dict]] = {}
+    for obj in objects:
+        if obj["kind"] not in kinds:
+            continue
+        obj["metadata"]["uid"] = f"uid-of-{obj['kind']}"
+        obj["metadata"]["creationTimestamp"] = "2026-11-22T11:00:00Z"
+        if uid is None:
+            obj["metadata"].pop("ownerReferences")  # kubectl delete --cascade=orphan removes them
+        else:
+            obj["metadata"]["ownerReferences"][0]["uid"] = uid
+        if obj["kind"] == "Job":
+            obj["status"] = job_status
+        out.setdefault(obj["kind"], []).append(obj)
+    return out
+
+
+def steps(p) -> list[tuple[str, str, str]]:
+    return [(a.verb, a.kind, a.name) for a in p.actions]
+
+
+def test_a_new_run_creates_dependents_before_the_job():
+    assert steps(plan(ftj(), {}, SETTINGS)) == [("create", "ConfigMap", "chat-g1"), ("create", "Job", "chat-g1")]
+    assert steps(plan(ftj(MULTI_NODE), {}, SETTINGS)) == [
+        ("create", "ConfigMap", "chat-g1"), ("create", "Service", "chat-g1"), ("create", "Job", "chat-g1")]
+
+
+def test_every_missing_child_is_reasserted_on_every_reconcile():
+    job = ftj()
+    # fault 1: the ConfigMap create failed (or someone deleted it) after the Job was made
+    p = plan(job, observed_children(job, kinds=("Job",)), SETTINGS)
+    assert steps(p) == [("create", "ConfigMap", "chat-g1")]
+    assert p.child["metadata"]["name"] == "chat-g1"
+    assert steps(plan(job, observed_children(job), SETTINGS)) == []  # all there: nothing to do
+
+
+def test_a_finished_job_gets_no_dependents_back():
+    job = ftj()
+    done = observed_children(job, kinds=("Job",), conditions=[{"type": "Complete", "status": "True"}])
+    assert steps(plan(job, done, SETTINGS)) == []
+
+
+def test_a_child_controlled_by_someone_else_is_a_conflict_never_adopted():
+    job = ftj()
+    for uid in (OTHER_UID, None):  # another FineTuneJob instance's, or orphaned by --cascade=orphan
+        p = plan(job, observed_children(job, uid=uid, conditions=[{"type": "Complete", "status": "True"}]),
+                 SETTINGS)
+        assert p.child is None and steps(p) == []
+        assert p.conflict.startswith("Job chat-g1 already exists and is not controlled by this FineTuneJob")
+        assert UID in p.conflict
+
+
+def test_after_a_crash_the_owned_job_is_adopted_by_its_spec_hash():
+    # fault 3: the Job was created, the status write was lost, then suspend was edited (generation 2)
+    before = ftj(generation=1)
+    edited = ftj({"spec": {"suspend": True}}, generation=2)
+    p = plan(edited, observed_children(edited, generation_of_run=before), SETTINGS)
+    assert p.run.job_name == "chat-g1" and p.run.run_id == children.current_run(before).run_id
+    assert steps(p) == [("patch", "Job", "chat-g1")]
+    assert p.actions[0].body == {"spec": {"suspend": True}}
+
+
+def test_a_training_edit_replaces_the_run_and_removes_the_old_children():
+    before = ftj(generation=1)
+    edited = ftj({"spec": {"hyperparameters": {"maxSteps": 99}}}, generation=2)
+    p = plan(edited, observed_children(edited, generation_of_run=before), SETTINGS)
+    assert steps(p) == [("delete", "Job", "chat-g1"), ("delete", "ConfigMap", "chat-g1"),
+                        ("create", "ConfigMap", "chat-g2"), ("create", "Job", "chat-g2")]
+
+
+def test_after_ttl_cleanup_the_finished_run_stays_finished_and_its_dependents_go():
+    job = ftj()
+    run = children.current_run(job)
+    done = FineTuneJob.model_validate({**job.to_wire(), "status": FineTuneJobStatus(
+        phase="Succeeded", run_id=run.run_id, spec_hash=run.spec_hash, job_name=run.job_name).to_wire()})
+    p = plan(done, observed_children(job, kinds=("ConfigMap",)), SETTINGS)
+    assert steps(p) == [("delete", "ConfigMap", "chat-g1")]
+    assert steps(plan(done, {}, SETTINGS)) == []
+
+
+def test_a_terminating_child_is_waited_for():
+    job = ftj()
+    seen = observed_children(job)
+    seen["Job"][0]["metadata"]["deletionTimestamp"] = "2026-11-22T11:00:05Z"
+    p = plan(job, seen, SETTINGS)
+    assert p.waiting == "Job chat-g1 is being deleted" and steps(p) == []
+
+
+def test_children_of_another_finetunejob_with_the_label_are_left_alone():
+    job = ftj()
+    other = observed_children(FineTuneJob.model_validate({**make_job(name="chat"), "metadata": {
+        "name": "chat", "namespace": "team-a", "uid": OTHER_UID, "generation": 7}}), uid=OTHER_UID)
+    assert steps(plan(job, other, SETTINGS)) == [("create", "ConfigMap", "chat-g1"), ("create", "Job", "chat-g1")]
