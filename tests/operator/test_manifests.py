@@ -1,4 +1,5 @@
-"""The operator's own manifests are accepted by the API server, including PodSecurity `restricted`."""
+"""The operator's own manifests (config/, rendered from charts/kubetune) are accepted by the API server,
+including PodSecurity `restricted`."""
 from pathlib import Path
 
 import pytest
@@ -27,3 +28,15 @@ def test_rbac_grants_no_secrets_and_no_pod_writes(cluster, finetunejob_crd):
     assert can("create", "jobs.batch") and can("patch", "finetunejobs.kubetune.io/status")
     assert can("watch", "pods") and not can("create", "pods") and not can("delete", "pods")
     assert not can("get", "secrets") and not can("list", "secrets")
+
+
+@pytest.mark.cluster
+def test_all_of_config_is_accepted_by_the_api_server(cluster):
+    """`kubectl apply -k config/` (the chart rendered: Namespace, RBAC, admission policy, Deployment, PDB,
+    Service) passes the API server's validation, the policy's CEL type check included."""
+    result = cluster.kubectl("apply", "--dry-run=server", "-k", str(ROOT / "config"))
+    for name in ("validatingadmissionpolicy.admissionregistration.k8s.io/kubetune-trainer-jobs",
+                 "poddisruptionbudget.policy/kubetune-operator",
+                 "clusterrole.rbac.authorization.k8s.io/kubetune-operator"):
+        assert name in result.stdout, result.stdout
+    assert "Warning" not in result.stderr, result.stderr
