@@ -108,6 +108,8 @@ def _count_gpu_time(key: tuple[str, str], status: FineTuneJobStatus, child: dict
         gpus = gpus_of(child)
         if tracked:
             GPU_SECONDS.labels(key[0]).inc(max((now - tracked[1]).total_seconds(), 0.0) * tracked[2])
+        else:
+            GPU_SECONDS.labels(key[0])  # exported at 0 from the start, so increase() sees the first seconds
         _running[key] = (status.run_id or "", now, gpus)
 
 
