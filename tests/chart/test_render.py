@@ -203,6 +203,7 @@ def test_monitors_scrape_the_ports_and_labels_the_operator_and_trainers_expose(t
     service, monitor = docs.one("Service"), docs.one("ServiceMonitor")
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"] == "metrics"
+    assert monitor["spec"]["endpoints"][0]["honorLabels"] is True  # the jobs' namespace label, not the operator's
     pod_monitor = docs.one("PodMonitor")
     job = make_job_model()
     run = children.current_run(job)
@@ -211,6 +212,11 @@ def test_monitors_scrape_the_ports_and_labels_the_operator_and_trainers_expose(t
     ports = {p["name"]: p["containerPort"] for p in pod["spec"]["containers"][0]["ports"]}
     assert ports[pod_monitor["spec"]["podMetricsEndpoints"][0]["port"]] == 9400
     assert pod_monitor["spec"]["namespaceSelector"] == {"matchNames": ["ml"]}
+    # The dashboard selects trainer series by `finetunejob` (hack/observability/dashboard.py's label contract).
+    endpoint = pod_monitor["spec"]["podMetricsEndpoints"][0]
+    relabeled = {r["targetLabel"]: r["sourceLabels"] for r in endpoint["relabelings"]}
+    assert relabeled["finetunejob"] == ["__meta_kubernetes_pod_label_"
+                                        + children.LABEL_FINETUNEJOB.replace(".", "_").replace("/", "_")]
 
 
 def test_network_policy_allows_the_api_server_trainer_metrics_and_scrapes(template):
