@@ -9,7 +9,7 @@ from pydantic import Field
 
 from kubetune.api.base import APIModel
 from kubetune.api.rules import Rule
-from kubetune.api.types import DataURI, DNSLabel, ModelURI, OutputURI, Quantity
+from kubetune.api.types import DataURI, DNSLabel, DNSSubdomain, LabelValue, ModelURI, OutputURI, Quantity
 
 Task = Literal["causal-lm", "sequence-classification"]
 MethodType = Literal["lora", "qlora", "full"]
@@ -236,7 +236,7 @@ class Resources(APIModel):
     """GPUs per node (one trainer process each); 0 trains on CPUs."""
     gpu_resource_name: str = "nvidia.com/gpu"
     """Extended resource that counts GPUs on the nodes."""
-    gpu_product: str | None = None
+    gpu_product: LabelValue | None = None
     """Require this GPU model (node label nvidia.com/gpu.product), e.g. NVIDIA-H100-80GB-HBM3."""
     cpu: Quantity | None = None
     """CPU request and limit per node."""
@@ -244,6 +244,10 @@ class Resources(APIModel):
     """Memory request and limit per node."""
     shared_memory: Quantity = "8Gi"
     """Size of /dev/shm (data loader workers and NCCL need more than the container default)."""
+    ephemeral_storage: Quantity = "20Gi"
+    """Local disk per node for the model, data and checkpoint cache: the cache volume's size limit and the
+    pod's ephemeral-storage request, so the scheduler places it where the disk is and a run that outgrows it
+    fails with a reason instead of being evicted and retried forever."""
 
 
 class Toleration(APIModel):
@@ -261,9 +265,9 @@ class Scheduling(APIModel):
     """Taints the trainer pods tolerate."""
     affinity: dict[str, Any] | None = Field(None, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
     """A core/v1 Affinity, copied into the trainer pods as it is."""
-    priority_class_name: str | None = None
+    priority_class_name: DNSSubdomain | None = None
     """PriorityClass of the trainer pods."""
-    queue_name: str | None = None
+    queue_name: LabelValue | None = None
     """Kueue LocalQueue to submit to (sets the kueue.x-k8s.io/queue-name label)."""
 
 

@@ -39,6 +39,7 @@ class Reason:
     MAX_STEPS = "MaxStepsReached"
     EPOCHS = "EpochsCompleted"
     OOM_KILLED = "OOMKilled"
+    EPHEMERAL_STORAGE_EXCEEDED = "EphemeralStorageExceeded"
     DEADLINE_EXCEEDED = "DeadlineExceeded"
     BAD_INPUT = "BadInput"
     BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"

@@ -65,3 +65,20 @@ def _check_dns_label(value: str) -> str:
 DNSLabel = Annotated[
     str, AfterValidator(_check_dns_label), Field(max_length=63, json_schema_extra={"pattern": DNS_LABEL})
 ]
+
+LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+
+
+def _pattern_type(regex: str, max_length: int, what: str):
+    """A string the API server would refuse further down (in a Job's label or pod spec), refused at apply."""
+    def check(value: str) -> str:
+        if not re.fullmatch(regex, value) or len(value) > max_length:
+            raise ValueError(f"must be {what}, at most {max_length} characters")
+        return value
+    return Annotated[str, AfterValidator(check), Field(max_length=max_length, json_schema_extra={"pattern": regex})]
+
+
+LabelValue = _pattern_type(LABEL_VALUE, 63, "a label value: letters, digits, '-', '_' and '.', starting and "
+                                            "ending with a letter or digit")
+DNSSubdomain = _pattern_type(DNS_SUBDOMAIN, 253, "a DNS subdomain: lowercase letters, digits, '-' and '.'")

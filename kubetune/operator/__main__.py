@@ -1,4 +1,7 @@
-"""`kubetune-operator` / `python -m kubetune.operator`: run the operator (settings from KUBETUNE_OPERATOR_*)."""
+"""`kubetune-operator` / `python -m kubetune.operator`: run the operator (settings from KUBETUNE_OPERATOR_*).
+
+Order matters: health endpoints first (a standby must answer its probes), then the Lease, then kopf.
+"""
 import logging
 import os
 
@@ -6,27 +9,40 @@ import kopf
 import prometheus_client
 
 from kubetune.operator.handlers import register
+from kubetune.operator.health import Health
 from kubetune.operator.kube import Kube
 from kubetune.operator.leader import LeaderElector
 from kubetune.operator.settings import OperatorSettings
+
+log = logging.getLogger("kubetune.operator")
 
 
 def main() -> None:
     settings = OperatorSettings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)  # not a line per handled event; errors stay
+    kube = Kube()
+    elector = (LeaderElector(kube, settings.lease_namespace, settings.lease_name, settings.lease_duration_seconds,
+                             settings.identity) if settings.leader_election else None)
+    health = Health(elector)
+    if settings.health_port:
+        health.serve(settings.health_port)
     if settings.metrics_port:
         prometheus_client.start_http_server(settings.metrics_port)
-    kube = Kube()
-    if settings.leader_election:
-        elector = LeaderElector(kube, settings.lease_namespace, settings.lease_name,
-                                settings.lease_duration_seconds, settings.identity)
-        elector.acquire()
-        # Exiting at once on a lost lease is what stops a deposed leader from acting next to the new one.
+    if elector is not None:
+        if not elector.acquire():
+            return
+        # A deposed leader exits at once (it cannot renew within the renew deadline, shorter than the lease):
+        # no handler of it may act next to the new leader. The Deployment restarts it as a standby.
         elector.keep(on_lost=lambda: os._exit(1))
-    kopf.run(registry=register(settings, kube), standalone=True, clusterwide=not settings.namespaces,
-             namespaces=settings.namespaces,
-             liveness_endpoint=f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None)
+    try:
+        may_act = elector.healthy if elector is not None else (lambda: True)
+        kopf.run(registry=register(settings, kube, may_act), standalone=True, clusterwide=not settings.namespaces,
+                 namespaces=settings.namespaces, ready_flag=health.kopf_ready)
+    finally:
+        health.kopf_stopped.set()
+        if elector is not None:
+            elector.release()  # a standby takes over now rather than after the lease expires
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ ANNOTATION_SPEC_HASH = "kubetune.io/spec-hash"
 ANNOTATION_GENERATION = "kubetune.io/generation"
 ANNOTATION_TEMPLATE_HASH = "kubetune.io/template-hash"
 CONTAINER = "trainer"
-EXIT_KILLED = 137  # SIGKILL: outside a disruption, the kernel's OOM killer
 CACHE_DIR = "/var/cache/kubetune"
 # Preempted pods get SIGTERM and this long to write a synchronous checkpoint before SIGKILL.
 TERMINATION_GRACE_SECONDS = 300
@@ -144,6 +143,7 @@ def container_resources(job: FineTuneJob) -> dict:
         requests["memory"] = limits["memory"] = str(r.memory)
     if r.gpus_per_node:
         requests[r.gpu_resource_name] = limits[r.gpu_resource_name] = str(r.gpus_per_node)
+    requests["ephemeral-storage"] = str(r.ephemeral_storage)  # the cache volume's size limit
     return {k: v for k, v in (("requests", requests), ("limits", limits)) if v}
 
 
@@ -180,7 +180,7 @@ def pod_spec(job: FineTuneJob, run: Run, settings: OperatorSettings) -> dict:
                              {"name": "dshm", "mountPath": "/dev/shm"}],
         }],
         "volumes": [{"name": "spec", "configMap": {"name": run.job_name}},
-                    {"name": "cache", "emptyDir": {}},
+                    {"name": "cache", "emptyDir": {"sizeLimit": str(spec.resources.ephemeral_storage)}},
                     {"name": "tmp", "emptyDir": {}},
                     {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.resources.shared_memory}}],
     }
@@ -223,10 +223,11 @@ def build_job(job: FineTuneJob, run: Run, settings: OperatorSettings) -> dict:
             # First (rules match in order): preemption, eviction and node drains are not the trainer's
             # failure, even when the grace period ran out and the kill was a SIGKILL; do not count them.
             {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
-            # Retrying cannot fix bad input or the same out-of-memory (the trainer's own code, or the kernel's
-            # OOM kill, 137): fail at once.
+            # Retrying cannot fix bad input or the same out-of-memory: fail at once. Not 137: any SIGKILL exits
+            # so (a pod deleted mid-checkpoint too); only the container's OOMKilled reason, which a policy cannot
+            # match, means the kernel's OOM killer, so the operator ends those runs itself (plan.py).
             {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [
-                contract.EXIT_BAD_INPUT, contract.EXIT_OUT_OF_MEMORY, EXIT_KILLED]}},
+                contract.EXIT_BAD_INPUT, contract.EXIT_OUT_OF_MEMORY]}},
         ]},
         "template": {"metadata": pod_metadata(job, run, settings), "spec": pod_spec(job, run, settings)},
     }

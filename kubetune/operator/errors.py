@@ -10,7 +10,6 @@ from kubernetes.client import ApiException
 from urllib3.exceptions import HTTPError
 
 TRANSIENT_DELAY_SECONDS = 5.0
-FORBIDDEN_DELAY_SECONDS = 30.0
 
 
 class PermanentFailure(Exception):

@@ -8,14 +8,16 @@ from kubetune.api import GROUP, PLURAL, VERSION
 from kubetune.operator.children import LABEL_FINETUNEJOB
 from kubetune.operator.errors import PermanentFailure, RetryLater
 from kubetune.operator.kube import Kube
-from kubetune.operator.reconcile import COMPONENT, reconcile
+from kubetune.operator.reconcile import COMPONENT, read_progress, reconcile
 from kubetune.operator.settings import OperatorSettings
 
-ACTIVE_PHASES = ("Pending", "Running")
+ACTIVE_PHASES = ("Running",)  # the only phase with progress to read; events drive the rest
 RETRY_SECONDS = 5
 
 
-def register(settings: OperatorSettings, kube: Kube) -> kopf.OperatorRegistry:
+def register(settings: OperatorSettings, kube: Kube, may_act=lambda: True) -> kopf.OperatorRegistry:
+    """`may_act` says whether this replica still leads (by its own clock, without asking the API server), so
+    a leader that was frozen past its renew deadline does nothing before its renewal thread stops it."""
     registry = kopf.OperatorRegistry()
 
     @kopf.on.startup(registry=registry)
@@ -48,13 +50,16 @@ def register(settings: OperatorSettings, kube: Kube) -> kopf.OperatorRegistry:
         return status.get("phase") in ACTIVE_PHASES
 
     @kopf.timer(GROUP, VERSION, PLURAL, interval=settings.progress_interval_seconds, when=active, registry=registry)
-    def read_progress(namespace: str, name: str, **_) -> None:
-        run(namespace, name, scrape=True)
+    def progress_tick(namespace: str, name: str, status: dict, **_) -> None:
+        if may_act():
+            run(namespace, name, sample=read_progress(kube, settings, namespace, name, status))
 
-    def run(namespace: str, name: str, scrape: bool = False) -> None:
+    def run(namespace: str, name: str, sample: dict | None = None) -> None:
         """Our error kinds as kopf's: the status already says what went wrong."""
+        if not may_act():
+            raise kopf.TemporaryError("not leading: leaving this to the leader", delay=RETRY_SECONDS)
         try:
-            reconcile(kube, settings, namespace, name, scrape=scrape)
+            reconcile(kube, settings, namespace, name, sample=sample)
         except PermanentFailure as exc:
             raise kopf.PermanentError(str(exc)) from exc
         except RetryLater as exc:

@@ -1,85 +1,125 @@
-"""Leader election on a coordination.k8s.io Lease, as Kubernetes' own controllers do it.
+"""Leader election on a coordination.k8s.io Lease, with client-go's semantics (tools/leaderelection).
 
-Every replica waits here until it holds the Lease; only then does it start handling FineTuneJobs. The holder
-renews it in the background; a replica that cannot renew in time exits at once (its Deployment restarts it as a
-follower), so two replicas never reconcile together. kopf's own peering was not used: replicas of equal
-priority freeze each other there.
+Every replica tries to take the Lease every retry period; only the holder handles FineTuneJobs. Expiry is judged
+on this replica's own clock from when it last saw the Lease record change, never from the holder's timestamps
+(clocks differ between nodes). The leader renews every retry period and, if it could not renew within the renew
+deadline (shorter than the lease duration), stops acting at once, before anyone else may take over. A leader that
+shuts down releases the Lease so a standby takes over without waiting for expiry. kopf's own peering was not used:
+replicas of equal priority freeze each other there.
 """
 import logging
 import os
 import socket
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 from kubetune.operator.kube import Kube
 
 log = logging.getLogger("kubetune.leader")
 
 
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def _stamp(t: datetime) -> str:
-    return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _parse(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+def _stamp() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class LeaderElector:
-    def __init__(self, kube: Kube, namespace: str, name: str, duration_seconds: int, identity: str = ""):
+    def __init__(self, kube: Kube, namespace: str, name: str, duration_seconds: float, identity: str = "",
+                 renew_deadline_seconds: float | None = None, retry_period_seconds: float | None = None):
         self.kube, self.namespace, self.name = kube, namespace, name
         self.duration = duration_seconds
+        # client-go's defaults are 15 s / 10 s / 2 s; the same proportions for any duration.
+        self.renew_deadline = renew_deadline_seconds or duration_seconds * 2 / 3
+        self.retry_period = retry_period_seconds or duration_seconds / 7.5
         self.identity = identity or f"{socket.gethostname()}-{os.getpid()}"
-        self.renewed_at = 0.0
+        self.observed: dict | None = None  # the last Lease spec seen, and when (monotonic) it changed
+        self.observed_at = 0.0
+        self.renewed_at = 0.0  # monotonic time of our last successful acquire or renew
+        self.last_contact = 0.0  # monotonic time of the last Lease read that worked (readiness of a standby)
+        self.leading = threading.Event()
+        self.stopped = threading.Event()
 
-    def try_acquire(self) -> bool:
-        """One attempt to take or renew the Lease."""
+    def try_acquire_or_renew(self) -> bool:
+        """One attempt to take or renew the Lease (client-go tryAcquireOrRenew)."""
         lease = self.kube.read_lease(self.namespace, self.name)
-        now = _now()
-        spec = (lease or {}).get("spec", {})
+        now = time.monotonic()
+        self.last_contact = now
+        spec = (lease or {}).get("spec") or {}
+        if spec != self.observed:
+            self.observed, self.observed_at = spec, now
         holder = spec.get("holderIdentity")
-        renewed = _parse(spec.get("renewTime"))
-        held_by_other = (holder and holder != self.identity and renewed
-                         and now < renewed + timedelta(seconds=spec.get("leaseDurationSeconds", self.duration)))
-        if held_by_other:
+        duration = spec.get("leaseDurationSeconds") or self.duration
+        if holder and holder != self.identity and now < self.observed_at + duration:
+            if self.leading.is_set():  # someone else holds it: we were deposed
+                self.leading.clear()
             return False
-        transitions = spec.get("leaseTransitions", 0) + (holder != self.identity and lease is not None)
-        new = {"holderIdentity": self.identity, "leaseDurationSeconds": self.duration,
-               "acquireTime": spec.get("acquireTime") if holder == self.identity else _stamp(now),
-               "renewTime": _stamp(now), "leaseTransitions": transitions}
+        ours = holder == self.identity
+        new = {"holderIdentity": self.identity, "leaseDurationSeconds": int(round(self.duration)),
+               "acquireTime": spec.get("acquireTime") if ours else _stamp(), "renewTime": _stamp(),
+               "leaseTransitions": (spec.get("leaseTransitions") or 0) + (0 if ours or lease is None else 1)}
         rv = lease["metadata"]["resourceVersion"] if lease else None
-        if self.kube.write_lease(self.namespace, self.name, new, rv):
-            self.renewed_at = time.monotonic()
-            return True
-        return False
-
-    def acquire(self) -> None:
-        """Blocks until this replica leads."""
-        log.info("waiting for leadership of lease %s/%s as %s", self.namespace, self.name, self.identity)
-        while not self._attempt():
-            time.sleep(max(1.0, self.duration / 5))
-        log.info("leading as %s", self.identity)
+        if not self.kube.write_lease(self.namespace, self.name, new, rv):
+            return False
+        self.observed, self.observed_at, self.renewed_at = new, time.monotonic(), time.monotonic()
+        return True
 
     def _attempt(self) -> bool:
         try:
-            return self.try_acquire()
-        except Exception as exc:  # the API server may be briefly unreachable: keep trying
+            return self.try_acquire_or_renew()
+        except Exception as exc:  # the API server may be briefly unreachable (requests time out): try again
             log.warning("lease %s/%s: %s", self.namespace, self.name, exc)
             return False
 
+    def acquire(self) -> bool:
+        """Blocks until this replica leads (True) or stop() is called (False)."""
+        log.info("waiting for leadership of lease %s/%s as %s", self.namespace, self.name, self.identity)
+        while not self.stopped.is_set():
+            if self._attempt():
+                self.leading.set()
+                log.info("leading as %s", self.identity)
+                return True
+            self.stopped.wait(self.retry_period)
+        return False
+
     def keep(self, on_lost) -> threading.Thread:
-        """Renews every third of the lease duration; calls `on_lost` when it could not renew in two thirds."""
+        """Renews every retry period; calls `on_lost` when no renewal succeeded within the renew deadline or
+        another holder appears."""
         def loop():
-            while True:
-                time.sleep(self.duration / 3)
-                if not self._attempt() and time.monotonic() - self.renewed_at > self.duration * 2 / 3:
+            while not self.stopped.wait(self.retry_period):
+                renewed = self._attempt()
+                deposed = not self.leading.is_set()
+                if deposed or (not renewed and time.monotonic() - self.renewed_at > self.renew_deadline):
+                    if self.stopped.is_set():
+                        return
                     log.error("lost leadership of lease %s/%s", self.namespace, self.name)
+                    self.leading.clear()
                     on_lost()
                     return
         thread = threading.Thread(target=loop, name="lease-renewal", daemon=True)
         thread.start()
         return thread
+
+    def healthy(self) -> bool:
+        """Leading with a fresh renewal, or standing by and able to read the Lease."""
+        now = time.monotonic()
+        if self.leading.is_set():
+            return now - self.renewed_at <= self.renew_deadline
+        return now - self.last_contact <= max(self.duration, 3 * self.retry_period)
+
+    def release(self) -> None:
+        """Hands the Lease back on shutdown (client-go ReleaseOnCancel), so a standby need not wait for expiry."""
+        self.stopped.set()
+        if not self.leading.is_set():
+            return
+        self.leading.clear()
+        try:
+            lease = self.kube.read_lease(self.namespace, self.name)
+            spec = (lease or {}).get("spec") or {}
+            if lease and spec.get("holderIdentity") == self.identity:
+                self.kube.write_lease(self.namespace, self.name, {
+                    "holderIdentity": None, "leaseDurationSeconds": 1, "acquireTime": _stamp(),
+                    "renewTime": _stamp(), "leaseTransitions": spec.get("leaseTransitions") or 0},
+                    lease["metadata"]["resourceVersion"])
+                log.info("released lease %s/%s", self.namespace, self.name)
+        except Exception as exc:  # expiry does the same job, only later
+            log.warning("could not release lease %s/%s: %s", self.namespace, self.name, exc)

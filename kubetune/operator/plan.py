@@ -76,6 +76,12 @@ def plan(job: FineTuneJob, observed: dict[str, list[dict]], settings: OperatorSe
         return Plan(run, None, actions)
     if terminating:
         return Plan(run, child, actions, waiting=f"{terminating[0]} {run.job_name} is being deleted")
+    if child is not None and finished and not job_finished(child):
+        # The operator ended this run itself (a kernel OOM kill, which no pod failure policy can tell from
+        # another SIGKILL): hold the Job suspended so it retries nothing; its pods stay for the record.
+        if not child.get("spec", {}).get("suspend"):
+            actions.append(Action("patch", "Job", run.job_name, {"spec": {"suspend": True}}))
+        return Plan(run, child, actions)
     if child is None or not job_finished(child):
         for obj in [*children.build_dependents(job, run, settings), children.build_job(job, run, settings)]:
             if current[obj["kind"]] is None:

@@ -1,6 +1,11 @@
 """Live progress: the operator reads the trainer's Prometheus endpoint (rank 0's pod IP, contract port) on a
-timer. Trainer pods need no rights over any object for their progress to reach the FineTuneJob status."""
-import urllib.request
+timer. Trainer pods need no rights over any object for their progress to reach the FineTuneJob status.
+
+What answers on that port is the tenant's (spec.image), so a read is bounded: one deadline for connecting and
+reading everything, and a byte cap (the contract's gauges are a few KB). It runs outside the per-object lock.
+"""
+import http.client
+import time
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -35,14 +40,48 @@ def metrics_pod(pods: list[dict]) -> dict | None:
     return running[0] if running else None
 
 
-def scrape(pods: list[dict], timeout: float) -> dict | None:
+MAX_BYTES = 1 << 20
+
+
+def fetch(host: str, port: int, deadline_seconds: float, max_bytes: int = MAX_BYTES) -> str | None:
+    """GET /metrics within one total deadline (a server that trickles bytes cannot stretch it) and at most
+    `max_bytes` (a huge answer is dropped, not buffered)."""
+    deadline = time.monotonic() + deadline_seconds
+
+    def left() -> float:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("progress scrape deadline")
+        return remaining
+
+    conn = http.client.HTTPConnection(host, port, timeout=left())
+    try:
+        conn.request("GET", "/metrics", headers={"Accept": "text/plain"})
+        sock = conn.sock  # kept: the connection lets go of it once a response says Connection: close
+        sock.settimeout(left())
+        response = conn.getresponse()
+        if response.status != 200:
+            return None
+        body = bytearray()
+        while True:
+            sock.settimeout(left())
+            chunk = response.read1(65536)
+            if not chunk:
+                return body.decode(errors="replace")
+            body += chunk
+            if len(body) > max_bytes:
+                return None
+    finally:
+        conn.close()
+
+
+def scrape(pods: list[dict], timeout: float, max_bytes: int = MAX_BYTES) -> dict | None:
     """The latest sample, or None when no pod serves one (yet): the status then keeps the previous one."""
     pod = metrics_pod(pods)
     if pod is None:
         return None
-    url = f"http://{pod['status']['podIP']}:{contract.METRICS_PORT}/metrics"
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (pod IPs only)
-            return parse(response.read().decode()) or None
-    except (OSError, ValueError):
+        text = fetch(pod["status"]["podIP"], contract.METRICS_PORT, timeout, max_bytes)
+        return parse(text) or None if text else None
+    except (OSError, ValueError, http.client.HTTPException):
         return None

@@ -16,8 +16,7 @@ from kubetune.api import FineTuneJobStatus, Reason
 from kubetune.api.validate import validate_manifest
 from kubetune.operator import children, metrics, progress
 from kubetune.operator.children import controlled_by
-from kubetune.operator.errors import (FORBIDDEN_DELAY_SECONDS, PermanentFailure, RetryLater, api_message,
-                                      is_transient)
+from kubetune.operator.errors import PermanentFailure, RetryLater, api_message, is_transient
 from kubetune.operator.kube import Kube
 from kubetune.operator.plan import KINDS, Action, conflict_message, plan
 from kubetune.operator.settings import OperatorSettings
@@ -51,11 +50,24 @@ def merge_patch(old: dict, new: dict) -> dict:
     return patch
 
 
-def reconcile(kube: Kube, settings: OperatorSettings, namespace: str, name: str, scrape: bool = False) -> Outcome:
+def read_progress(kube: Kube, settings: OperatorSettings, namespace: str, name: str, status: dict | None
+                  ) -> dict | None:
+    """The trainer's latest sample, read outside the per-object lock (a slow endpoint delays only this call,
+    never the reconciles of Job and Pod events) and bounded by progress.scrape's deadline and byte cap."""
+    run_id = (status or {}).get("runId")
+    if not run_id:
+        return None
+    pods = kube.list_pods(namespace, f"{children.LABEL_FINETUNEJOB}={name},{children.LABEL_RUN_ID}={run_id}")
+    return progress.scrape(pods, settings.scrape_timeout_seconds)
+
+
+def reconcile(kube: Kube, settings: OperatorSettings, namespace: str, name: str, sample: dict | None = None
+              ) -> Outcome:
+    """`sample`: the trainer's metrics from read_progress, when a progress tick brought one."""
     with _locks[(namespace, name)]:
         started = time.monotonic()
         try:
-            return _reconcile(kube, settings, namespace, name, scrape)
+            return _reconcile(kube, settings, namespace, name, sample)
         except Exception as exc:
             cause = exc.__cause__ if isinstance(exc, RetryLater) and exc.__cause__ else exc
             metrics.RECONCILE_ERRORS.labels(type(cause).__name__).inc()
@@ -64,7 +76,7 @@ def reconcile(kube: Kube, settings: OperatorSettings, namespace: str, name: str,
             metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
 
 
-def _reconcile(kube: Kube, settings: OperatorSettings, namespace: str, name: str, scrape: bool) -> Outcome:
+def _reconcile(kube: Kube, settings: OperatorSettings, namespace: str, name: str, sample: dict | None) -> Outcome:
     obj = kube.get_finetunejob(namespace, name)
     if obj is None or obj["metadata"].get("deletionTimestamp"):
         metrics.forget(namespace, name)
@@ -80,8 +92,9 @@ def _reconcile(kube: Kube, settings: OperatorSettings, namespace: str, name: str
     observed = {kind: kube.list_objects(kind, namespace, selector) for kind in KINDS}
     p = plan(job, observed, settings)
     problem, retry = None, None
-    if p.conflict:
+    if p.conflict:  # retried: whoever owns that object may delete it
         problem = State("Pending", Reason.CHILD_CONFLICT, p.conflict, stalled=True)
+        retry = RetryLater(p.conflict, delay=settings.retry_delay_seconds)
     child, created, deleted, events = p.child, [], [], []
     for action in p.actions:
         if problem is not None and action.verb != "delete":
@@ -91,12 +104,13 @@ def _reconcile(kube: Kube, settings: OperatorSettings, namespace: str, name: str
         except ApiException as exc:
             if is_transient(exc):
                 raise RetryLater(f"{action.verb} {action.kind} {action.name}: {api_message(exc)}") from exc
-            problem, retry = refusal(action, exc)
+            problem, retry = refusal(action, exc, settings.retry_delay_seconds)
             break
         if action.verb == "create":
             if not controlled_by(result, job.metadata.uid):  # its name was taken meanwhile
-                problem = State("Pending", Reason.CHILD_CONFLICT,
-                                conflict_message(f"{action.kind} {action.name}", job.metadata.uid), stalled=True)
+                message = conflict_message(f"{action.kind} {action.name}", job.metadata.uid)
+                problem = State("Pending", Reason.CHILD_CONFLICT, message, stalled=True)
+                retry = RetryLater(message, delay=settings.retry_delay_seconds)
                 break
             if action.kind == "Job":
                 child = result
@@ -108,7 +122,7 @@ def _reconcile(kube: Kube, settings: OperatorSettings, namespace: str, name: str
             child["spec"].update(action.body["spec"])
 
     pods = kube.list_pods(namespace, f"{LABEL_CONTROLLER_UID}={child['metadata']['uid']}") if child else []
-    sample = progress.scrape(pods, settings.scrape_timeout_seconds) if scrape and problem is None else None
+    sample = sample if problem is None and child is not None else None
     prior = job.status
     status, transitions = compute_status(job, p.run, child, pods, sample, now(), settings.max_runs_kept, problem)
     events += transitions
@@ -133,14 +147,14 @@ def act(kube: Kube, namespace: str, action: Action) -> dict | None:
     return None
 
 
-def refusal(action: Action, exc: ApiException) -> tuple[State, Exception]:
+def refusal(action: Action, exc: ApiException, delay: float) -> tuple[State, Exception]:
     """A child the API server refused, as the status shows it and the way to retry: invalid (422, 400) is
     permanent until the spec changes; forbidden or missing (403 quota, 404 PriorityClass...) may clear up."""
     message = f"the API server refused to {action.verb} {action.kind} {action.name}: {api_message(exc)}"[:1000]
     if exc.status in (400, 422):
         return State("Failed", Reason.CHILD_REJECTED, message, stalled=True), PermanentFailure(message)
     return (State("Pending", Reason.CHILD_FORBIDDEN, message, stalled=True),
-            RetryLater(message, delay=FORBIDDEN_DELAY_SECONDS))
+            RetryLater(message, delay=delay))
 
 
 def write_status(kube: Kube, obj: dict, status: FineTuneJobStatus) -> bool:

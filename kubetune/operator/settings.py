@@ -16,6 +16,8 @@ class OperatorSettings(BaseSettings):
     progress_interval_seconds: float = Field(10.0, gt=0)
     """How often a running job's trainer metrics are read into its status."""
     scrape_timeout_seconds: float = Field(3.0, gt=0)
+    retry_delay_seconds: float = Field(30.0, gt=0)
+    """How soon a run held up by a refused child (a ResourceQuota...) or a conflicting one is tried again."""
     metrics_port: int = Field(8080, ge=0, le=65535)
     """The operator's own Prometheus endpoint (0: off)."""
     health_port: int = Field(8081, ge=0, le=65535)

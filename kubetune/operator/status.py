@@ -74,6 +74,20 @@ def failure_of(pod: dict) -> tuple[str, str] | None:
     return error.get("reason") or t.get("reason") or "Error", message or f"exit code {code}"
 
 
+def fatal_failure(pods: list[dict]) -> tuple[str, str] | None:
+    """A pod outcome that retrying the same spec cannot fix and that no pod failure policy can match: the
+    kernel's OOM kill (exit 137 with reason OOMKilled; a bare 137 is any SIGKILL) and an eviction for outgrowing
+    the cache's ephemeral storage (kubelet marks it a disruption, which the policy would ignore forever)."""
+    for pod in pods:
+        t = terminated(pod) or {}
+        if t.get("reason") == "OOMKilled":
+            return Reason.OOM_KILLED, t.get("message") or "the kernel killed the trainer: out of memory"
+        st = pod.get("status", {})
+        if st.get("reason") == "Evicted" and "ephemeral" in (st.get("message") or "").lower():
+            return Reason.EPHEMERAL_STORAGE_EXCEEDED, st.get("message") or "evicted for ephemeral storage"
+    return None
+
+
 def pending_state(pods: list[dict]) -> State:
     for pod in pods:
         status = pod.get("status", {})
@@ -97,6 +111,9 @@ def observe(job: FineTuneJob, child: dict | None, pods: list[dict], summary: dic
     if job_condition(child, "Complete") or job_condition(child, "SuccessCriteriaMet"):
         reason = (summary or {}).get("stopReason") or Reason.COMPLETED
         return State("Succeeded", reason, succeeded_message(summary))
+    fatal = fatal_failure(pods)
+    if fatal and not job_condition(child, "Failed"):
+        return State("Failed", *fatal)
     failed = job_condition(child, "Failed") or job_condition(child, "FailureTarget")
     if failed:
         if failed.get("reason") == "DeadlineExceeded":

@@ -78,6 +78,13 @@ INVALID = [
     Case("validation-and-split", spec(dataset={"validationSplit": 0.1}), "spec.dataset.validationSplit"),
     Case("unknown-method", spec(method={"type": "prefix-tuning"}), "spec.method.type"),
     Case("unknown-task", spec(task="translation"), "spec.task"),
+    # values a Job's label or pod spec would refuse (a 422 for the operator), refused at apply instead
+    Case("queue-name-not-a-label-value", spec(scheduling={"queueName": "team a"}), "spec.scheduling.queueName"),
+    Case("priority-class-not-a-dns-name", spec(scheduling={"priorityClassName": "High"}),
+         "spec.scheduling.priorityClassName"),
+    Case("gpu-product-too-long", spec(resources={"gpuProduct": "H" * 64}), "spec.resources.gpuProduct"),
+    Case("ephemeral-storage-not-a-quantity", spec(resources={"ephemeralStorage": "lots"}),
+         "spec.resources.ephemeralStorage"),
     Case("negative-learning-rate", spec(hyperparameters={"learningRate": -0.001}), "spec.hyperparameters.learningRate"),
     Case("lora-rank-zero", spec(method={"lora": {"r": 0}}), "spec.method.lora.r"),
     Case("warmup-over-one", spec(hyperparameters={"warmupRatio": 1.5}), "spec.hyperparameters.warmupRatio"),

@@ -42,8 +42,11 @@ def test_job_shape_single_gpu():
     c = pod["containers"][0]
     assert c["command"] == ["kubetune-train"]
     assert c["image"] == "registry.example/trainer:1"
-    assert c["resources"] == {"requests": {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": "1"},
+    assert c["resources"] == {"requests": {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": "1",
+                                           "ephemeral-storage": "20Gi"},
                               "limits": {"memory": "32Gi", "nvidia.com/gpu": "1"}}
+    # the cache has a size the scheduler reserves: outgrowing it is a reason, not an endless eviction loop
+    assert {"name": "cache", "emptyDir": {"sizeLimit": "20Gi"}} in pod["volumes"]
     assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
     env = {e["name"]: e for e in c["env"]}
     assert env[contract.RUN_ID_ENV]["value"] == "g1-0f1e2d3c"
@@ -82,7 +85,8 @@ def test_fail_fast_on_bad_input_and_ignore_disruptions():
     spec = job["spec"]
     assert (spec["backoffLimit"], spec["activeDeadlineSeconds"], spec["ttlSecondsAfterFinished"]) == (5, 3600, 600)
     ignore, fail = spec["podFailurePolicy"]["rules"]
-    assert fail["action"] == "FailJob" and fail["onExitCodes"]["values"] == [64, 65, 137]
+    # not 137: any SIGKILL exits so; the operator fails runs on the container's OOMKilled reason instead
+    assert fail["action"] == "FailJob" and fail["onExitCodes"]["values"] == [64, 65]
     assert ignore == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
 
 

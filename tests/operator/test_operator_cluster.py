@@ -59,7 +59,7 @@ def test_apply_run_succeed_with_trainer_summary(cluster, namespace, operator):
     assert job["metadata"]["ownerReferences"][0]["uid"] == uid
     pod = job["spec"]["template"]["spec"]
     assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
-    assert job["spec"]["podFailurePolicy"]["rules"][1]["onExitCodes"]["values"] == [64, 65, 137]
+    assert job["spec"]["podFailurePolicy"]["rules"][1]["onExitCodes"]["values"] == [64, 65]
     config = cluster.kubectl_json("get", "configmap", "chat-g1", "-n", namespace)
     assert json.loads(config["data"]["finetunejob.json"])["metadata"]["uid"] == uid
     wait_for("Running", phase_is(cluster, namespace, "chat", "Running"), timeout=30)

@@ -109,3 +109,13 @@ def test_children_of_another_finetunejob_with_the_label_are_left_alone():
     other = observed_children(FineTuneJob.model_validate({**make_job(name="chat"), "metadata": {
         "name": "chat", "namespace": "team-a", "uid": OTHER_UID, "generation": 7}}), uid=OTHER_UID)
     assert steps(plan(job, other, SETTINGS)) == [("create", "ConfigMap", "chat-g1"), ("create", "Job", "chat-g1")]
+
+
+def test_a_run_the_operator_ended_keeps_its_job_suspended():
+    # fault 8: the status says Failed (OOMKilled) while the Job, blind to the reason, would retry
+    job = ftj()
+    run = children.current_run(job)
+    failed = FineTuneJob.model_validate({**job.to_wire(), "status": FineTuneJobStatus(
+        phase="Failed", run_id=run.run_id, spec_hash=run.spec_hash, job_name=run.job_name).to_wire()})
+    p = plan(failed, observed_children(job), SETTINGS)
+    assert steps(p) == [("patch", "Job", "chat-g1")] and p.actions[0].body == {"spec": {"suspend": True}}

@@ -42,6 +42,13 @@ def pod(phase: str, *, exit_code: int | None = None, reason: str | None = None, 
     return {"metadata": {"name": "chat-g1-abcde", "creationTimestamp": "2026-11-22T11:00:30Z"}, "status": status}
 
 
+def evicted(message: str) -> dict:
+    p = pod("Failed")
+    p["status"].update(reason="Evicted", message=message, conditions=[
+        {"type": "DisruptionTarget", "status": "True", "reason": "TerminationByKubelet"}])
+    return p
+
+
 def error(reason: str, message: str) -> str:
     return json.dumps({"error": {"reason": reason, "message": message}})
 
@@ -69,6 +76,14 @@ CASES = {
                              Reason.COMPLETED, "finished"),
     "oom killed": ({}, k8s_job(("Failed", "PodFailurePolicy")), [pod("Failed", exit_code=137, reason="OOMKilled")],
                    "Failed", Reason.OOM_KILLED, "out of memory"),
+    # fault 8: a kernel OOM kill fails the run even though the Job would retry it; any other SIGKILL is retried
+    "oom killed, job retrying": ({}, k8s_job(), [pod("Failed", exit_code=137, reason="OOMKilled"), pod("Pending")],
+                                 "Failed", Reason.OOM_KILLED, "out of memory"),
+    "sigkill, not oom": ({}, k8s_job(), [pod("Failed", exit_code=137, reason="Error"), pod("Pending")],
+                         "Running", Reason.RESTARTING, "exit code 137"),
+    "evicted for ephemeral storage": ({}, k8s_job(), [evicted("Pod ephemeral local storage usage exceeds the "
+                                                              "total limit of containers 20Gi.")],
+                                      "Failed", Reason.EPHEMERAL_STORAGE_EXCEEDED, "exceeds the total limit"),
     "oom exit code": ({}, k8s_job(("Failed", "PodFailurePolicy")),
                       [pod("Failed", exit_code=65, message=error("OutOfMemory", "CUDA out of memory at step 3"))],
                       "Failed", Reason.OOM_KILLED, "CUDA out of memory"),

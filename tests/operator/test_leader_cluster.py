@@ -1,0 +1,79 @@
+"""Leader election with client-go's semantics, on the real API server (fault 5 of issue 15): a standby answers
+its probes, takes over when the leader goes (at once on a clean shutdown, within the lease after a SIGKILL),
+and a frozen leader that lost the Lease exits without acting; one Job throughout."""
+import signal
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from tests.operator.conftest import manifest, wait_for
+from tests.operator.test_operator_cluster import jobs, kwok, phase_is, status
+
+pytestmark = pytest.mark.cluster
+LEASE_SECONDS = 4  # conftest's KUBETUNE_OPERATOR_LEASE_DURATION_SECONDS
+RETRY_SECONDS = LEASE_SECONDS / 7.5
+
+
+def probe(operator, path: str) -> int:
+    try:
+        return urllib.request.urlopen(f"http://127.0.0.1:{operator.health_port}{path}", timeout=2).status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return 0
+
+
+def leads(operator) -> bool:
+    return "leading as" in operator.output()
+
+
+def takeover_seconds(standby) -> float:
+    started = time.monotonic()
+    wait_for("the standby to lead", lambda: leads(standby), timeout=LEASE_SECONDS * 3, interval=0.05)
+    return time.monotonic() - started
+
+
+def test_standby_is_healthy_and_ready_and_takes_over(cluster, namespace, operators):
+    first = operators.start()
+    wait_for("a leader", lambda: leads(first), timeout=30)
+    second = operators.start()
+    wait_for("the standby to wait", lambda: "waiting for leadership" in second.output(), timeout=30)
+    # The standby serves its probes while it waits for the Lease (it used to block before serving anything).
+    wait_for("probes of both", lambda: all(probe(o, p) == 200 for o in (first, second)
+                                           for p in ("/healthz", "/readyz")), timeout=15)
+    assert not leads(second)
+
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest("ha", annotations=kwok(seconds=12)))
+    wait_for("Running", phase_is(cluster, namespace, "ha", "Running"), timeout=30)
+    [job] = jobs(cluster, namespace)
+
+    first.stop(signal.SIGTERM)  # a clean shutdown releases the Lease: no waiting for expiry
+    assert takeover_seconds(second) < LEASE_SECONDS / 2
+
+    third = operators.start()
+    wait_for("the new standby to be ready", lambda: probe(third, "/readyz") == 200, timeout=30)
+    second.stop(signal.SIGKILL)  # no release: the standby waits for the record to stop changing for a lease
+    assert takeover_seconds(third) < LEASE_SECONDS + 2 * RETRY_SECONDS + 1
+
+    cluster.kubectl("wait", "--for=condition=Succeeded", "ftj/ha", "-n", namespace, "--timeout=60s")
+    [after] = jobs(cluster, namespace)
+    assert after["metadata"]["uid"] == job["metadata"]["uid"] and status(cluster, namespace, "ha")["attempts"] == 1
+
+
+def test_a_frozen_leader_that_lost_the_lease_exits_without_acting(cluster, namespace, operators):
+    first = operators.start()
+    wait_for("a leader", lambda: leads(first), timeout=30)
+    second = operators.start()
+    wait_for("the standby to wait", lambda: "waiting for leadership" in second.output(), timeout=30)
+    first.proc.send_signal(signal.SIGSTOP)  # a long GC pause, a frozen node: it cannot renew
+    try:
+        wait_for("the standby to lead", lambda: leads(second), timeout=LEASE_SECONDS * 3)
+        cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest("frozen", annotations=kwok(seconds=1)))
+    finally:
+        first.proc.send_signal(signal.SIGCONT)
+    first.proc.wait(LEASE_SECONDS)  # it notices the lost Lease at its next renewal and exits
+    assert first.proc.returncode != 0 and "lost leadership" in first.output()
+    cluster.kubectl("wait", "--for=condition=Succeeded", "ftj/frozen", "-n", namespace, "--timeout=60s")
+    assert len(jobs(cluster, namespace)) == 1
