@@ -1,4 +1,5 @@
 """charts/kubetune rendered by the real helm over several value sets, asserted on the parsed objects."""
+import os
 import subprocess
 import sys
 
@@ -274,7 +275,7 @@ def test_schema_refuses_bad_values_naming_them(template, values, named):
         refused.value.stderr
 
 
-def test_config_is_the_chart_rendered():
-    result = subprocess.run([sys.executable, str(ROOT / "config" / "generate.py"),
-                             "--check"], capture_output=True, text=True)
+def test_config_is_the_chart_rendered(helm):
+    result = subprocess.run([sys.executable, str(ROOT / "config" / "generate.py"), "--check"],
+                            capture_output=True, text=True, env={**os.environ, "KUBETUNE_HELM": helm})
     assert result.returncode == 0, result.stderr
