@@ -1,0 +1,106 @@
+-- Argo CD health of a kubetune FineTuneJob (Lua 5.1 / gopher-lua). Reads the conditions the operator writes
+-- (Failed, Succeeded, Suspended, Running, each with a reason and a message) and observedGeneration: a status
+-- computed from an older spec is Progressing, whatever it says, so a commit is never shown with the last run's health.
+local hs = {status = "Progressing", message = "Waiting for the kubetune operator"}
+
+if obj.metadata.deletionTimestamp ~= nil then
+  hs.message = "Being deleted"
+  return hs
+end
+local status = obj.status
+if status == nil then
+  return hs
+end
+
+local generation = obj.metadata.generation
+if generation ~= nil and (status.observedGeneration == nil or status.observedGeneration < generation) then
+  hs.message = "Waiting for the operator to observe generation " .. tostring(generation)
+  return hs
+end
+
+local conditions = {}
+if status.conditions ~= nil then
+  for _, c in ipairs(status.conditions) do
+    conditions[c.type] = c
+  end
+end
+
+local function holds(kind)
+  local c = conditions[kind]
+  if c ~= nil and c.status == "True" then
+    return c
+  end
+  return nil
+end
+
+local function describe(c)
+  if c.message ~= nil and c.message ~= "" then
+    return c.reason .. ": " .. c.message
+  end
+  return c.reason
+end
+
+local function progress()
+  local p = status.progress
+  if p == nil or p.step == nil then
+    return ""
+  end
+  local text = " (step " .. tostring(p.step)
+  if p.totalSteps ~= nil then
+    text = text .. "/" .. tostring(p.totalSteps)
+  end
+  if status.metrics ~= nil and status.metrics.evalLoss ~= nil then
+    -- rounded by hand: gopher-lua's string.format is Go's fmt, whose %g differs from C's
+    text = text .. ", eval loss " .. tostring(math.floor(status.metrics.evalLoss * 1000 + 0.5) / 1000)
+  end
+  return text .. ")"
+end
+
+-- Pod problems that do not go away by waiting: shown as Degraded while the run is still Pending.
+local stuck = {ImagePullBackOff = true, CreateContainerConfigError = true, InvalidImageName = true,
+               ErrImagePull = true, CreateContainerError = true}
+
+local c = holds("Failed")
+if c ~= nil then
+  hs.status = "Degraded"
+  hs.message = describe(c)
+  return hs
+end
+c = holds("Stalled")  -- kstatus: the operator cannot make progress without a change
+if c ~= nil then
+  hs.status = "Degraded"
+  hs.message = describe(c)
+  return hs
+end
+c = holds("Succeeded")
+if c ~= nil then
+  hs.status = "Healthy"
+  hs.message = describe(c)
+  return hs
+end
+c = holds("Suspended")
+if c ~= nil then
+  if c.reason == "Queued" then
+    hs.message = describe(c)  -- waiting for Kueue: it will start by itself
+  else
+    hs.status = "Suspended"
+    hs.message = describe(c)
+  end
+  return hs
+end
+c = holds("Running")
+if c ~= nil then
+  hs.message = describe(c) .. progress()
+  return hs
+end
+for _, kind in ipairs({"Ready", "Reconciling", "Stalled"}) do
+  c = conditions[kind]
+  if c ~= nil and c.reason ~= nil then
+    if stuck[c.reason] then
+      hs.status = "Degraded"
+    end
+    hs.message = describe(c)
+    return hs
+  end
+end
+return hs
