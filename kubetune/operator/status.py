@@ -151,7 +151,10 @@ def succeeded_message(summary: dict | None) -> str:
 def conditions(state: State, previous: list[Condition], generation: int | None, now: datetime) -> list[Condition]:
     truth = {
         ConditionType.READY: state.phase == "Succeeded",
-        ConditionType.RECONCILING: state.phase in ("Pending", "Running") and not state.stalled,
+        # kstatus reads Reconciling=True as InProgress, so a GitOps tool waiting for health (Flux wait: true)
+        # would block for the whole run. Like kstatus' own rule for a batch Job: in progress until it started,
+        # Current while it runs, is held (Suspended, Queued) or has finished; Failed through Stalled.
+        ConditionType.RECONCILING: state.phase == "Pending" and not state.stalled,
         ConditionType.STALLED: state.phase == "Failed" or state.stalled,
         ConditionType.SUSPENDED: state.phase in ("Suspended", "Queued"),
         ConditionType.RUNNING: state.phase == "Running",
