@@ -25,30 +25,65 @@ CONTAINER = "trainer"
 CACHE_DIR = "/var/cache/kubetune"
 # Preempted pods get SIGTERM and this long to write a synchronous checkpoint before SIGKILL.
 TERMINATION_GRACE_SECONDS = 300
-# Spec fields that change how a run is executed, not what it trains: applied to the running Job in place.
+# What a spec edit does (docs/operator-fields.md). Everything not listed here is the run's identity: changing
+# it starts a new run (new run id, new artifacts prefix, step 0).
 IN_PLACE_FIELDS = ("suspend", ("runPolicy", "activeDeadlineSeconds"), ("runPolicy", "ttlSecondsAfterFinished"))
+"""Applied to the running Job in place."""
+NEW_JOB_FIELDS = ("image", "scheduling", ("runPolicy", "backoffLimit"), ("storage", "secretRef"),
+                  ("resources", "cpu"), ("resources", "memory"), ("resources", "sharedMemory"),
+                  ("resources", "ephemeralStorage"), ("resources", "gpuProduct"), ("resources", "gpuResourceName"))
+"""How the same run executes, in the pod template (immutable): the Job is replaced, once the old one's pods
+have stopped (they checkpoint on SIGTERM), and the new pods resume the same run from its last checkpoint."""
 CREDENTIAL_KEYS = {"AWS_ACCESS_KEY_ID": False, "AWS_SECRET_ACCESS_KEY": False, "AWS_SESSION_TOKEN": True}
+TERMINAL = ("Succeeded", "Failed")
 
 
 @dataclass(frozen=True)
 class Run:
-    """One training run: a training-defining spec of one resource instance."""
+    """One training run: a training-defining spec of one resource instance, executed by one Job at a time."""
 
     generation: int
     run_id: str
     spec_hash: str
     job_name: str
+    template_hash: str = ""
+
+
+def _hash(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _split(spec: dict, fields) -> dict:
+    """Removes `fields` (names or (parent, name) pairs) from `spec` and returns them."""
+    taken: dict = {}
+    for field in fields:
+        if isinstance(field, tuple):
+            parent = spec.get(field[0])
+            if isinstance(parent, dict) and field[1] in parent:
+                taken[".".join(field)] = parent.pop(field[1])
+        elif field in spec:
+            taken[field] = spec.pop(field)
+    return taken
 
 
 def training_hash(job: FineTuneJob) -> str:
-    """Hash of everything in the spec that defines the training (all but IN_PLACE_FIELDS)."""
+    """Hash of the run's identity: the spec without IN_PLACE_FIELDS and NEW_JOB_FIELDS."""
     spec = job.spec.to_wire()
-    for field in IN_PLACE_FIELDS:
-        if isinstance(field, tuple):
-            spec.get(field[0], {}).pop(field[1], None)
-        else:
-            spec.pop(field, None)
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+    _split(spec, IN_PLACE_FIELDS + NEW_JOB_FIELDS)
+    return _hash(spec)
+
+
+def legacy_training_hash(job: FineTuneJob) -> str:
+    """The hash operators before 0.2 recorded (the spec without IN_PLACE_FIELDS only): runs they started are
+    still recognised, so upgrading the operator restarts nothing."""
+    spec = job.spec.to_wire()
+    _split(spec, IN_PLACE_FIELDS)
+    return _hash(spec)
+
+
+def template_hash(job: FineTuneJob) -> str:
+    """Hash of NEW_JOB_FIELDS: a different one replaces the Job and keeps the run."""
+    return _hash(_split(job.spec.to_wire(), NEW_JOB_FIELDS))
 
 
 def controlled_by(obj: dict, uid: str | None) -> bool:
@@ -57,25 +92,40 @@ def controlled_by(obj: dict, uid: str | None) -> bool:
                              for o in obj.get("metadata", {}).get("ownerReferences") or [])
 
 
+def _generation_of(job: dict) -> int:
+    value = (job["metadata"].get("annotations") or {}).get(ANNOTATION_GENERATION) or ""
+    return int(value) if value.isdigit() else -1
+
+
 def current_run(job: FineTuneJob, owned_jobs: list[dict] = ()) -> Run:
-    """The run the spec asks for. Level-based, so a restarted operator derives the same run and Job name:
-    first an owned Job whose spec-hash annotation matches (it exists even when a crash lost the status write
-    that should have recorded it), then the status' run while its spec hash matches, else a new run at the
-    current generation."""
-    spec_hash, status = training_hash(job), job.status
-    generation = None
-    for child in sorted(owned_jobs, key=lambda j: j["metadata"].get("creationTimestamp") or "", reverse=True):
-        notes = child["metadata"].get("annotations") or {}
-        if notes.get(ANNOTATION_SPEC_HASH) == spec_hash and (notes.get(ANNOTATION_GENERATION) or "").isdigit():
-            generation = int(notes[ANNOTATION_GENERATION])
-            break
+    """The run the spec asks for, and the Job that executes it. Level-based, so a restarted operator derives
+    the same: the run is an owned Job's whose spec-hash annotation matches (it exists even when a crash lost the
+    status write that should have recorded it), else the status' run while its hash matches, else a new run at
+    the current generation. The Job is the status' when that run has ended, else an owned Job of the run with
+    the same template hash (none recorded: a Job from before template hashes), else a new one named after the
+    current generation (after a NEW_JOB_FIELDS edit, or when the Job was lost; plan.py replaces an old one)."""
+    hashes = {training_hash(job), legacy_training_hash(job)}
+    spec_hash, template, status = training_hash(job), template_hash(job), job.status
+    same = sorted((j for j in owned_jobs
+                   if (j["metadata"].get("annotations") or {}).get(ANNOTATION_SPEC_HASH) in hashes
+                   and _generation_of(j) >= 0),
+                  key=lambda j: (j["metadata"].get("creationTimestamp") or "", j["metadata"]["name"]), reverse=True)
     match = re.match(r"^g(\d+)-", status.run_id or "") if status else None
-    if generation is None and status and status.spec_hash == spec_hash and match:
+    if same:
+        generation = _generation_of(same[0])
+    elif status and status.spec_hash in hashes and match:
         generation = int(match.group(1))
-    if generation is None:
+    else:
         generation = job.metadata.generation or 1
-    return Run(generation, contract.run_id(generation, job.metadata.uid or ""), spec_hash,
-               f"{job.metadata.name}-g{generation}")
+    run_id = contract.run_id(generation, job.metadata.uid or "")
+    job_name = None
+    if status and status.run_id == run_id and status.job_name and status.phase in TERMINAL:
+        job_name = status.job_name  # an ended run stays as it ended
+    for child in same:
+        if (child["metadata"].get("annotations") or {}).get(ANNOTATION_TEMPLATE_HASH, template) == template:
+            job_name = job_name or child["metadata"]["name"]
+    return Run(generation, run_id, spec_hash, job_name or f"{job.metadata.name}-g{job.metadata.generation or 1}",
+               template)
 
 
 def labels(job: FineTuneJob, run: Run) -> dict[str, str]:
@@ -210,7 +260,8 @@ def owner(job: FineTuneJob) -> dict:
 def build_job(job: FineTuneJob, run: Run, settings: OperatorSettings) -> dict:
     spec, policy = job.spec, job.spec.run_policy
     meta = metadata(job, run, owner(job))
-    meta["annotations"] = {ANNOTATION_SPEC_HASH: run.spec_hash, ANNOTATION_GENERATION: str(run.generation)}
+    meta["annotations"] = {ANNOTATION_SPEC_HASH: run.spec_hash, ANNOTATION_GENERATION: str(run.generation),
+                           ANNOTATION_TEMPLATE_HASH: run.template_hash}
     if spec.scheduling.queue_name:
         meta["labels"][LABEL_KUEUE_QUEUE] = spec.scheduling.queue_name
     job_spec = {

@@ -10,12 +10,11 @@ from dataclasses import dataclass, field
 
 from kubetune.api import FineTuneJob
 from kubetune.operator import children
-from kubetune.operator.children import Run, controlled_by
+from kubetune.operator.children import ANNOTATION_GENERATION, TERMINAL, Run, controlled_by
 from kubetune.operator.settings import OperatorSettings
 
 KINDS = ("ConfigMap", "Service", "Job")
 """Creation order: the Job's pods mount the ConfigMap and rendezvous through the Service."""
-TERMINAL = ("Succeeded", "Failed")
 
 
 @dataclass(frozen=True)
@@ -24,6 +23,7 @@ class Action:
     kind: str
     name: str
     body: dict | None = None
+    propagation: str = "Background"
 
 
 @dataclass
@@ -55,9 +55,15 @@ def plan(job: FineTuneJob, observed: dict[str, list[dict]], settings: OperatorSe
     """`observed` maps each of KINDS to the objects listed by the FineTuneJob's label (and any read by name)."""
     uid = job.metadata.uid
     owned = {kind: [o for o in observed.get(kind) or [] if controlled_by(o, uid)] for kind in KINDS}
-    run = children.current_run(job, [j for j in owned["Job"] if not _terminating(j)])
-    deletes = [Action("delete", kind, _name(o)) for kind in reversed(KINDS) for o in owned[kind]
-               if _name(o) != run.job_name and not _terminating(o)]  # earlier runs: stop them (Job first)
+    run = children.current_run(job, owned["Job"])
+    # Children of earlier runs, or of this run's previous Job, go (the Job first). A previous Job of this very
+    # run must be gone, pods included (Foreground), before its successor starts: two trainers would write one
+    # run's checkpoints. Those of an earlier run may stop beside the new one: it writes under its own prefix.
+    replaced = [j for j in owned["Job"] if _name(j) != run.job_name
+                and (j["metadata"].get("annotations") or {}).get(ANNOTATION_GENERATION) == str(run.generation)]
+    deletes = [Action("delete", kind, _name(o), propagation="Foreground" if o in replaced else "Background")
+               for kind in reversed(KINDS) for o in owned[kind]
+               if _name(o) != run.job_name and not _terminating(o)]
     foreign = [f"{kind} {_name(o)}" for kind in reversed(KINDS) for o in observed.get(kind) or []
                if _name(o) == run.job_name and not controlled_by(o, uid)]
     if foreign:
@@ -66,8 +72,7 @@ def plan(job: FineTuneJob, observed: dict[str, list[dict]], settings: OperatorSe
     child = current["Job"] if current["Job"] is not None and not _terminating(current["Job"]) else None
     terminating = [kind for kind, o in current.items() if o is not None and _terminating(o)]
     prior = job.status
-    finished = (prior is not None and prior.run_id == run.run_id and prior.spec_hash == run.spec_hash
-                and prior.phase in TERMINAL)
+    finished = prior is not None and prior.run_id == run.run_id and prior.phase in TERMINAL
     actions = list(deletes)
     if child is None and finished:
         # The Job's TTL removed it: its dependents follow (they are the FineTuneJob's, so nothing else would).
@@ -76,6 +81,9 @@ def plan(job: FineTuneJob, observed: dict[str, list[dict]], settings: OperatorSe
         return Plan(run, None, actions)
     if terminating:
         return Plan(run, child, actions, waiting=f"{terminating[0]} {run.job_name} is being deleted")
+    if replaced and child is None:
+        return Plan(run, None, actions, waiting=f"Job {_name(replaced[0])} of this run is stopping (its pods "
+                                                f"checkpoint) before {run.job_name} resumes the run")
     if child is not None and finished and not job_finished(child):
         # The operator ended this run itself (a kernel OOM kill, which no pod failure policy can tell from
         # another SIGKILL): hold the Job suspended so it retries nothing; its pods stay for the record.

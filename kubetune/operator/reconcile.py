@@ -141,7 +141,7 @@ def act(kube: Kube, namespace: str, action: Action) -> dict | None:
     if action.verb == "create":
         return kube.create(action.body)
     if action.verb == "delete":
-        kube.delete(action.kind, namespace, action.name)
+        kube.delete(action.kind, namespace, action.name, action.propagation)
     elif action.verb == "patch":
         kube.patch_job(namespace, action.name, action.body)
     return None

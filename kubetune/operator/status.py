@@ -244,7 +244,7 @@ def compute_status(job: FineTuneJob, run: Run, child: dict | None, pods: list[di
     stopped the reconcile from carrying out its plan (a refused or conflicting child); it wins over what the
     Job says."""
     prior = job.status or FineTuneJobStatus()
-    same_run = prior.run_id == run.run_id and prior.spec_hash == run.spec_hash
+    same_run = prior.run_id == run.run_id  # a run id names one generation of one object: one identity
     runs = list(prior.runs)
     events: list[Event] = []
     if not same_run:

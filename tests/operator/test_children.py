@@ -126,24 +126,45 @@ def test_suspend_maps_to_the_job():
     assert job["spec"]["suspend"] is True
 
 
-@pytest.mark.parametrize("patch, new_run", [
-    ({"spec": {"suspend": True}}, False),
-    ({"spec": {"runPolicy": {"activeDeadlineSeconds": 60, "ttlSecondsAfterFinished": 5}}}, False),
-    ({"metadata": {"labels": {"team": "x"}}}, False),
-    ({"spec": {"hyperparameters": {"maxSteps": 11}}}, True),
-    ({"spec": {"dataset": {"maxSeqLength": 512}}}, True),
-    ({"spec": {"runPolicy": {"backoffLimit": 1}}}, True),
+@pytest.mark.parametrize("patch, effect", [
+    ({"spec": {"suspend": True}}, "in place"),
+    ({"spec": {"runPolicy": {"activeDeadlineSeconds": 60, "ttlSecondsAfterFinished": 5}}}, "in place"),
+    ({"metadata": {"labels": {"team": "x"}}}, "in place"),
+    ({"spec": {"runPolicy": {"backoffLimit": 1}}}, "new job"),
+    ({"spec": {"image": "registry.example/trainer:2"}}, "new job"),
+    ({"spec": {"scheduling": {"tolerations": [{"key": "spot", "operator": "Exists"}]}}}, "new job"),
+    ({"spec": {"resources": {"memory": "64Gi"}}}, "new job"),
+    ({"spec": {"hyperparameters": {"maxSteps": 11}}}, "new run"),
+    ({"spec": {"dataset": {"maxSeqLength": 512}}}, "new run"),
+    ({"spec": {"resources": {"gpusPerNode": 2}, "hyperparameters": {"batchSize": 16}}}, "new run"),
+    ({"spec": {"storage": {"endpoint": "http://minio:9000"}}}, "new run"),
 ])
-def test_which_edits_start_a_new_run(patch, new_run):
+def test_what_an_edit_does(patch, effect):
+    """Fault 10: the run's identity decides the run id (artifacts prefix, checkpoints); the pod template
+    decides the Job. docs/operator-fields.md has the table."""
     first = ftj(generation=1)
     run = children.current_run(first)
-    status = FineTuneJobStatus(run_id=run.run_id, spec_hash=run.spec_hash).to_wire()
+    running = children.build_job(first, run, SETTINGS)
+    status = FineTuneJobStatus(run_id=run.run_id, spec_hash=run.spec_hash, job_name=run.job_name,
+                               phase="Running").to_wire()
     edited = FineTuneJob.model_validate({**make_job(patch, name="chat"), "status": status} | {
         "metadata": {**make_job(patch, name="chat")["metadata"], "namespace": "team-a", "uid": UID,
                      "generation": 2}})
-    again = children.current_run(edited)
-    assert (again.run_id != run.run_id) is new_run
-    assert again.job_name == ("chat-g2" if new_run else "chat-g1")
+    again = children.current_run(edited, [running])
+    assert (again.run_id == run.run_id, again.job_name) == {
+        "in place": (True, "chat-g1"), "new job": (True, "chat-g2"), "new run": (False, "chat-g2")}[effect]
+
+
+def test_runs_started_by_an_older_operator_are_recognised():
+    job = ftj()
+    old = children.current_run(job)
+    status = FineTuneJobStatus(run_id=old.run_id, spec_hash=children.legacy_training_hash(job),
+                               job_name=old.job_name, phase="Running").to_wire()
+    legacy = children.build_job(job, old, SETTINGS)
+    legacy["metadata"]["annotations"] = {children.ANNOTATION_SPEC_HASH: children.legacy_training_hash(job),
+                                         children.ANNOTATION_GENERATION: "1"}  # no template hash yet
+    again = children.current_run(ftj(status=status), [legacy])
+    assert (again.run_id, again.job_name) == (old.run_id, "chat-g1")
 
 
 def test_in_place_patch():

@@ -130,3 +130,20 @@ def test_pods_are_the_jobs_by_controller_uid_not_by_name(cluster, namespace, ope
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest("solo", annotations=kwok(seconds=1)))
     cluster.kubectl("wait", "--for=condition=Succeeded", "ftj/solo", "-n", namespace, "--timeout=60s")
     assert status(cluster, namespace, "solo")["attempts"] == 1
+
+
+def test_an_image_bump_resumes_the_same_run_in_a_new_job(cluster, namespace, operator):
+    """Fault 10: image, tolerations, backoffLimit... replace the Job but keep the run (and its checkpoints)."""
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest("bump", annotations=kwok(seconds=60)))
+    before = wait_for("Running", phase_is(cluster, namespace, "bump", "Running"), timeout=30)
+    cluster.kubectl("patch", "ftj", "bump", "-n", namespace, "--type=merge",
+                    "-p", '{"spec":{"image":"kubetune/trainer:test-2"}}')
+    wait_for("the new Job alone", lambda: [j["metadata"]["name"] for j in jobs(cluster, namespace)] == ["bump-g2"],
+             timeout=60)
+    st = wait_for("Running again", lambda: (lambda s: s.get("jobName") == "bump-g2" and s.get("phase") == "Running"
+                                            and s)(status(cluster, namespace, "bump")), timeout=30)
+    assert st["runId"] == before["runId"] and st["runs"] == [] and st["observedGeneration"] == 2
+    [job] = jobs(cluster, namespace)
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == "kubetune/trainer:test-2"
+    assert {e["name"]: e.get("value") for e in container["env"]}["KUBETUNE_RUN_ID"] == before["runId"]

@@ -119,3 +119,20 @@ def test_a_run_the_operator_ended_keeps_its_job_suspended():
         phase="Failed", run_id=run.run_id, spec_hash=run.spec_hash, job_name=run.job_name).to_wire()})
     p = plan(failed, observed_children(job), SETTINGS)
     assert steps(p) == [("patch", "Job", "chat-g1")] and p.actions[0].body == {"spec": {"suspend": True}}
+
+
+def test_a_new_pod_template_replaces_the_job_only_after_its_pods_stopped():
+    # fault 10: an image bump keeps the run (same run id: it resumes from its checkpoint) in a new Job
+    before = ftj(generation=1)
+    bumped = ftj({"spec": {"image": "registry.example/trainer:2"}}, generation=3)
+    seen = observed_children(bumped, generation_of_run=before)
+    p = plan(bumped, seen, SETTINGS)
+    assert p.run.run_id == children.current_run(before).run_id and p.run.job_name == "chat-g3"
+    assert steps(p) == [("delete", "Job", "chat-g1"), ("delete", "ConfigMap", "chat-g1")]
+    assert p.actions[0].propagation == "Foreground" and p.waiting.startswith("Job chat-g1 of this run")
+    seen["Job"][0]["metadata"]["deletionTimestamp"] = "2026-11-22T11:00:05Z"  # its pods are checkpointing
+    p = plan(bumped, {"Job": seen["Job"]}, SETTINGS)
+    assert steps(p) == [] and p.waiting
+    p = plan(bumped, {}, SETTINGS)  # gone: the new Job resumes the run
+    assert steps(p) == [("create", "ConfigMap", "chat-g3"), ("create", "Job", "chat-g3")]
+    assert p.actions[1].body["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.example/trainer:2"
