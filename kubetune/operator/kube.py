@@ -46,10 +46,12 @@ class Kube:
                 return None
             raise
 
-    def patch_status(self, namespace: str, name: str, status: dict) -> None:
-        """One merge patch of the status subresource (lists such as conditions are replaced whole)."""
-        self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, {"status": status},
-                                                          _request_timeout=self.timeout)
+    def patch_status(self, namespace: str, name: str, status: dict) -> dict:
+        """One merge patch of the status subresource (lists such as conditions are replaced whole); returns the
+        object as written."""
+        return self._json(self.custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, PLURAL, name, {"status": status}, _preload_content=False,
+            _request_timeout=self.timeout))
 
     def _api(self, kind: str):
         """(create, read, delete, list) of a child kind."""

@@ -18,13 +18,16 @@ from kubetune.operator import children, metrics, progress
 from kubetune.operator.children import controlled_by
 from kubetune.operator.errors import PermanentFailure, RetryLater, api_message, is_transient
 from kubetune.operator.kube import Kube
-from kubetune.operator.plan import KINDS, Action, conflict_message, plan
+from kubetune.operator.plan import Action, conflict_message, plan
 from kubetune.operator.settings import OperatorSettings
+from kubetune.operator.sources import ApiSource, newer
 from kubetune.operator.status import Event, State, compute_status, conditions
 
 COMPONENT = "kubetune-operator"
-LABEL_CONTROLLER_UID = "batch.kubernetes.io/controller-uid"  # set by the Job controller: its pods, by uid
 _locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
+# The resourceVersion of each object's last status write: an index older than that is re-read from the API, so
+# a reconcile never works from a status it has already replaced.
+_written: dict[tuple[str, str], str] = {}
 
 
 @dataclass
@@ -50,24 +53,25 @@ def merge_patch(old: dict, new: dict) -> dict:
     return patch
 
 
-def read_progress(kube: Kube, settings: OperatorSettings, namespace: str, name: str, status: dict | None
+def read_progress(source, settings: OperatorSettings, namespace: str, name: str, status: dict | None
                   ) -> dict | None:
     """The trainer's latest sample, read outside the per-object lock (a slow endpoint delays only this call,
     never the reconciles of Job and Pod events) and bounded by progress.scrape's deadline and byte cap."""
-    run_id = (status or {}).get("runId")
-    if not run_id:
+    job_name = (status or {}).get("jobName")
+    job = next((j for j in source.children(namespace, name)["Job"] if j["metadata"]["name"] == job_name), None)
+    if job is None:
         return None
-    pods = kube.list_pods(namespace, f"{children.LABEL_FINETUNEJOB}={name},{children.LABEL_RUN_ID}={run_id}")
-    return progress.scrape(pods, settings.scrape_timeout_seconds)
+    return progress.scrape(source.pods(namespace, job["metadata"]["uid"]), settings.scrape_timeout_seconds)
 
 
-def reconcile(kube: Kube, settings: OperatorSettings, namespace: str, name: str, sample: dict | None = None
-              ) -> Outcome:
-    """`sample`: the trainer's metrics from read_progress, when a progress tick brought one."""
+def reconcile(kube: Kube, settings: OperatorSettings, namespace: str, name: str, sample: dict | None = None,
+              source=None) -> Outcome:
+    """`sample`: the trainer's metrics from read_progress, when a progress tick brought one. `source`: where
+    to read the FineTuneJob and its children (sources.py; the API server by default)."""
     with _locks[(namespace, name)]:
         started = time.monotonic()
         try:
-            return _reconcile(kube, settings, namespace, name, sample)
+            return _reconcile(kube, settings, namespace, name, sample, source or ApiSource(kube))
         except Exception as exc:
             cause = exc.__cause__ if isinstance(exc, RetryLater) and exc.__cause__ else exc
             metrics.RECONCILE_ERRORS.labels(type(cause).__name__).inc()
@@ -76,10 +80,15 @@ def reconcile(kube: Kube, settings: OperatorSettings, namespace: str, name: str,
             metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
 
 
-def _reconcile(kube: Kube, settings: OperatorSettings, namespace: str, name: str, sample: dict | None) -> Outcome:
-    obj = kube.get_finetunejob(namespace, name)
+def _reconcile(kube: Kube, settings: OperatorSettings, namespace: str, name: str, sample: dict | None,
+               source) -> Outcome:
+    obj = source.finetunejob(namespace, name)
+    if obj is not None and newer(_written.get((namespace, name)), obj["metadata"].get("resourceVersion")):
+        obj = kube.get_finetunejob(namespace, name)  # the index has not seen our last status write yet
     if obj is None or obj["metadata"].get("deletionTimestamp"):
         metrics.forget(namespace, name)
+        _written.pop((namespace, name), None)
+        _locks.pop((namespace, name), None)
         return Outcome(None, False, [], [])  # owner references take the children away
     job, errors = validate_manifest(obj)
     if job is None:  # the CRD refuses this; only an outdated CRD lets it through
@@ -88,9 +97,7 @@ def _reconcile(kube: Kube, settings: OperatorSettings, namespace: str, name: str
         kube.post_event(obj, "Warning", Reason.INVALID_SPEC, message, COMPONENT)
         raise PermanentFailure(message)
 
-    selector = f"{children.LABEL_FINETUNEJOB}={name}"
-    observed = {kind: kube.list_objects(kind, namespace, selector) for kind in KINDS}
-    p = plan(job, observed, settings)
+    p = plan(job, source.children(namespace, name), settings)
     problem, retry = None, None
     if p.conflict:  # retried: whoever owns that object may delete it
         problem = State("Pending", Reason.CHILD_CONFLICT, p.conflict, stalled=True)
@@ -121,7 +128,7 @@ def _reconcile(kube: Kube, settings: OperatorSettings, namespace: str, name: str
         elif action.verb == "patch":
             child["spec"].update(action.body["spec"])
 
-    pods = kube.list_pods(namespace, f"{LABEL_CONTROLLER_UID}={child['metadata']['uid']}") if child else []
+    pods = source.pods(namespace, child["metadata"]["uid"]) if child else []
     sample = sample if problem is None and child is not None else None
     prior = job.status
     status, transitions = compute_status(job, p.run, child, pods, sample, now(), settings.max_runs_kept, problem)
@@ -165,8 +172,9 @@ def write_status(kube: Kube, obj: dict, status: FineTuneJobStatus) -> bool:
     except ValidationError:
         unchanged = False
     if not unchanged:
-        kube.patch_status(obj["metadata"]["namespace"], obj["metadata"]["name"],
-                          merge_patch(observed, status.to_wire()))
+        meta = obj["metadata"]
+        written = kube.patch_status(meta["namespace"], meta["name"], merge_patch(observed, status.to_wire()))
+        _written[(meta["namespace"], meta["name"])] = written["metadata"]["resourceVersion"]
     return not unchanged
 
 
