@@ -136,3 +136,21 @@ def test_a_new_pod_template_replaces_the_job_only_after_its_pods_stopped():
     p = plan(bumped, {}, SETTINGS)  # gone: the new Job resumes the run
     assert steps(p) == [("create", "ConfigMap", "chat-g3"), ("create", "Job", "chat-g3")]
     assert p.actions[1].body["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.example/trainer:2"
+
+
+def test_an_invalid_spec_fails_the_run_naming_the_field():
+    # fault 4: only an outdated CRD lets such a spec through; it must show on the status, not back off forever
+    from datetime import datetime, timezone
+
+    from kubetune.api.validate import validate_manifest
+    from kubetune.operator.reconcile import invalid_status
+    doc = make_job({"spec": {"hyperparameters": {"epochs": 2}}}, name="chat")
+    doc["metadata"].update(namespace="team-a", uid=UID, generation=4)
+    doc["status"] = {"runId": "g3-0f1e2d3c", "phase": "Running"}
+    job, errors = validate_manifest(doc)
+    assert job is None
+    status = invalid_status(doc, "; ".join(map(str, errors)), datetime(2026, 11, 22, tzinfo=timezone.utc))
+    conds = {c.type: c for c in status.conditions}
+    assert status.phase == "Failed" and status.observed_generation == 4 and status.run_id == "g3-0f1e2d3c"
+    assert conds["Failed"].reason == conds["Stalled"].reason == "InvalidSpec"
+    assert conds["Stalled"].status == "True" and "spec.hyperparameters.epochs" in conds["Failed"].message
