@@ -114,9 +114,12 @@ def test_install_upgrade_uninstall(cluster, namespace, tmp_path):
 
         # The API server type-checked the policy's CEL without warnings.
         policy_name = f"{release}-kubetune-trainer-jobs"
-        checked = poll("the policy's type checking", lambda: cluster.kubectl_json(
-            "get", "validatingadmissionpolicy", policy_name).get("status", {}).get("typeChecking"))
-        assert not checked.get("expressionWarnings"), checked
+        def observed():
+            policy = cluster.kubectl_json("get", "validatingadmissionpolicy", policy_name)
+            status = policy.get("status", {})
+            return status if status.get("observedGeneration") == policy["metadata"]["generation"] else None
+        status = poll("the policy's type checking", observed)
+        assert not status.get("typeChecking", {}).get("expressionWarnings"), status
 
         example = yaml.safe_load((ROOT / "examples" / "chat-lora.yaml").read_text())
         example["metadata"]["namespace"] = namespace
