@@ -80,8 +80,10 @@ def main() -> None:
         capture("stale-generation", "running")
         # ...and once it has: a new run, the old one in status.runs.
         ops.start()
-        wait_for("generation 2 observed", lambda: cluster.kubectl_json("get", "ftj", "running", "-n", namespace)
-                 ["status"].get("observedGeneration") == 2 and phase("running") == "Running", timeout=90)
+        status = lambda: cluster.kubectl_json("get", "ftj", "running", "-n", namespace)["status"]  # noqa: E731
+        wait_for("generation 2 running", lambda: (lambda s: s.get("observedGeneration") == 2
+                                                  and s.get("phase") == "Running" or print(s, file=sys.stderr))(
+            status()), timeout=90, interval=5)
         time.sleep(1)
         capture("new-run", "running")
     finally:
