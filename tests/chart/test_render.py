@@ -1,5 +1,7 @@
 """charts/kubetune rendered by the real helm over several value sets, asserted on the parsed objects."""
+import json
 import os
+import re
 import subprocess
 import sys
 
@@ -279,3 +281,24 @@ def test_config_is_the_chart_rendered(helm):
     result = subprocess.run([sys.executable, str(ROOT / "config" / "generate.py"), "--check"],
                             capture_output=True, text=True, env={**os.environ, "KUBETUNE_HELM": helm})
     assert result.returncode == 0, result.stderr
+
+
+def test_every_value_is_commented():
+    """Each value the schema names (its leaves: free-form maps count as one) has a comment line just above."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    stack: list[tuple[int, str]] = []
+    previous = ""
+    uncommented = []
+    for line in (CHART / "values.yaml").read_text().splitlines():
+        key = re.match(r"^(\s*)([A-Za-z_][\w.-]*):", line)
+        if key:
+            indent = len(key.group(1))
+            stack = [(i, k) for i, k in stack if i < indent] + [(indent, key.group(2))]
+            node = schema
+            for _, part in stack:
+                node = (node or {}).get("properties", {}).get(part)
+            if node is not None and "properties" not in node and not previous.startswith("#"):
+                uncommented.append(".".join(k for _, k in stack))
+        if line.strip():
+            previous = line.strip()
+    assert not uncommented, uncommented
