@@ -133,7 +133,9 @@ def observe(namespace: str, name: str, prior: FineTuneJobStatus | None, status: 
         if waited is not None:
             TIME_TO_RUNNING.observe(max(waited, 0.0))
     if was == "Queued" and status.phase not in ("Queued", "Suspended"):
+        # The Job's startTime marks the admission; the first reconcile after it may come before the Job controller
+        # wrote it, and is never repeated (`was` is no longer Queued), so that moment stands in for it.
         start = child.get("status", {}).get("startTime")
-        waited = _seconds_since(created, datetime.fromisoformat(start.replace("Z", "+00:00"))) if start else None
+        waited = _seconds_since(created, datetime.fromisoformat(start.replace("Z", "+00:00")) if start else now)
         if waited is not None:
             QUEUE_WAIT.observe(max(waited, 0.0))

@@ -64,3 +64,25 @@ def test_gpu_seconds_failures_by_reason_and_phase_series(monkeypatch):
     metrics.forget("team-a", "chat")
     assert sample("kubetune_operator_finetunejob_phase", namespace="team-a", finetunejob="chat", phase="Failed",
                   reason="OOMKilled") is None
+
+
+def test_queue_wait_counted_once_even_before_the_job_controller_writes_start_time(monkeypatch):
+    monkeypatch.setattr(metrics, "datetime", Clock)
+    count = lambda: sample("kubetune_operator_queue_wait_seconds_count") or 0.0  # noqa: E731
+    total = lambda: sample("kubetune_operator_queue_wait_seconds_sum") or 0.0  # noqa: E731
+    before, before_sum = count(), total()
+    job = ftj({"spec": {"scheduling": {"queueName": "team-a"}}})
+    job = step(job, {}, [], NOW)  # created suspended: Queued
+    assert job.status.phase == "Queued"
+    run = children.current_run(job)
+    admitted = children.build_job(job, run, SETTINGS)  # Kueue unsuspended it; no startTime written yet
+    admitted["metadata"]["creationTimestamp"] = "2026-11-22T11:59:00Z"
+    admitted["spec"]["suspend"] = False
+    Clock.at = NOW + timedelta(seconds=30)
+    status, _ = compute_status(job, run, admitted, [], None, Clock.at)
+    metrics.observe("team-a", "chat", job.status, status, admitted)
+    assert status.phase == "Pending" and count() - before == 1
+    assert total() - before_sum == 90  # created 11:59:00, admitted at 12:00:30
+    metrics.observe("team-a", "chat", status, status, admitted)
+    assert count() - before == 1
+    metrics.forget("team-a", "chat")
