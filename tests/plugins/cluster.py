@@ -49,6 +49,9 @@ class Cluster:
     kubectl_path = property(lambda self: Path(self.env["KUBETUNE_KUBECTL"]))
     helm_path = property(lambda self: Path(self.env["KUBETUNE_HELM"]))
     state_dir = property(lambda self: Path(self.env["KUBETUNE_CLUSTER_DIR"]))
+    # The real kubelet node (hack/node.py) and the S3 endpoint as pods on it reach MinIO; None without it.
+    real_node = property(lambda self: self.env.get("KUBETUNE_REAL_NODE"))
+    pod_s3_endpoint = property(lambda self: self.env.get("KUBETUNE_CLUSTER_S3_ENDPOINT"))
 
     def kubectl(self, *args: str, input: str | None = None, check: bool = True,
                 kubeconfig: Path | None = None) -> subprocess.CompletedProcess:
