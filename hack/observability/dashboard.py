@@ -104,7 +104,7 @@ def one_job() -> list:
         trend.Panel().title("Loss and eval loss vs step").datasource(DS).span(12).height(9).x_field("step")
         .description("Training loss (last logged step) and validation loss (last evaluation) against the optimizer "
                      "step. One run at a time: pick a single FineTuneJob.")
-        .with_target(query(f"max(kubetune_train_step{{{JOB}}})", "step", "A"))
+        .with_target(query(f"max(kubetune_train_step{{{JOB}}} > 0)", "step", "A"))  # gauges read 0 before step 1
         .with_target(query(f"max(kubetune_train_loss{{{JOB}}})", "loss", "B"))
         .with_target(query(f"max(kubetune_eval_loss{{{JOB}}} > 0)", "eval loss", "C"))
         .with_transformation(DataTransformerConfig(id_val="joinByField", options={"byField": "Time", "mode": "outer"}))
@@ -113,7 +113,8 @@ def one_job() -> list:
     return [
         loss_vs_step,
         series("Loss over time", "none",
-               query(f"kubetune_train_loss{{{JOB}}}", f"loss {by_pod}", "A"),
+               query(f"kubetune_train_loss{{{JOB}}} and on (namespace, finetunejob, pod) "
+                     f"kubetune_train_step{{{JOB}}} > 0", f"loss {by_pod}", "A"),
                query(f"kubetune_eval_loss{{{JOB}}} > 0", f"eval loss {by_pod}", "B"),
                description="The same losses against wall-clock time (all selected jobs).", w=12, h=9),
         series("Learning rate", "none", query(f"kubetune_learning_rate{{{JOB}}}", by_pod)),

@@ -60,28 +60,41 @@ def render(results: dict, path: str) -> None:
         ax.set(title=title, xlabel="seconds since start")
         if ax.lines:
             ax.legend(loc="best", fontsize=8)
-    # Test metrics vs baseline: bars per metric and model (instant query).
+    # Test metrics vs baseline: one group of bars per metric (instant query), each labelled with its value.
     ax = axes[len(SERIES) + 1]
-    bars = [(r["metric"]["metric"], r["metric"]["model"], float(r["value"][1]))
-            for r in results.get("Test metrics vs baseline/A", {}).get("result", [])]
-    bars.sort()
-    ax.barh([f"{m} {model}" for m, model, _ in bars], [v for _, _, v in bars],
-            color=["tab:green" if model == "fine-tuned" else "tab:gray" for _, model, _ in bars])
+    bars = sorted((r["metric"]["metric"], r["metric"]["model"], float(r["value"][1]))
+                  for r in results.get("Test metrics vs baseline/A", {}).get("result", []))
+    y = range(len(bars))
+    ax.barh(list(y), [v for *_, v in bars], color=["tab:green" if m == "fine-tuned" else "tab:gray" for _, m, _ in bars])
+    ax.set_yticks(list(y), [f"{metric} {model}" for metric, model, _ in bars])
+    ax.set_xscale("symlog", linthresh=1)  # perplexity in the hundreds beside accuracies below one
+    for i, (*_, v) in enumerate(bars):
+        ax.text(v, i, f" {v:.3g}", va="center", fontsize=8)
     ax.set(title="Test metrics vs baseline")
-    # Difference to baseline with its 95% interval.
+    # Difference to baseline with its 95% interval: a table, as the dashboard's table panel shows it.
     ax = axes[len(SERIES) + 2]
     diff: dict[tuple[str, str], dict[str, float]] = {}
     for r in results.get("Difference to baseline (95% interval)/A", {}).get("result", []):
         m = r["metric"]
-        diff.setdefault((m["against"], m["metric"]), {})[m["bound"]] = float(r["value"][1])
-    names = sorted(diff)
-    for i, key in enumerate(names):
-        d = diff[key]
-        ax.errorbar([d["value"]], [i], xerr=[[d["value"] - d["low"]], [d["high"] - d["value"]]], fmt="o", capsize=4)
-    ax.axvline(0, color="black", linewidth=0.8)
-    ax.set_yticks(range(len(names)), [f"{m} vs {a}" for a, m in names])
+        diff.setdefault((m["metric"], m["against"]), {})[m["bound"]] = float(r["value"][1])
+    rows = [[metric, against, *(f"{d.get(b, float('nan')):.4g}" for b in ("value", "low", "high")),
+             "yes" if d.get("low", 0) > 0 or d.get("high", 0) < 0 else "no"] for (metric, against), d in sorted(diff.items())]
+    ax.axis("off")
+    if rows:
+        cells = ax.table(cellText=rows, colLabels=["metric", "against", "difference", "low", "high", "excludes 0"],
+                         loc="center")
+        cells.auto_set_font_size(False)
+        cells.set_fontsize(10)
+        cells.scale(1.1, 1.8)
     ax.set(title="Difference to baseline (95% interval)")
-    axes[-1].axis("off")
+    # Progress and ETA, the row's stat panels: their last values.
+    ax = axes[-1]
+    ax.axis("off")
+    for i, (title, unit) in enumerate((("Progress", "%"), ("ETA", " s"))):
+        values = [vs[-1] for _, _, vs in _series(results, f"{title}/A")]
+        if values:
+            shown = f"{values[-1] * 100:.0f}%" if unit == "%" else f"{values[-1]:.0f} s"
+            ax.text(0.5, 0.7 - 0.4 * i, f"{title}\n{shown}", ha="center", va="center", fontsize=20)
     assert "Loss and eval loss vs step" in titles  # the panels drawn are the generated dashboard's
     fig.suptitle("kubetune dashboard, per-job row: stand-in rendering (matplotlib, not Grafana) of the panels' "
                  "PromQL\nagainst the local Prometheus after a real tiny-model run", fontsize=13)
