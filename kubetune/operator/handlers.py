@@ -57,7 +57,7 @@ def register(settings: OperatorSettings, kube: Kube, may_act=lambda: True) -> ko
     registry = kopf.OperatorRegistry()
     settings_workers = settings.workers
 
-    @kopf.index(GROUP, VERSION, PLURAL, registry=registry)
+    @kopf.index(GROUP, VERSION, PLURAL, id="finetunejob_index", registry=registry)
     def finetunejob_index(namespace: str, name: str, body, **_):
         return {(namespace, name): _plain(body)}
 
@@ -69,7 +69,7 @@ def register(settings: OperatorSettings, kube: Kube, may_act=lambda: True) -> ko
                    registry=registry)(child_index)
 
     @kopf.index("v1", "pods", labels={LABEL_CONTROLLER_UID: kopf.PRESENT, LABEL_FINETUNEJOB: kopf.PRESENT},
-                registry=registry)
+                id="pod_index", registry=registry)
     def pod_index(namespace: str, labels: dict, body, **_):
         return {(namespace, labels[LABEL_CONTROLLER_UID]): _plain(body)}
 
