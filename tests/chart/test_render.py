@@ -107,17 +107,18 @@ def make_job_model():
 
 
 def test_every_operator_env_var_is_a_setting_the_operator_accepts(template, monkeypatch):
-    values = {"watchNamespaces": ["ml"], "operator": {"progressIntervalSeconds": 2.5, "maxRunsKept": 3},
+    values = {"watchNamespaces": ["ml"], "operator": {"progressIntervalSeconds": 2.5, "maxRunsKept": 3, "workers": 7},
               "trainer": {"image": {"repository": "reg.example/trainer", "tag": "1.2"},
                           "podAnnotationPrefixes": ["sidecar.istio.io/", "x/"], "runAsUser": 4242}}
     env = env_of(template(values).one("Deployment"))
     fields = {f"KUBETUNE_OPERATOR_{name.upper()}" for name in OperatorSettings.model_fields}
-    assert set(env) <= fields, set(env) - fields
+    # Every setting is a value (or comes from the pod): a new operator setting fails here until the chart has it.
+    assert set(env) == fields, {"not settings": set(env) - fields, "not in the chart": fields - set(env)}
     for name, var in env.items():
         monkeypatch.setenv(name, var.get("value", "from-field-ref"))
     settings = OperatorSettings()  # validates every value as the operator would at start-up
     assert settings.namespaces == ["ml"] and settings.progress_interval_seconds == 2.5
-    assert settings.max_runs_kept == 3 and settings.run_as_user == 4242
+    assert settings.max_runs_kept == 3 and settings.run_as_user == 4242 and settings.workers == 7
     assert settings.trainer_image == "reg.example/trainer:1.2"
     assert settings.pod_annotation_prefixes == ["sidecar.istio.io/", "x/"]
     assert settings.lease_name == "kubetune-operator" and settings.leader_election is True
