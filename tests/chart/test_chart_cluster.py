@@ -164,3 +164,19 @@ def test_install_upgrade_uninstall(cluster, namespace, tmp_path):
         subprocess.run([str(cluster.helm_path), "uninstall", release, "--namespace", system, "--ignore-not-found",
                         f"--kubeconfig={cluster.kubeconfig}"], capture_output=True)
         cluster.kubectl("delete", "namespace", system, "--wait=false", check=False)
+
+
+@pytest.mark.cluster
+def test_everything_the_chart_renders_is_valid_for_the_api_server(cluster, namespace, helm):
+    """Every object with every option on (but the prometheus-operator kinds, whose CRDs the local cluster lacks)
+    passes server-side validation, with no PodSecurity warning in a namespace enforcing `restricted`."""
+    values = ["--set", "rbac.scope=namespaces", "--set", f"watchNamespaces={{{namespace}}}",
+              "--set", "networkPolicy.enabled=true", "--set", "networkPolicy.apiServer.cidrs={10.0.0.1/32}",
+              "--set", "crds.install=false",
+              "--set", "priorityClassName=system-cluster-critical"]
+    out = subprocess.run([helm, "template", f"kt{secrets.token_hex(3)}", str(CHART), "--namespace", namespace,
+                          *values], check=True, capture_output=True, text=True).stdout
+    docs = [d for d in yaml.safe_load_all(out) if d and not d["apiVersion"].startswith("monitoring.coreos.com")]
+    assert {"Deployment", "NetworkPolicy", "ConfigMap", "Role", "PodDisruptionBudget"} <= {d["kind"] for d in docs}
+    result = cluster.kubectl("apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump_all(docs))
+    assert "networkpolicy.networking.k8s.io" in result.stdout and "Warning" not in result.stderr, result.stderr
