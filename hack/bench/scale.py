@@ -54,7 +54,8 @@ def free_port() -> int:
 
 
 def finished(obj: dict) -> bool:
-    return any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
+    """The Job's first terminal condition (SuccessCriteriaMet and FailureTarget precede Complete and Failed)."""
+    return any(c.get("type") in ("Complete", "Failed", "SuccessCriteriaMet", "FailureTarget") and c.get("status") == "True"
                for c in (obj.get("status") or {}).get("conditions") or [])
 
 

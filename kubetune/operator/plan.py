@@ -47,8 +47,9 @@ def _terminating(obj: dict) -> bool:
 
 
 def job_finished(job: dict) -> bool:
-    return any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
-               for c in (job.get("status") or {}).get("conditions") or [])
+    """Finished or about to be (SuccessCriteriaMet and FailureTarget come before Complete and Failed)."""
+    return any(c.get("type") in ("Complete", "Failed", "SuccessCriteriaMet", "FailureTarget")
+               and c.get("status") == "True" for c in (job.get("status") or {}).get("conditions") or [])
 
 
 def plan(job: FineTuneJob, observed: dict[str, list[dict]], settings: OperatorSettings) -> Plan:
@@ -84,16 +85,22 @@ def plan(job: FineTuneJob, observed: dict[str, list[dict]], settings: OperatorSe
     if replaced and child is None:
         return Plan(run, None, actions, waiting=f"Job {_name(replaced[0])} of this run is stopping (its pods "
                                                 f"checkpoint) before {run.job_name} resumes the run")
-    if child is not None and finished and not job_finished(child):
+    if child is not None and job_finished(child):
+        # Nothing left to ensure on a finished Job; of the in-place fields only its clean-up still matters.
+        spec = (children.in_place_patch(job, child) or {}).get("spec", {})
+        if "ttlSecondsAfterFinished" in spec:
+            actions.append(Action("patch", "Job", run.job_name,
+                                  {"spec": {"ttlSecondsAfterFinished": spec["ttlSecondsAfterFinished"]}}))
+        return Plan(run, child, actions)
+    if child is not None and finished:
         # The operator ended this run itself (a kernel OOM kill, which no pod failure policy can tell from
         # another SIGKILL): hold the Job suspended so it retries nothing; its pods stay for the record.
-        if not child.get("spec", {}).get("suspend"):
+        if prior.phase == "Failed" and not child.get("spec", {}).get("suspend"):
             actions.append(Action("patch", "Job", run.job_name, {"spec": {"suspend": True}}))
         return Plan(run, child, actions)
-    if child is None or not job_finished(child):
-        for obj in [*children.build_dependents(job, run, settings), children.build_job(job, run, settings)]:
-            if current[obj["kind"]] is None:
-                actions.append(Action("create", obj["kind"], _name(obj), obj))
+    for obj in [*children.build_dependents(job, run, settings), children.build_job(job, run, settings)]:
+        if current[obj["kind"]] is None:
+            actions.append(Action("create", obj["kind"], _name(obj), obj))
     if child is not None:
         patch = children.in_place_patch(job, child)
         if patch:

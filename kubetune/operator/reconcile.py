@@ -25,9 +25,9 @@ from kubetune.operator.status import Event, State, compute_status, conditions
 
 COMPONENT = "kubetune-operator"
 _locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
-# The resourceVersion of each object's last status write: an index older than that is re-read from the API, so
-# a reconcile never works from a status it has already replaced.
-_written: dict[tuple[str, str], str] = {}
+# Each object as our last status write returned it, until the index has caught up with that write: a reconcile
+# never works from a status it has already replaced, and needs no GET to avoid it.
+_written: dict[tuple[str, str], dict] = {}
 
 
 @dataclass
@@ -43,11 +43,14 @@ def now() -> datetime:
 
 
 def merge_patch(old: dict, new: dict) -> dict:
-    """The JSON merge patch (RFC 7386) turning `old` into `new`: removed keys become null, maps recurse."""
+    """The JSON merge patch (RFC 7386) turning `old` into `new`: removed keys become null, maps recurse, and
+    unchanged maps are left out."""
     patch = {k: None for k in old if k not in new}
     for key, value in new.items():
         if isinstance(value, dict) and isinstance(old.get(key), dict):
-            patch[key] = merge_patch(old[key], value)
+            nested = merge_patch(old[key], value)
+            if nested:
+                patch[key] = nested
         elif old.get(key) != value:
             patch[key] = value
     return patch
@@ -83,8 +86,12 @@ def reconcile(kube: Kube, settings: OperatorSettings, namespace: str, name: str,
 def _reconcile(kube: Kube, settings: OperatorSettings, namespace: str, name: str, sample: dict | None,
                source) -> Outcome:
     obj = source.finetunejob(namespace, name)
-    if obj is not None and newer(_written.get((namespace, name)), obj["metadata"].get("resourceVersion")):
-        obj = kube.get_finetunejob(namespace, name)  # the index has not seen our last status write yet
+    written = _written.get((namespace, name))
+    if obj is not None and written is not None:
+        if newer(written["metadata"]["resourceVersion"], obj["metadata"].get("resourceVersion")):
+            obj = written  # the index has not seen our last status write yet
+        else:
+            del _written[(namespace, name)]
     if obj is None or obj["metadata"].get("deletionTimestamp"):
         metrics.forget(namespace, name)
         _written.pop((namespace, name), None)
@@ -174,7 +181,8 @@ def write_status(kube: Kube, obj: dict, status: FineTuneJobStatus) -> bool:
     if not unchanged:
         meta = obj["metadata"]
         written = kube.patch_status(meta["namespace"], meta["name"], merge_patch(observed, status.to_wire()))
-        _written[(meta["namespace"], meta["name"])] = written["metadata"]["resourceVersion"]
+        written["metadata"].pop("managedFields", None)
+        _written[(meta["namespace"], meta["name"])] = written
     return not unchanged
 
 

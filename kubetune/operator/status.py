@@ -133,6 +133,9 @@ def observe(job: FineTuneJob, child: dict | None, pods: list[dict], summary: dic
                      else "waiting for the Job to be resumed")
     if any(p.get("status", {}).get("phase") == "Running" for p in pods):
         return State("Running", Reason.RUNNING, "training")
+    if any(p.get("status", {}).get("phase") == "Succeeded" for p in pods):
+        # the trainer exited 0 and the Job controller has not declared the Job complete yet: not "Pending"
+        return State("Running", Reason.RUNNING, "training")
     failures = [f for f in map(failure_of, pods) if f]
     if failures:
         reason, message = failures[-1]
@@ -288,7 +291,8 @@ def compute_status(job: FineTuneJob, run: Run, child: dict | None, pods: list[di
         stop_reason=(summary or {}).get("stopReason") or prior.stop_reason,
         artifacts=artifacts, runs=runs)
     was = next((c for c in prior.conditions if c.type == ConditionType.READY), None)
-    if not was or was.reason != state.reason or prior.phase != state.phase:
+    if (not was or was.reason != state.reason or prior.phase != state.phase) and state.reason != Reason.PENDING:
+        # (no event for the ordinary wait for a pod to start: JobCreated said it, and its problems have reasons)
         warn = state.phase == "Failed" or state.stalled or state.reason in (Reason.UNSCHEDULABLE, Reason.IMAGE_PULL_BACK_OFF,
                                                            Reason.RESTARTING)
         events.append(Event("Warning" if warn else "Normal", state.reason,

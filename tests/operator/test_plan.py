@@ -52,10 +52,13 @@ def test_every_missing_child_is_reasserted_on_every_reconcile():
     assert steps(plan(job, observed_children(job), SETTINGS)) == []  # all there: nothing to do
 
 
-def test_a_finished_job_gets_no_dependents_back():
-    job = ftj()
-    done = observed_children(job, kinds=("Job",), conditions=[{"type": "Complete", "status": "True"}])
-    assert steps(plan(job, done, SETTINGS)) == []
+def test_a_finished_job_gets_no_dependents_back_and_only_its_ttl_patched():
+    job = ftj({"spec": {"suspend": True, "runPolicy": {"ttlSecondsAfterFinished": 60}}})
+    for condition in ("Complete", "SuccessCriteriaMet", "FailureTarget"):
+        done = observed_children(ftj(), kinds=("Job",), conditions=[{"type": condition, "status": "True"}])
+        p = plan(job, done, SETTINGS)
+        assert steps(p) == [("patch", "Job", "chat-g1")]
+        assert p.actions[0].body == {"spec": {"ttlSecondsAfterFinished": 60}}
 
 
 def test_a_child_controlled_by_someone_else_is_a_conflict_never_adopted():
