@@ -35,6 +35,7 @@ QUEUE_WAIT = Histogram("kubetune_operator_queue_wait_seconds",
 _phases: dict[tuple[str, str], str] = {}
 _labels: dict[tuple[str, str], tuple[str, str]] = {}  # (namespace, name) -> (phase, reason) now exported
 _running: dict[tuple[str, str], tuple[str, datetime, int]] = {}  # -> (run id, counted up to, GPUs)
+_last: dict[tuple[str, str], tuple[str | None, str | None]] = {}  # -> (run id, phase) this process last observed
 _lock = threading.Lock()
 
 
@@ -69,6 +70,7 @@ def forget(namespace: str, name: str) -> None:
         old = _labels.pop((namespace, name), None)
         if old:
             JOB_PHASE.remove(namespace, name, *old)
+        _last.pop((namespace, name), None)
         _stop_counting((namespace, name), datetime.now(timezone.utc))
         _publish()
 
@@ -117,12 +119,20 @@ def observe(namespace: str, name: str, prior: FineTuneJobStatus | None, status: 
             child: dict | None) -> None:
     now = datetime.now(timezone.utc)
     ready = next((c for c in status.conditions if c.type == "Ready"), None)
+    key = (namespace, name)
     with _lock:
-        _phases[(namespace, name)] = status.phase or "Pending"
+        _phases[key] = status.phase or "Pending"
         _set_phase(namespace, name, status.phase or "Pending", ready.reason if ready else "")
-        _count_gpu_time((namespace, name), status, child, now)
+        _count_gpu_time(key, status, child, now)
         _publish()
-    was = prior.phase if prior and prior.run_id == status.run_id else None
+        # The phase before this reconcile: what this process saw last (the object `prior` comes from may be a cache
+        # a status write has not reached yet), else, after a restart, the stored status.
+        seen = _last.get(key)
+        _last[key] = (status.run_id, status.phase)
+    if seen and seen[0] == status.run_id:
+        was = seen[1]
+    else:
+        was = prior.phase if prior and prior.run_id == status.run_id else None
     if status.phase in ("Succeeded", "Failed") and status.phase != was:
         RUNS_FINISHED.labels(namespace, status.phase, ready.reason if ready else "").inc()
     if child is None or status.phase == was:

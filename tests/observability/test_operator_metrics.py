@@ -86,3 +86,22 @@ def test_queue_wait_counted_once_even_before_the_job_controller_writes_start_tim
     metrics.observe("team-a", "chat", status, status, admitted)
     assert count() - before == 1
     metrics.forget("team-a", "chat")
+
+
+def test_transitions_counted_once_when_the_prior_status_is_stale(monkeypatch):
+    """reconcile.py passes the status of the object it read, which may predate its own last status write."""
+    monkeypatch.setattr(metrics, "datetime", Clock)
+    finished = lambda: sample("kubetune_operator_runs_finished_total", namespace="team-a", phase="Failed",  # noqa: E731
+                              reason="OOMKilled") or 0.0
+    before = finished()
+    job = step(ftj(), {}, [pod("Running")], NOW)
+    stale = job.status
+    failed = {"conditions": [{"type": "Failed", "status": "True", "reason": "PodFailurePolicy", "message": "x"}],
+              "completionTime": "2026-11-22T12:01:00Z"}
+    job = step(job, failed, [pod("Failed", exit_code=137, reason="OOMKilled")], NOW + timedelta(seconds=60))
+    assert finished() - before == 1
+    # a reconcile that still sees the Running status as its prior: the run's failure is not counted again
+    again = step(job.model_copy(update={"status": stale}), failed, [pod("Failed", exit_code=137, reason="OOMKilled")],
+                 NOW + timedelta(seconds=70))
+    assert again.status.phase == "Failed" and finished() - before == 1
+    metrics.forget("team-a", "chat")
