@@ -32,3 +32,19 @@ def test_a_status_older_than_the_spec_is_progressing_whatever_it_says():
 def test_the_argocd_cm_snippet_carries_the_script_verbatim():
     cm = yaml.safe_load((HEALTH_DIR.parents[2] / "argocd-cm.yaml").read_text())
     assert cm["data"]["resource.customizations.health.kubetune.io_FineTuneJob"] == (HEALTH_DIR / "health.lua").read_text()
+
+
+def test_the_script_needs_no_library_argo_cd_withholds_from_argocd_cm_scripts():
+    """Argo CD runs argocd-cm scripts with base, table, package and a safe os only: string.format, math.floor or
+    ("x"):upper() fail there, so they must fail here too."""
+    for script in ('return {status = string.format("%s", "Healthy")}', "return {status = math.floor(1)}",
+                   'return {status = ("healthy"):upper()}'):
+        with pytest.raises(Exception, match="nil value|index a string"):
+            health({"metadata": {}}, script)
+
+
+@pytest.mark.parametrize("loss, shown", [(1.2344, "1.234"), (0.0071, "0.007"), (12.0, "12.000"), (0.05, "0.050")])
+def test_progress_in_the_running_message(loss, shown):
+    obj = yaml.safe_load((HEALTH_DIR / "testdata" / "running.yaml").read_text())
+    obj["status"].update(progress={"step": 30, "totalSteps": 120, "percent": 25}, metrics={"evalLoss": loss})
+    assert health(obj) == {"status": "Progressing", "message": f"Running: training (step 30/120, eval loss {shown})"}

@@ -12,6 +12,7 @@ from prometheus_client import start_http_server
 import kubetune.trainer.metrics as trainer_metrics
 from kubetune.trainer.loop import train
 from tests.observability import prom
+from tests.observability.argocd import health
 from tests.observability.panels import substitute, targets
 from tests.operator.conftest import manifest, wait_for
 from tests.trainer.conftest import chat_rows, finetunejob, settings, write_jsonl
@@ -83,6 +84,10 @@ def test_every_panel_query_returns_real_series(cluster, namespace, operator, tin
         # The operator read the real trainer's progress into the status.
         wait_for("the trainer's last step in the status", lambda: status(cluster, namespace, "chat")
                  .get("progress", {}).get("step") == 1200, timeout=30)
+        # Argo CD's view of the same object, through the health check (tests/observability/argocd.py).
+        live = cluster.kubectl_json("get", "ftj", "chat", "-n", namespace)
+        assert health(live) == {"status": "Progressing", "message": "Running: training (step 1200/1200, eval loss "
+                                f"{live['status']['metrics']['evalLoss']:.3f})"}
         wait_for("the final test metrics scraped", lambda: prom.instant(
             base, f'kubetune_test_metric{{namespace="{namespace}", finetunejob="chat"}}', time.time()), timeout=30)
         wait_for("queued Succeeded", lambda: status(cluster, namespace, "queued").get("phase") == "Succeeded")

@@ -40,6 +40,26 @@ local function describe(c)
   return c.reason
 end
 
+-- Argo CD runs argocd-cm scripts without the string and math libraries (only base, table, package and a safe os),
+-- so the eval loss is rounded to 3 decimals with the % operator and printed from integers, identically in gopher-lua
+-- (Go's number formatting) and PUC Lua.
+local function decimals3(x)
+  local n = x * 1000 + 0.5
+  n = n - n % 1
+  local sign = ""
+  if n < 0 then
+    sign, n = "-", -n
+  end
+  local frac = n % 1000
+  local pad = ""
+  if frac < 10 then
+    pad = "00"
+  elseif frac < 100 then
+    pad = "0"
+  end
+  return sign .. tostring((n - frac) / 1000) .. "." .. pad .. tostring(frac)
+end
+
 local function progress()
   local p = status.progress
   if p == nil or p.step == nil then
@@ -50,8 +70,7 @@ local function progress()
     text = text .. "/" .. tostring(p.totalSteps)
   end
   if status.metrics ~= nil and status.metrics.evalLoss ~= nil then
-    -- rounded by hand: gopher-lua's string.format is Go's fmt, whose %g differs from C's
-    text = text .. ", eval loss " .. tostring(math.floor(status.metrics.evalLoss * 1000 + 0.5) / 1000)
+    text = text .. ", eval loss " .. decimals3(status.metrics.evalLoss)
   end
   return text .. ")"
 end
