@@ -1,4 +1,6 @@
 """The Dockerfiles' properties that the cluster relies on, read from the files (no build)."""
+import importlib.machinery
+import importlib.util
 import json
 import tomllib
 
@@ -84,3 +86,25 @@ def test_trainer_pod_writable_paths_and_home_match_the_image():
     assert "HOME=/tmp" in env
     uid = expected_user("trainer")
     assert any(children.CACHE_DIR in run and f"chown {uid}:{uid}" in run for run in final.all("RUN"))
+
+
+def load_hack_images():
+    loader = importlib.machinery.SourceFileLoader("hack_images", str(ROOT / "hack" / "images"))
+    spec = importlib.util.spec_from_loader("hack_images", loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name", ["trainer", "operator", "pause"])
+def test_build_context_and_cache_key_cover_every_copied_file(name):
+    """hack/images stages (and hashes) only its CONTEXTS: a COPY of anything else would miss the build or, worse,
+    leave a stale image cached."""
+    contexts = load_hack_images().CONTEXTS[name]
+    for stage in stages(name)[1]:
+        for copy in stage.all("COPY"):
+            if copy.startswith("--from="):
+                continue
+            for source in copy.split()[:-1]:
+                assert any(source == c or source.startswith(c.rstrip("/") + "/") for c in contexts), \
+                    f"{source} (COPY in images/{name}/Dockerfile) is not in hack/images' CONTEXTS"
