@@ -1,6 +1,7 @@
 """Captures real FineTuneJob statuses for the Argo CD health tests: runs the operator against the local cluster
 (`hack/cluster up` first; KUBETUNE_CLUSTER_* select which), drives one FineTuneJob to each stage with kwok's pod
-annotations, and writes `kubectl get ftj -o yaml` of each to argocd/.../FineTuneJob/testdata/<stage>.yaml.
+annotations (for `running-progress`, the trainer's gauges are served on the kwok pod's IP, where the operator reads
+them, by this script: kwok pods run nothing), and writes `kubectl get ftj -o yaml` of each to argocd/.../FineTuneJob/testdata/<stage>.yaml.
 
     python -m hack.observability.capture_health_testdata
 """
@@ -12,6 +13,9 @@ import time
 from pathlib import Path
 
 import yaml
+from prometheus_client import CollectorRegistry, Gauge, start_http_server
+
+from kubetune.api import contract
 
 from tests.observability.argocd import HEALTH_DIR, health
 from tests.operator.conftest import Operators, manifest, wait_for
@@ -63,6 +67,22 @@ def main() -> None:
         (out / f"{stage}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
         print(f"{stage}: {health(doc)}", file=sys.stderr)
 
+    def capture_progress(name: str) -> None:
+        """The trainer's gauges served on the pod's IP, as the trainer serves them, for the operator to read."""
+        pod = cluster.kubectl_json("get", "pods", "-n", namespace, "-l", f"batch.kubernetes.io/job-name={name}-g1")
+        registry = CollectorRegistry()
+        for metric, value in ((contract.METRIC_STEP, 300), (contract.METRIC_TOTAL_STEPS, 1200),
+                              (contract.METRIC_TRAIN_LOSS, 1.8421), (contract.METRIC_EVAL_LOSS, 1.90349),
+                              (contract.METRIC_ETA_SECONDS, 2700), (contract.METRIC_TOKENS_PER_SECOND, 5120)):
+            Gauge(metric, metric, registry=registry).set(value)
+        server, _ = start_http_server(contract.METRICS_PORT, addr=pod["items"][0]["status"]["podIP"], registry=registry)
+        try:
+            wait_for("progress", lambda: (cluster.kubectl_json("get", "ftj", name, "-n", namespace)["status"]
+                                          .get("progress") or {}).get("step") == 300, timeout=60)
+            capture("running-progress", name)
+        finally:
+            server.shutdown()
+
     try:
         for stage, (spec, notes, want) in STAGES.items():
             name = stage
@@ -73,6 +93,8 @@ def main() -> None:
                     cluster.kubectl_json("get", "ftj", name, "-n", namespace)["status"]["conditions"]), timeout=60)
             time.sleep(1)
             capture(stage, name)
+            if stage == "running":
+                capture_progress(name)
         # A spec edit the operator has not seen yet: observedGeneration is behind metadata.generation.
         operator.stop()
         cluster.kubectl("patch", "ftj", "running", "-n", namespace, "--type=merge",

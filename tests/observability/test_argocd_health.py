@@ -1,5 +1,10 @@
 """The Argo CD health check, run under Lua 5.1 exactly as Argo CD runs it, over health_test.yaml (Argo CD's own
 test format) whose inputs are statuses captured from the real operator (hack/observability/capture_health_testdata.py)."""
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -48,3 +53,17 @@ def test_progress_in_the_running_message(loss, shown):
     obj = yaml.safe_load((HEALTH_DIR / "testdata" / "running.yaml").read_text())
     obj["status"].update(progress={"step": 30, "totalSteps": 120, "percent": 25}, metrics={"evalLoss": loss})
     assert health(obj) == {"status": "Progressing", "message": f"Running: training (step 30/120, eval loss {shown})"}
+
+
+def test_gopher_lua_as_argo_cd_runs_it_agrees():
+    """The same cases through gopher-lua with Argo CD's library set, object decoding and result encoding
+    (hack/observability/argocd-health, a small Go program; the first run downloads and builds it)."""
+    go = shutil.which("go")
+    assert go, "Go is needed (the local cluster is built with it too)"
+    harness = Path(__file__).parents[2] / "hack" / "observability" / "argocd-health"
+    out = subprocess.run([go, "run", ".", str(HEALTH_DIR)], cwd=harness, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    got = {r["inputPath"]: r for r in map(json.loads, out.stdout.splitlines())}
+    for case in CASES:
+        r = got[case["inputPath"]]
+        assert not r.get("error") and {"status": r["status"], "message": r["message"]} == case["healthStatus"], r

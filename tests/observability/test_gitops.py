@@ -61,7 +61,8 @@ def flux_verdict(obj: dict) -> str:
 
 @pytest.mark.parametrize("stage, verdict", [
     ("queued", "inProgress"), ("suspended", "inProgress"), ("unschedulable", "inProgress"),
-    ("running", "inProgress"), ("stale-generation", "inProgress"), ("new-run", "inProgress"),
+    ("running", "inProgress"), ("running-progress", "inProgress"), ("stale-generation", "inProgress"),
+    ("new-run", "inProgress"),
     ("succeeded", "current"), ("failed", "failed"),
 ])
 def test_flux_health_check_exprs_wait_for_completion(stage, verdict):
