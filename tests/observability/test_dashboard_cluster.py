@@ -55,6 +55,10 @@ def test_every_panel_query_returns_real_series(cluster, namespace, operator, tin
     started = time.time()
     training = spec(tmp_path, tiny_model)
     try:
+        # Scraped before any job exists, as a long-running operator is: increase() over a histogram needs a sample
+        # from before its first observation (time to Running comes a second after the apply).
+        wait_for("the operator scraped", lambda: prom.instant(
+            base, f'up{{instance="{operator_target}"}} == 1', time.time()), timeout=60, interval=1)
         cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest("chat", training, kwok(900)))
         cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest(
             "oom", {"runPolicy": {"backoffLimit": 0}}, kwok(1, 137, "OOMKilled")))
