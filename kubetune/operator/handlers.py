@@ -7,19 +7,21 @@ read request; it writes only what changed.
 """
 import copy
 import logging
+import threading
 
 import kopf
 
 from kubetune.api import GROUP, PLURAL, VERSION
 from kubetune.operator.children import LABEL_FINETUNEJOB
 from kubetune.operator.errors import PermanentFailure, RetryLater
+from kubetune.operator.ticker import Ticker
 from kubetune.operator.kube import Kube
-from kubetune.operator.reconcile import COMPONENT, read_progress, reconcile
+from kubetune.operator.reconcile import COMPONENT, own_write, read_progress, reconcile, resync_due
 from kubetune.operator.settings import OperatorSettings
 from kubetune.operator.sources import LABEL_CONTROLLER_UID
 
-ACTIVE_PHASES = ("Running",)  # the only phase with progress to read; events drive the rest
 RETRY_SECONDS = 5
+log = logging.getLogger("kubetune.operator")
 CHILD_RESOURCES = {"Job": ("batch", "v1", "jobs"), "ConfigMap": ("v1", "configmaps"), "Service": ("v1", "services")}
 
 
@@ -75,7 +77,7 @@ def register(settings: OperatorSettings, kube: Kube, may_act=lambda: True) -> ko
 
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, **_) -> None:
-        # kopf's own bookkeeping lives in annotations under our domain, never in .status (which is the API).
+        # kopf's own bookkeeping (none with event handlers only) would live under our domain, never in .status.
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
         settings.persistence.finalizer = f"{GROUP}/finalizer"
@@ -89,38 +91,69 @@ def register(settings: OperatorSettings, kube: Kube, may_act=lambda: True) -> ko
 
     kopf.on.login(registry=registry)(kopf.login_via_client)
 
-    @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry, backoff=RETRY_SECONDS)
-    @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry, backoff=RETRY_SECONDS)
-    @kopf.on.update(GROUP, VERSION, PLURAL, registry=registry, backoff=RETRY_SECONDS)
-    def finetunejob_changed(namespace: str, name: str, **indexes) -> None:
-        run(namespace, name, indexes)
+    # No stateful kopf handlers (on.create/update/resume, timers): they keep their state in annotations and a
+    # finalizer on every object, several writes per job. Level-based, every event just triggers a reconcile, and
+    # a retry is a later reconcile (requeue).
+    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
+    def finetunejob_event(type: str, namespace: str, name: str, body, **indexes) -> None:
+        deleted = type == "DELETED"
+        ticker.observe(namespace, name, body.get("status"), gone=deleted)
+        if type == "MODIFIED" and own_write(namespace, name, body["metadata"].get("resourceVersion")):
+            return  # our own status write coming back: nothing new
+        attempt(namespace, name, indexes)
 
     @kopf.on.event("batch", "v1", "jobs", labels={LABEL_FINETUNEJOB: kopf.PRESENT}, registry=registry)
     @kopf.on.event("v1", "pods", labels={LABEL_FINETUNEJOB: kopf.PRESENT}, registry=registry)
-    def child_changed(namespace: str, labels: dict, **indexes) -> None:
-        try:
-            run(namespace, labels[LABEL_FINETUNEJOB], indexes)
-        except kopf.TemporaryError:
-            pass  # event handlers are not retried; the FineTuneJob's own handler or timer comes back to it
+    @kopf.on.event("v1", "configmaps", labels={LABEL_FINETUNEJOB: kopf.PRESENT}, registry=registry)
+    @kopf.on.event("v1", "services", labels={LABEL_FINETUNEJOB: kopf.PRESENT}, registry=registry)
+    def child_event(namespace: str, labels: dict, **indexes) -> None:
+        attempt(namespace, labels[LABEL_FINETUNEJOB], indexes)
 
-    def active(status: dict, **_) -> bool:
-        return status.get("phase") in ACTIVE_PHASES
+    seen_indexes: dict = {}
 
-    @kopf.timer(GROUP, VERSION, PLURAL, interval=settings.progress_interval_seconds, when=active, registry=registry)
-    def progress_tick(namespace: str, name: str, status: dict, **indexes) -> None:
-        if may_act():
-            source = IndexSource(indexes)
-            run(namespace, name, indexes, sample=read_progress(source, settings, namespace, name, status))
+    def progress_tick(namespace: str, name: str, status: dict) -> None:
+        source = IndexSource(seen_indexes)
+        sample = read_progress(source, settings, namespace, name, status)
+        if sample is not None or resync_due(namespace, name, settings.resync_seconds):
+            attempt(namespace, name, seen_indexes, sample=sample)
 
-    def run(namespace: str, name: str, indexes: dict, sample: dict | None = None) -> None:
-        """Our error kinds as kopf's: the status already says what went wrong."""
+    ticker = Ticker(settings.progress_interval_seconds, settings.workers, progress_tick)
+    requeued: dict[tuple[str, str], threading.Timer] = {}
+    failures: dict[tuple[str, str], int] = {}
+    requeue_lock = threading.Lock()
+
+    def requeue(namespace: str, name: str, indexes: dict, delay: float) -> None:
+        """At most one pending retry per object; a reconcile that happens meanwhile does its work anyway."""
+        key = (namespace, name)
+        with requeue_lock:
+            if key in requeued:
+                return
+            timer = threading.Timer(delay, fire, args=(key, indexes))
+            timer.daemon = True
+            requeued[key] = timer
+        timer.start()
+
+    def fire(key: tuple[str, str], indexes: dict) -> None:
+        with requeue_lock:
+            requeued.pop(key, None)
+        attempt(*key, indexes)
+
+    def attempt(namespace: str, name: str, indexes: dict, sample: dict | None = None) -> None:
+        """One reconcile, with our error kinds: the status already says what went wrong."""
+        seen_indexes.update(indexes)
         if not may_act():
-            raise kopf.TemporaryError("not leading: leaving this to the leader", delay=RETRY_SECONDS)
+            return  # a deposed leader does nothing; it is about to exit
+        key = (namespace, name)
         try:
             reconcile(kube, settings, namespace, name, sample=sample, source=IndexSource(indexes))
+            failures.pop(key, None)
         except PermanentFailure as exc:
-            raise kopf.PermanentError(str(exc)) from exc
+            log.info("%s/%s: %s (not retried until it changes)", namespace, name, exc)
         except RetryLater as exc:
-            raise kopf.TemporaryError(str(exc), delay=exc.delay) from exc
+            requeue(namespace, name, indexes, exc.delay)
+        except Exception:  # a bug or an outage: back off exponentially, as kopf would
+            failures[key] = failures.get(key, 0) + 1
+            log.exception("reconciling %s/%s failed (%d in a row)", namespace, name, failures[key])
+            requeue(namespace, name, indexes, min(RETRY_SECONDS * 2 ** (failures[key] - 1), 300))
 
     return registry

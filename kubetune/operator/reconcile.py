@@ -28,6 +28,19 @@ _locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Loc
 # Each object as our last status write returned it, until the index has caught up with that write: a reconcile
 # never works from a status it has already replaced, and needs no GET to avoid it.
 _written: dict[tuple[str, str], dict] = {}
+_last_reconciled: dict[tuple[str, str], float] = {}  # monotonic time of each object's last reconcile
+
+
+def own_write(namespace: str, name: str, resource_version: str | None) -> bool:
+    """Whether an event shows exactly the object our last status write produced."""
+    written = _written.get((namespace, name))
+    return written is not None and written["metadata"].get("resourceVersion") == resource_version
+
+
+def resync_due(namespace: str, name: str, seconds: float) -> bool:
+    """Whether a progress tick without new progress should still reconcile: events drive everything, and this
+    periodic pass only re-asserts the world at a slow cadence (instead of on every tick of every running job)."""
+    return time.monotonic() - _last_reconciled.get((namespace, name), 0.0) >= seconds
 
 
 @dataclass
@@ -81,6 +94,7 @@ def reconcile(kube: Kube, settings: OperatorSettings, namespace: str, name: str,
             raise
         finally:
             metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
+            _last_reconciled[(namespace, name)] = time.monotonic()
 
 
 def _reconcile(kube: Kube, settings: OperatorSettings, namespace: str, name: str, sample: dict | None,
@@ -95,7 +109,7 @@ def _reconcile(kube: Kube, settings: OperatorSettings, namespace: str, name: str
     if obj is None or obj["metadata"].get("deletionTimestamp"):
         metrics.forget(namespace, name)
         _written.pop((namespace, name), None)
-        _locks.pop((namespace, name), None)
+        _last_reconciled.pop((namespace, name), None)
         return Outcome(None, False, [], [])  # owner references take the children away
     job, errors = validate_manifest(obj)
     if job is None:  # the CRD refuses this; only an outdated CRD lets it through

@@ -16,6 +16,8 @@ class OperatorSettings(BaseSettings):
     progress_interval_seconds: float = Field(10.0, gt=0)
     """How often a running job's trainer metrics are read into its status."""
     scrape_timeout_seconds: float = Field(3.0, gt=0)
+    resync_seconds: float = Field(60.0, gt=0)
+    """A running job with no new progress is still reconciled this often (events drive everything else)."""
     workers: int = Field(20, ge=1, le=200)
     """Reconciles running at once (kopf's thread pool); each holds only its own object's lock."""
     retry_delay_seconds: float = Field(30.0, gt=0)

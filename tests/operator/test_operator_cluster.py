@@ -73,9 +73,10 @@ def test_apply_run_succeed_with_trainer_summary(cluster, namespace, operator):
     assert conds["Succeeded"]["reason"] == "EarlyStopped" and conds["Succeeded"]["observedGeneration"] == 1
     reasons = wait_for("events", lambda: (lambda r: "EarlyStopped" in r and r)(events(cluster, namespace, "chat")))
     assert {"JobCreated", "Running", "EarlyStopped"} <= set(reasons)
-    notes = ftj(cluster, namespace, "chat")["metadata"].get("annotations", {})
-    assert any(k.startswith("kubetune.io/") for k in notes), notes  # kopf's state, under our domain
-    assert not any(k.startswith(("kopf.zalando.org", "kopf.dev")) for k in notes) and "kopf" not in json.dumps(st)
+    meta = ftj(cluster, namespace, "chat")["metadata"]
+    # level-based event handlers only: kopf keeps no state on the object (no annotations, no finalizer)
+    assert not any(k.startswith(("kubetune.io/", "kopf.zalando.org", "kopf.dev")) for k in meta.get("annotations", {}))
+    assert not meta.get("finalizers") and "kopf" not in json.dumps(st)
     table = cluster.kubectl("get", "ftj", "chat", "-n", namespace).stdout
     assert "Succeeded" in table and "100" in table
 
