@@ -38,12 +38,15 @@ class Containerd:
                               text=True, check=check, timeout=timeout)
 
     def run(self, ref: str, *command: str, tmpfs: tuple[str, ...] = ("/tmp",), env: dict | None = None,
-            timeout: float = 300) -> subprocess.CompletedProcess:
-        """Runs a container as the image says (its USER, ENTRYPOINT) with a read-only root, like the pods."""
+            binds: tuple[tuple[str, str, bool], ...] = (), timeout: float = 300) -> subprocess.CompletedProcess:
+        """Runs a container as the image says (its USER, ENTRYPOINT) with a read-only root, like the pods;
+        `command` replaces the entry point as a pod's command does; binds are (host path, path, read-only)."""
         name = f"t{os.getpid()}-{time.monotonic_ns()}"
         args = ["run", "--rm", "--read-only"]
         for path in tmpfs:
             args += ["--mount", f"type=tmpfs,src=tmpfs,dst={path},options=rw:nosuid:nodev:mode=1777"]
+        for src, dst, read_only in binds:
+            args += ["--mount", f"type=bind,src={src},dst={dst},options=rbind:{'ro' if read_only else 'rw'}"]
         for key, value in (env or {}).items():
             args += ["--env", f"{key}={value}"]
         return self.ctr(*args, ref, name, *command, check=False, timeout=timeout)

@@ -11,9 +11,13 @@ import tomllib
 
 import pytest
 
+from kubetune.api import contract
+from kubetune.operator import children
+from kubetune.operator.settings import OperatorSettings
 from tests.images.containerd import Containerd
 from tests.images.dockerfiles import ROOT
 from tests.images.test_dockerfiles import expected_user
+from tests.trainer.conftest import chat_rows, finetunejob, tiny_model, write_jsonl  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.slow
 REF = re.compile(r"^localhost/kubetune/(trainer|operator|pause):[0-9a-f]{12}$")
@@ -92,6 +96,60 @@ def test_trainer_image_trains_on_the_cpu_as_uid_1000_with_a_read_only_root(conta
     done = containerd.run(ref)
     assert done.returncode == 64, done.stdout + done.stderr
     assert '"reason": "BadInput"' in done.stdout + done.stderr
+
+
+def test_trainer_image_runs_a_tiny_lora_job_as_the_operator_starts_it(containerd, tiny_model, tmp_path):
+    """The operator's own pod spec (command, env, volumes) applied to the image: the spec file mounted read-only,
+    emptyDirs as tmpfs, a read-only root, UID 1000; model, data and output as file:// mounts."""
+    ref = imported("trainer", containerd)
+    write_jsonl(tmp_path / "data" / "train.jsonl", chat_rows(48, seed=1))
+    write_jsonl(tmp_path / "data" / "validation.jsonl", chat_rows(16, seed=2))
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out").chmod(0o777)  # the trainer writes as UID 1000
+    job = finetunejob("tiny", {
+        "baseModel": {"uri": "file:///model"},
+        "dataset": {"train": "file:///data/train.jsonl", "validation": "file:///data/validation.jsonl",
+                    "maxSeqLength": 64},
+        "method": {"type": "lora", "lora": {"r": 8, "alpha": 16, "dropout": 0.0}},
+        "hyperparameters": {"maxSteps": 6, "batchSize": 8, "microBatchSize": 4, "learningRate": 3e-3},
+        "evaluation": {"everySteps": 3, "baseline": True},
+        "output": {"uri": "file:///out/"},
+        "resources": {"gpusPerNode": 0},
+    })
+    job.metadata.uid = "0c0ffee0-0000-4000-8000-000000000001"
+    run = children.current_run(job)
+    pod = children.pod_spec(job, run, OperatorSettings())
+    container, volumes = pod["containers"][0], {v["name"]: v for v in pod["volumes"]}
+    (tmp_path / "spec").mkdir()
+    (tmp_path / "spec" / contract.SPEC_FILE_NAME).write_text(children.spec_document(job))
+    termination = tmp_path / "termination-log"
+    termination.touch()
+    termination.chmod(0o666)  # the kubelet makes this file writable for the container
+    binds = []
+    for mount in container["volumeMounts"]:
+        volume = volumes[mount["name"]]
+        if "configMap" in volume:
+            binds.append((str(tmp_path / "spec"), mount["mountPath"], True))
+        elif "emptyDir" in volume:  # the kubelet's emptyDir: a fresh directory with mode 0777
+            (tmp_path / "empty" / mount["name"]).mkdir(parents=True)
+            (tmp_path / "empty" / mount["name"]).chmod(0o777)
+            binds.append((str(tmp_path / "empty" / mount["name"]), mount["mountPath"], False))
+    # pytest's directories and safetensors' files are for their owner only: the trainer reads as UID 1000
+    shutil.copytree(tiny_model, tmp_path / "model")
+    for path in [tmp_path / "model", *(tmp_path / "model").iterdir()]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    binds += [(str(tmp_path / "model"), "/model", True), (str(tmp_path / "data"), "/data", True),
+              (str(tmp_path / "out"), "/out", False), (str(termination), contract.TERMINATION_LOG, False)]
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    assert container["securityContext"]["readOnlyRootFilesystem"] and env["HOME"] == "/tmp"
+
+    done = containerd.run(ref, *container["command"], tmpfs=(), binds=tuple(binds), env=env, timeout=600)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    summary = json.loads((tmp_path / "out" / run.run_id / "summary.json").read_text())
+    assert summary["stopReason"] == "MaxStepsReached" and summary["steps"] == 6
+    assert summary["eval"]["loss"] < summary["baseline"]["loss"], "it learned"
+    assert (tmp_path / "out" / run.run_id / "model" / "adapter_model.safetensors").stat().st_uid == 1000
+    assert json.loads(termination.read_text())["runId"] == run.run_id, "the operator's termination message"
 
 
 def test_operator_image_has_no_torch_and_runs_as_65532(containerd):
