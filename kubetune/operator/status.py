@@ -273,7 +273,9 @@ def compute_status(job: FineTuneJob, run: Run, child: dict | None, pods: list[di
         # The Job's terminal condition can come before its completionTime (SuccessCriteriaMet, FailureTarget):
         # a terminal status is complete in the write that makes it terminal.
         end = prior.completion_time or now
-    attempts = max(len(pods), prior.attempts)
+    # A deleted pod leaves the API at once; the Job still counts it (and the status keeps the highest count seen).
+    counted = sum(int(child_status.get(k) or 0) for k in ("active", "succeeded", "failed"))
+    attempts = max(len(pods), counted, prior.attempts)
     output = f"{job.spec.output.uri.rstrip('/')}/{run.run_id}"
     artifacts = Artifacts(uri=output, checkpoint_uri=f"{output}/{contract.CHECKPOINTS_DIR}/")
     if summary and summary.get("artifacts"):
