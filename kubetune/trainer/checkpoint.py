@@ -22,8 +22,9 @@ _STEP = re.compile(r"/step-(\d{8})/")
 
 
 class Checkpointer:
-    def __init__(self, store: Store, run_uri: str, keep: int, scratch: Path):
+    def __init__(self, store: Store, run_uri: str, keep: int, scratch: Path, telemetry=None):
         self.store = store
+        self.telemetry = telemetry  # upload duration, last success and failures (the checkpoint alerts read them)
         self.root = join(run_uri, contract.CHECKPOINTS_DIR)
         self.keep = keep
         self.scratch = scratch
@@ -43,9 +44,17 @@ class Checkpointer:
         return time.monotonic() - started
 
     def _upload(self, step: int, local: Path) -> None:
+        started = time.monotonic()
         target = join(self.root, f"step-{step:08d}")
-        self.store.put_file(local / "state.pt", join(target, "state.pt"))
-        self.store.put_text(str(step), join(target, MARKER))
+        try:
+            self.store.put_file(local / "state.pt", join(target, "state.pt"))
+            self.store.put_text(str(step), join(target, MARKER))
+        except BaseException as exc:
+            if self.telemetry:
+                self.telemetry.checkpoint_upload_failed(step, exc)
+            raise
+        if self.telemetry:
+            self.telemetry.checkpoint_uploaded(step, time.monotonic() - started)
         shutil.rmtree(local, ignore_errors=True)
         for old in self.complete_steps()[: -self.keep]:
             self.store.delete_prefix(join(self.root, f"step-{old:08d}"))

@@ -401,7 +401,7 @@ def train(job: FineTuneJob, run_id: str, settings: TrainerSettings, on_log=None)
                   truncated=stats.truncated, dropped_too_long=stats.dropped_too_long,
                   dropped_no_target=stats.dropped_no_target, max_seq_length=spec.dataset.max_seq_length)
     scratch = Path(tempfile.mkdtemp(prefix="kubetune-", dir=settings.cache_dir))
-    ckpt = Checkpointer(store, run_uri, spec.checkpoint.keep, scratch)
+    ckpt = Checkpointer(store, run_uri, spec.checkpoint.keep, scratch, telemetry)
     pad = tok.pad_token_id
     baseline: dict = {}
     baseline_test: ev.Scored | None = None
