@@ -5,7 +5,6 @@ Scale: the API server filters every child watch by our label (settings.watching.
 FineTuneJobs and their children in in-memory indexes, and a reconcile reads those (IndexSource), so it costs no
 read request; it writes only what changed.
 """
-import copy
 import logging
 import threading
 
@@ -33,14 +32,15 @@ def _plain(body) -> dict:
 
 
 class IndexSource:
-    """sources.ApiSource's interface over kopf's indexes (handler kwargs); copies, as reconcile may edit them."""
+    """sources.ApiSource's interface over kopf's indexes (handler kwargs). The objects are the indexes' own:
+    reconcile and the pure functions only read them."""
 
     def __init__(self, indexes: dict):
         self.indexes = indexes
 
     def _values(self, index: str, key) -> list[dict]:
         store = self.indexes[index].get(key)
-        return [copy.deepcopy(v) for v in store] if store is not None else []
+        return list(store) if store is not None else []
 
     def finetunejob(self, namespace: str, name: str) -> dict | None:
         found = self._values("finetunejob_index", (namespace, name))
@@ -140,7 +140,7 @@ def register(settings: OperatorSettings, kube: Kube, may_act=lambda: True) -> ko
 
     def attempt(namespace: str, name: str, indexes: dict, sample: dict | None = None) -> None:
         """One reconcile, with our error kinds: the status already says what went wrong."""
-        seen_indexes.update(indexes)
+        seen_indexes.update((k, v) for k, v in indexes.items() if k.endswith("_index"))  # for the ticker
         if not may_act():
             return  # a deposed leader does nothing; it is about to exit
         key = (namespace, name)

@@ -98,9 +98,11 @@ def plan(job: FineTuneJob, observed: dict[str, list[dict]], settings: OperatorSe
         if prior.phase == "Failed" and not child.get("spec", {}).get("suspend"):
             actions.append(Action("patch", "Job", run.job_name, {"spec": {"suspend": True}}))
         return Plan(run, child, actions)
-    for obj in [*children.build_dependents(job, run, settings), children.build_job(job, run, settings)]:
-        if current[obj["kind"]] is None:
-            actions.append(Action("create", obj["kind"], _name(obj), obj))
+    wanted = ("ConfigMap", "Service", "Job") if job.spec.nodes > 1 else ("ConfigMap", "Job")
+    if any(current[kind] is None for kind in wanted):  # build only when something is missing (most passes: no)
+        for obj in [*children.build_dependents(job, run, settings), children.build_job(job, run, settings)]:
+            if current[obj["kind"]] is None:
+                actions.append(Action("create", obj["kind"], _name(obj), obj))
     if child is not None:
         patch = children.in_place_patch(job, child)
         if patch:

@@ -25,6 +25,8 @@ from kubetune.operator.status import Event, State, compute_status, conditions
 
 COMPONENT = "kubetune-operator"
 _locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
+_waiting: defaultdict[tuple[str, str], int] = defaultdict(int)  # reconciles queued on each object's lock
+_waiting_lock = threading.Lock()
 # Each object as our last status write returned it, until the index has caught up with that write: a reconcile
 # never works from a status it has already replaced, and needs no GET to avoid it.
 _written: dict[tuple[str, str], dict] = {}
@@ -84,7 +86,16 @@ def reconcile(kube: Kube, settings: OperatorSettings, namespace: str, name: str,
               source=None) -> Outcome:
     """`sample`: the trainer's metrics from read_progress, when a progress tick brought one. `source`: where
     to read the FineTuneJob and its children (sources.py; the API server by default)."""
-    with _locks[(namespace, name)]:
+    key = (namespace, name)
+    with _waiting_lock:
+        if _waiting[key] and sample is None:
+            # One reconcile already waits behind the running one; it reads the indexes once it runs, so it sees
+            # whatever triggered this call too. Bursts of Pod and Job events collapse into it.
+            return Outcome(None, False, [], [])
+        _waiting[key] += 1
+    with _locks[key]:
+        with _waiting_lock:
+            _waiting[key] -= 1
         started = time.monotonic()
         try:
             return _reconcile(kube, settings, namespace, name, sample, source or ApiSource(kube))
@@ -146,8 +157,8 @@ def _reconcile(kube: Kube, settings: OperatorSettings, namespace: str, name: str
                 events.append(Event("Normal", "JobCreated", f"created Job {action.name} for run {p.run.run_id}"))
         elif action.verb == "delete" and action.kind == "Job":
             deleted.append(action.name)
-        elif action.verb == "patch":
-            child["spec"].update(action.body["spec"])
+        elif action.verb == "patch":  # a new dict: the observed one may be shared with the indexes
+            child = {**child, "spec": {**child.get("spec", {}), **action.body["spec"]}}
 
     pods = source.pods(namespace, child["metadata"]["uid"]) if child else []
     sample = sample if problem is None and child is not None else None
