@@ -28,12 +28,13 @@ test-fast: setup
 	$(BIN)/pytest -m "not cluster and not slow"
 
 # Regenerate the derived files: the CRD (and the chart's byte-identical copy), config/ rendered from the chart,
-# the Grafana dashboard (a test fails when any of them drifts).
+# the Grafana dashboard, the images' locked requirements (a test fails when any of them drifts).
 generate: setup
 	$(BIN)/kubetune crd > crds/kubetune.io_finetunejobs.yaml
 	cp crds/kubetune.io_finetunejobs.yaml charts/kubetune/files/crds/kubetune.io_finetunejobs.yaml
 	$(BIN)/python config/generate.py
 	$(BIN)/python -m hack.observability.dashboard charts/kubetune/files/dashboards/kubetune.json
+	hack/images lock
 
 # The product on this machine: the local cluster with its real node, the operator deployed by helm, and
 # SmolLM2-135M-Instruct fine-tuned on the chatterbot corpus by a FineTuneJob applied with kubectl (hack/demo.py).
