@@ -10,6 +10,7 @@ fine-tuned adapter loaded back from MinIO. Uploads never overwrite: model and da
 """
 import json
 import subprocess
+import warnings
 import sys
 import tempfile
 import time
@@ -55,15 +56,15 @@ def upload_once(s3, local: Path, key: str) -> None:
 def progress_line(status: dict) -> str:
     p, m = status.get("progress") or {}, status.get("metrics") or {}
     parts = [f"{status.get('phase', 'Pending'):9}"]
-    if p.get("totalSteps"):
-        parts.append(f"step {p.get('step', 0)}/{p['totalSteps']}")
-    for label, value in (("loss", m.get("trainLoss")), ("eval loss", m.get("evalLoss"))):
-        if value is not None:
-            parts.append(f"{label} {value:.3f}")
-    if p.get("etaSeconds") is not None:
-        parts.append(f"ETA {int(p['etaSeconds'])}s")
+    if p.get("step"):  # before the first step the trainer's gauges read 0: nothing to show yet
+        parts.append(f"step {p['step']}/{p.get('totalSteps', '?')}")
+        for label, value in (("loss", m.get("trainLoss")), ("eval loss", m.get("evalLoss"))):
+            if value is not None:
+                parts.append(f"{label} {value:.3f}")
+        if p.get("etaSeconds") is not None:
+            parts.append(f"ETA {int(p['etaSeconds'])}s")
     reasons = [c["reason"] for c in status.get("conditions", []) if c["status"] == "True"
-               and c["type"] not in ("Ready", "Reconciling")]
+               and c["type"] not in ("Ready", "Reconciling") and c["reason"] != status.get("phase")]
     return "  ".join(parts + ([f"({', '.join(reasons)})"] if reasons else []))
 
 
@@ -80,6 +81,9 @@ def watch(kubectl) -> dict:
         if status.get("phase") in ("Succeeded", "Failed"):
             return status
         time.sleep(2)
+
+
+warnings.filterwarnings("ignore", category=FutureWarning)  # transformers' deprecation notes in the output
 
 
 def answer(model_dir: Path, adapter: Path | None, prompt: str) -> str:
@@ -160,7 +164,9 @@ def main() -> int:
         target = adapter / obj["Key"][len(prefix.rstrip("/")) + 1:]
         target.parent.mkdir(parents=True, exist_ok=True)
         s3.download_file(bucket, obj["Key"], str(target))
-    first = json.loads(splits["test"].read_text().splitlines()[0])["messages"]
+    conversations = [json.loads(line)["messages"] for line in splits["test"].read_text().splitlines()]
+    # The first held-out question (a line ending in "?"), so the answers say something comparable.
+    first = next((c for c in conversations if c[0]["content"].strip().endswith("?")), conversations[0])
     prompt = next(m["content"] for m in first if m["role"] == "user")
     reference = next(m["content"] for m in first if m["role"] == "assistant")
     print(f"\nheld-out prompt: {prompt}\nreference:       {reference}")
