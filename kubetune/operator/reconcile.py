@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from kubetune.api import FineTuneJobStatus, Reason
 from kubetune.api.validate import validate_manifest
-from kubetune.operator import children, metrics, progress
+from kubetune.operator import metrics, progress
 from kubetune.operator.children import controlled_by
 from kubetune.operator.errors import PermanentFailure, RetryLater, api_message, is_transient
 from kubetune.operator.kube import Kube
