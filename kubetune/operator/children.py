@@ -209,6 +209,7 @@ def pod_spec(job: FineTuneJob, run: Run, settings: OperatorSettings) -> dict:
     pod = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,  # the trainer needs no Kubernetes API access
+        **({"serviceAccountName": settings.trainer_service_account} if settings.trainer_service_account else {}),
         "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
         "securityContext": {"runAsNonRoot": True, "runAsUser": settings.run_as_user,
                             "runAsGroup": settings.run_as_user, "fsGroup": settings.run_as_user,

@@ -33,6 +33,9 @@ class OperatorSettings(BaseSettings):
     lease_duration_seconds: int = Field(15, ge=2)
     identity: str = ""
     """This replica's name in the Lease (default: hostname and pid)."""
+    trainer_service_account: str = ""
+    """ServiceAccount of trainer pods (its token is never mounted; it carries cloud identity such as IRSA or EKS
+    Pod Identity for S3). Empty: the namespace's default. It must exist in every namespace jobs run in."""
     run_as_user: int = Field(1000, ge=1)
     """UID of trainer pods (non-root, restricted PodSecurity)."""
     pod_annotation_prefixes: Annotated[list[str], NoDecode] = Field(default_factory=list)

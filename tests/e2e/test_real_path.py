@@ -35,6 +35,8 @@ def test_apply_trains_in_a_container_on_the_real_node(cluster, real_jobs, tiny_i
                                                    for c in p["status"].get("containerStatuses", []))), None), 300)
     assert pod["spec"]["nodeName"] == cluster.real_node
     assert pod["status"]["containerStatuses"][0]["containerID"].startswith("containerd://")
+    assert pod["spec"]["serviceAccountName"] == "kubetune-trainer"  # the chart's, for cloud identity; no token
+    assert not any(v.get("projected") for v in pod["spec"]["volumes"])
     namespace = cluster.kubectl_json("get", "namespace", E2E_NAMESPACE)
     assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
 

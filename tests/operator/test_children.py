@@ -70,6 +70,15 @@ def test_restricted_security_context():
                   "capabilities": {"drop": ["ALL"]}}
 
 
+def test_trainer_service_account_only_when_set_and_never_its_token():
+    _, pod, _ = built()
+    assert "serviceAccountName" not in pod and pod["automountServiceAccountToken"] is False
+    job = ftj(None)
+    named = children.build_job(job, children.current_run(job), OperatorSettings(trainer_service_account="trainer"))
+    spec = named["spec"]["template"]["spec"]
+    assert spec["serviceAccountName"] == "trainer" and spec["automountServiceAccountToken"] is False
+
+
 def test_credentials_only_by_reference():
     job, pod, deps = built({"spec": {"storage": {"secretRef": {"name": "s3-keys"}}}})
     env = {e["name"]: e for e in pod["containers"][0]["env"]}
