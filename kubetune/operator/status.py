@@ -194,7 +194,7 @@ def comparisons(lines: list | None) -> list[Comparison] | None:
 
 def live_metrics(previous: Metrics | None, sample: dict | None, summary: dict | None) -> Metrics | None:
     m = (previous or Metrics()).model_copy()
-    if sample:
+    if sample and sample.get("step"):  # before the first step the trainer's gauges read 0, which is no loss
         for key in ("train_loss", "eval_loss", "tokens_per_second", "learning_rate"):
             if sample.get(key) is not None:
                 setattr(m, key, sample[key])
@@ -222,7 +222,7 @@ def progress_of(previous: Progress | None, sample: dict | None, summary: dict | 
         step, total = int(sample["step"]), sample.get("total_steps")
         total = int(total) if total else None
         percent = min(100, int(100 * step / total)) if total else 0
-        eta = sample.get("eta_seconds")
+        eta = sample.get("eta_seconds") if step else None  # no estimate before the first step
         return Progress(step=step, total_steps=total, epoch=sample.get("epoch"), percent=percent,
                         eta_seconds=int(eta) if eta is not None and phase == "Running" else None)
     return previous
