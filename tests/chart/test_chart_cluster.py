@@ -8,25 +8,17 @@ import json
 import secrets
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 from tests.chart.conftest import CHART, ROOT
+from tests.plugins.cluster import wait_for as poll
 
 CRD = "customresourcedefinition/finetunejobs.kubetune.io"
 
 
-def poll(what: str, probe, timeout: float = 60, interval: float = 0.5):
-    deadline, last = time.monotonic() + timeout, None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
 
 
 def rendered_trainer_job(ftj: dict, tmp: Path) -> dict:

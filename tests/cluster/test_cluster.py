@@ -6,13 +6,13 @@ import json
 import os
 import socket
 import subprocess
-import time
 import urllib.parse
 import urllib.request
 
 import pytest
 
 from tests.plugins.cluster import CLUSTER_SCRIPT, Cluster, read_env
+from tests.plugins.cluster import wait_for as wait_until
 
 pytestmark = pytest.mark.cluster
 
@@ -22,12 +22,6 @@ RESTRICTED = {"runAsNonRoot": True, "runAsUser": 1000, "allowPrivilegeEscalation
               "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
 
 
-def wait_until(what: str, predicate, timeout: float = 60):
-    deadline = time.monotonic() + timeout
-    while not (result := predicate()):
-        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
-        time.sleep(0.3)
-    return result
 
 
 def gpu_job(name: str, annotations: dict | None = None) -> dict:

@@ -4,12 +4,12 @@ import json
 import os
 import secrets
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.api.cases import _merge
+from tests.plugins.cluster import wait_for as wait_until  # noqa: F401  (the e2e tests import it from here)
 from tests.trainer.conftest import chat_rows, tiny_model  # noqa: F401  (fixture)
 
 ROOT = Path(__file__).parents[2]
@@ -26,14 +26,6 @@ def deployed(cluster) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def wait_until(what: str, predicate, timeout: float, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out after {timeout:.0f}s waiting for {what}"
-        time.sleep(interval)
 
 
 class RealJobs:

@@ -7,13 +7,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from tests.api.cases import make_job
+from tests.plugins.cluster import wait_for  # noqa: F401  (tests import it from here)
 
 ROOT = Path(__file__).parents[2]
 
@@ -98,12 +98,3 @@ def manifest(name: str, spec: dict | None = None, annotations: dict | None = Non
     return json.dumps(doc)
 
 
-def wait_for(what: str, probe, timeout: float = 60, interval: float = 0.3):
-    """Polls `probe` until it returns something truthy; fails naming `what` and the last value seen."""
-    deadline, last = time.monotonic() + timeout, None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")

@@ -89,6 +89,17 @@ class Cluster:
             tmp.replace(path)  # atomic: Prometheus never reads half a file
 
 
+def wait_for(what: str, probe, timeout: float = 60, interval: float = 0.3):
+    """Polls `probe` until it returns something truthy; fails naming `what` and the last value seen."""
+    deadline, last = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+
 def _script(command: str, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([str(CLUSTER_SCRIPT), command], capture_output=True, text=True,
                           env=dict(os.environ, **(env or {})), **kw)
