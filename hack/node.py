@@ -72,7 +72,7 @@ def setup_network(c) -> None:
     for chain in ("FORWARD", "OUTPUT"):
         if _iptables("-C", chain, "-j", GUARD_CHAIN, check=False).returncode != 0:
             _iptables("-I", chain, "1", "-j", GUARD_CHAIN)
-    _iptables("-C", "FORWARD", "-i", BRIDGE, "-o", BRIDGE, "-j", "ACCEPT", check=False).returncode == 0 or \
+    if _iptables("-C", "FORWARD", "-i", BRIDGE, "-o", BRIDGE, "-j", "ACCEPT", check=False).returncode != 0:
         _iptables("-A", "FORWARD", "-i", BRIDGE, "-o", BRIDGE, "-j", "ACCEPT")
 
 

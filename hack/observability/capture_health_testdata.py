@@ -19,20 +19,12 @@ from kubetune.api import contract
 
 from tests.observability.argocd import HEALTH_DIR, health
 from tests.operator.conftest import Operators, manifest, wait_for
+from tests.operator.test_operator_cluster import kwok
 from tests.plugins.cluster import Cluster, read_env
 
 ROOT = Path(__file__).parents[2]
 SUMMARY = {"runId": "?", "stopReason": "EarlyStopped", "steps": 40, "totalSteps": 100, "epochs": 2.0,
            "eval": {"loss": 1.5}, "baseline": {"loss": 2.5}, "best": {"name": "loss", "value": 1.4, "step": 30}}
-
-
-def kwok(seconds: float, exit_code: int = 0, reason: str | None = None, message: str | None = None) -> dict:
-    notes = {"kwok.kubetune.io/run-seconds": str(seconds), "kwok.kubetune.io/exit-code": str(exit_code)}
-    if reason:
-        notes["kwok.kubetune.io/reason"] = reason
-    if message:
-        notes["kwok.kubetune.io/termination-message"] = message
-    return notes
 
 
 STAGES = {
