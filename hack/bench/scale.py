@@ -8,7 +8,14 @@ RSS, API requests per job (by verb), CPU per reconcile, duplicates and orphans. 
 events as this process receives them (one clock, milliseconds); the API server's own timestamps have one-second
 resolution, so creation -> Job is also shown from them as a cross-check.
 
-Usage: hack/cluster up && .venv/bin/python hack/bench/scale.py N [--run-seconds 60] [--kill] [--json FILE]
+With --serve-metrics, every kwok pod's trainer endpoint answers: kwok gives pods addresses in 127.100.0.0/16,
+all local on Linux, so one HTTP server on port 9400 stands in for a thousand trainers (a named stand-in: real
+trainer pods need the real node, which runs a handful). Each "trainer" advances one step every --step-seconds
+from its first scrape, and the table adds how often each running job's status took a new step and how far the
+status lagged behind the step its trainer was serving.
+
+Usage: hack/cluster up && .venv/bin/python hack/bench/scale.py N [--run-seconds 60] [--kill] [--serve-metrics]
+       [--json FILE]
 """
 import argparse
 import json
@@ -24,6 +31,7 @@ import threading
 import time
 import urllib.request
 from collections import defaultdict
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from datetime import datetime
 from pathlib import Path
 
@@ -33,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 from tests.api.cases import make_job  # noqa: E402
 from tests.plugins.cluster import read_env  # noqa: E402
+from kubetune.api import contract  # noqa: E402
 
 LABEL = "kubetune.io/finetunejob"
 PODS_PER_NODE = 110
@@ -68,6 +77,8 @@ class Recorder:
         self.job_uids: dict[str, set[str]] = defaultdict(set)
         self.phase: dict[str, str] = {}
         self.created: dict[str, tuple[str, str]] = {}  # name -> (ftj creationTimestamp, job creationTimestamp)
+        self.pod_ip: dict[str, str] = {}  # FineTuneJob name -> its running pod's IP
+        self.steps: dict[str, list[tuple[float, int]]] = defaultdict(list)  # name -> (time, step) as status changed
         self.stop = threading.Event()
 
     def first(self, moment: str, name: str) -> None:
@@ -104,6 +115,9 @@ class Recorder:
             self.first("ftj_running", name)
         if phase in ("Succeeded", "Failed"):
             self.first("ftj_terminal", name)
+        step = ((obj.get("status") or {}).get("progress") or {}).get("step")
+        if phase == "Running" and step is not None and (not self.steps[name] or self.steps[name][-1][1] != step):
+            self.steps[name].append((time.monotonic(), step))
 
     def on_job(self, obj: dict) -> None:
         name = (obj["metadata"].get("labels") or {}).get(LABEL)
@@ -120,16 +134,60 @@ class Recorder:
         name = (obj["metadata"].get("labels") or {}).get(LABEL)
         if name and (obj.get("status") or {}).get("phase") == "Running":
             self.first("pod_running", name)
+            if obj["status"].get("podIP"):
+                self.pod_ip[name] = obj["status"]["podIP"]
 
     def latencies(self, start: str, end: str) -> list[float]:
         return [self.t[end][n] - self.t[start][n] for n in self.t[end] if n in self.t[start]]
 
 
+class Trainers:
+    """Stand-in trainer endpoints for every kwok pod (see the module docstring): the contract's gauges, with the
+    step derived from the time since that pod address was first scraped."""
+
+    def __init__(self, step_seconds: float, total_steps: int):
+        self.step_seconds, self.total_steps = step_seconds, total_steps
+        self.first_scrape: dict[str, float] = {}  # pod IP -> monotonic time
+        self.scrapes = 0
+        self.lock = threading.Lock()
+        trainers = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                ip = self.connection.getsockname()[0]
+                with trainers.lock:
+                    first = trainers.first_scrape.setdefault(ip, time.monotonic())
+                    trainers.scrapes += 1
+                step = min(int((time.monotonic() - first) / trainers.step_seconds), trainers.total_steps)
+                body = "\n".join(f"{name} {value}" for name, value in (
+                    (contract.METRIC_STEP, step), (contract.METRIC_TOTAL_STEPS, trainers.total_steps),
+                    (contract.METRIC_EPOCH, 0), (contract.METRIC_TRAIN_LOSS, 3.0 - step / 1000),
+                    (contract.METRIC_LEARNING_RATE, 1e-4), (contract.METRIC_TOKENS_PER_SECOND, 1000),
+                    (contract.METRIC_ETA_SECONDS, (trainers.total_steps - step) * trainers.step_seconds))) + "\n"
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body.encode())
+
+            def log_message(self, *args):
+                pass
+
+        ThreadingHTTPServer.daemon_threads = True
+        self.server = ThreadingHTTPServer(("0.0.0.0", contract.METRICS_PORT), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def served_since(self, ip: str, step: int) -> float | None:
+        """When this pod's endpoint started serving `step`."""
+        first = self.first_scrape.get(ip)
+        return None if first is None else first + step * self.step_seconds
+
+
 class Operator:
     """One operator process at a time; keeps the last numbers each process reported before it went away."""
 
-    def __init__(self, e: dict, namespace: str):
-        self.e, self.namespace = e, namespace
+    def __init__(self, e: dict, namespace: str, progress_seconds: float = 10.0):
+        self.e, self.namespace, self.progress_seconds = e, namespace, progress_seconds
         self.lease = f"bench-{os.getpid()}"
         self.proc: subprocess.Popen | None = None
         self.last: dict[int, dict] = {}  # pid -> {"requests": {...}, "reconciles", "cpu", "rss_peak"}
@@ -141,6 +199,7 @@ class Operator:
                    KUBETUNE_OPERATOR_METRICS_PORT=str(self.metrics_port),
                    KUBETUNE_OPERATOR_HEALTH_PORT=str(self.health_port), KUBETUNE_OPERATOR_LEASE_NAME=self.lease,
                    KUBETUNE_OPERATOR_LEASE_DURATION_SECONDS="6",
+                   KUBETUNE_OPERATOR_PROGRESS_INTERVAL_SECONDS=str(self.progress_seconds),
                    KUBETUNE_OPERATOR_IDENTITY=f"bench-{time.monotonic_ns()}",
                    KUBETUNE_OPERATOR_POD_ANNOTATION_PREFIXES="kwok.kubetune.io/")
         self.proc = subprocess.Popen([sys.executable, str(ROOT / "hack" / "bench" / "count_requests.py")], cwd=ROOT,
@@ -235,8 +294,24 @@ def seconds_between(a: str, b: str) -> float:
             ).total_seconds()
 
 
-def run(n: int, run_seconds: float, kill: bool, timeout: float) -> dict:
+def progress_numbers(recorder: Recorder, trainers: "Trainers | None", log: Path) -> dict:
+    """How often each running job's status took a new step, and how long after its trainer began serving it."""
+    if trainers is None:
+        return {}
+    gaps, lags = [], []
+    for name, changes in recorder.steps.items():
+        gaps += [b[0] - a[0] for a, b in zip(changes, changes[1:])]
+        ip = recorder.pod_ip.get(name)
+        lags += [t - since for t, step in changes if ip and (since := trainers.served_since(ip, step)) is not None]
+    slow_rounds = log.read_text(errors="replace").count("more than the") if log.exists() else 0
+    return {"progress_update_gaps": gaps, "progress_lag": lags, "scrapes": trainers.scrapes,
+            "slow_progress_rounds": slow_rounds}
+
+
+def run(n: int, run_seconds: float, kill: bool, timeout: float, serve_metrics: bool = False,
+        progress_seconds: float = 10.0, step_seconds: float = 1.0) -> dict:
     e = read_env()
+    trainers = Trainers(step_seconds, int(run_seconds / step_seconds)) if serve_metrics else None
     namespace = f"bench-{os.getpid()}"
     kubectl(e, "apply", "-f", str(ROOT / "crds"))
     kubectl(e, "apply", "-k", str(ROOT / "config" / "rbac"))
@@ -246,7 +321,7 @@ def run(n: int, run_seconds: float, kill: bool, timeout: float) -> dict:
     api = kubernetes.config.new_client_from_config(config_file=e["KUBECONFIG"])
     recorder = Recorder(api, namespace)
     recorder.start()
-    operator = Operator(e, namespace)
+    operator = Operator(e, namespace, progress_seconds)
     operator.start()
     killed_at = None
     try:
@@ -293,6 +368,8 @@ def run(n: int, run_seconds: float, kill: bool, timeout: float) -> dict:
         "requests": {f"{verb} {resource}": count for (verb, resource), count in sorted(requests.items())},
         "reconciles": reconciles, "cpu_seconds": cpu,
         "duplicates": sum(len(uids) > 1 for uids in recorder.job_uids.values()), "orphans": orphan_count,
+        "progress_seconds": progress_seconds,
+        **progress_numbers(recorder, trainers, Path(f"/tmp/{operator.lease}.log")),
     }
 
 
@@ -309,7 +386,11 @@ def table(r: dict) -> str:
     for label, key in (("creation -> Job (watch)", "create_to_job"),
                        ("creation -> Job (API server timestamps, 1 s resolution)", "create_to_job_apiserver"),
                        ("Pod Running -> status Running", "pod_running_to_status"),
-                       ("Job finished -> status terminal", "job_finished_to_status")):
+                       ("Job finished -> status terminal", "job_finished_to_status"),
+                       (f"progress: between status steps (interval {r['progress_seconds']:g} s)", "progress_update_gaps"),
+                       ("progress: trainer serves a step -> status shows it", "progress_lag")):
+        if key not in r:
+            continue
         v = r[key]
         lines.append(f"| {label} | {pct(v, .5):.2f} s | {pct(v, .99):.2f} s | {max(v, default=float('nan')):.2f} s |")
     lines += [
@@ -321,6 +402,8 @@ def table(r: dict) -> str:
         f"| operator CPU per reconcile | {1000 * r['cpu_seconds'] / max(r['reconciles'], 1):.1f} ms "
         f"({r['cpu_seconds']:.1f} s in all) | | |",
         f"| duplicate Jobs / orphaned children | {r['duplicates']} / {r['orphans']} | | |",
+        *([f"| progress scrapes / rounds over the interval | {r['scrapes']} / {r['slow_progress_rounds']} | | |"]
+          if "scrapes" in r else []),
         "", "requests by verb and resource (whole run, all operator processes): "
         + ", ".join(f"{k}: {v:.0f}" for k, v in r["requests"].items())]
     return "\n".join(lines)
@@ -333,8 +416,13 @@ def main() -> None:
     parser.add_argument("--kill", action="store_true", help="SIGKILL the operator mid-load and restart it")
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--json", type=Path, help="also write the raw numbers here")
+    parser.add_argument("--serve-metrics", action="store_true",
+                        help="answer every kwok pod's trainer metrics port (progress scraping under load)")
+    parser.add_argument("--progress-seconds", type=float, default=10.0, help="the operator's progress interval")
+    parser.add_argument("--step-seconds", type=float, default=1.0, help="a stand-in trainer's time per step")
     args = parser.parse_args()
-    result = run(args.n, args.run_seconds, args.kill, args.timeout)
+    result = run(args.n, args.run_seconds, args.kill, args.timeout, args.serve_metrics, args.progress_seconds,
+                 args.step_seconds)
     print(table(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
