@@ -70,19 +70,23 @@ def read_records(path: Path, declared_format: str, display: str) -> list[Record]
 
 
 def _jsonl_records(file: Path, name: str) -> list[Record]:
-    records = []
     with _open_text(file) as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise BadInput(f"{name} line {n}: not valid JSON ({exc.msg} at column {exc.colno})") from exc
-            if not isinstance(obj, dict):
-                raise BadInput(f"{name} line {n}: expected a JSON object, got {type(obj).__name__}")
-            records.append(Record(f"{name} line {n}", obj))
-    return records
+        return list(jsonl_records(fh, name))
+
+
+def jsonl_records(fh, name: str, first_line: int = 1):
+    """The records of jsonl text, one by one; `first_line` numbers a chunk of a bigger file (tokenized.py reads
+    files in parallel chunks)."""
+    for n, line in enumerate(fh, first_line):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise BadInput(f"{name} line {n}: not valid JSON ({exc.msg} at column {exc.colno})") from exc
+        if not isinstance(obj, dict):
+            raise BadInput(f"{name} line {n}: expected a JSON object, got {type(obj).__name__}")
+        yield Record(f"{name} line {n}", obj)
 
 
 def _parquet_records(file: Path, name: str) -> list[Record]:
@@ -250,7 +254,13 @@ def collate(rows: list[dict], pad_id: int):
 
 def length_order(examples: list[dict]) -> list[int]:
     """Indices from shortest to longest: scoring batches of similar length wastes less compute on padding
-    (callers put the results back in the examples' order)."""
+    (callers put the results back in the examples' order). Memory-mapped examples (rows.Examples) give their
+    lengths without building every example."""
+    lengths = getattr(examples, "lengths", None)
+    if lengths is not None:
+        import numpy as np
+
+        return np.argsort(lengths, kind="stable").tolist()  # stable, as sorted() is: the same order
     return sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"]))
 
 

@@ -144,6 +144,22 @@ class Store:
             list(pool.map(get, objects))
         return root
 
+    def etags(self, uri: str, what: str) -> dict[str, str]:
+        """The ETag of every s3:// object `fetch` would download, from the listing alone: a fingerprint of remote
+        data that needs no download (tokenized.py keys its cache with it)."""
+        bucket, key = self._split(uri)
+
+        def pages() -> dict[str, str]:
+            out = {}
+            for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key):
+                out.update({f"s3://{bucket}/{o['Key']}": o["ETag"] for o in page.get("Contents", [])})
+            return out
+
+        tags = self._s3_call(what, uri, pages)
+        if not tags:
+            raise BadInput(f"{what}: nothing at {uri}")
+        return dict(sorted(tags.items()))
+
     def put_file(self, local: Path, uri: str) -> None:
         if uri.startswith("file://"):
             dest = Path(urlparse(uri).path)
