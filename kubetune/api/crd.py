@@ -22,6 +22,8 @@ PRINTER_COLUMNS = [
     {"name": "Progress", "type": "integer", "format": "int32", "jsonPath": ".status.progress.percent",
      "description": "Percent of the optimizer steps done"},
     {"name": "Step", "type": "integer", "jsonPath": ".status.progress.step", "priority": 1},
+    {"name": "Restarts", "type": "integer", "jsonPath": ".status.restarts", "priority": 1,
+     "description": "Restarts of the current run (a multi-node run restarts as a gang)"},
     {"name": "Eval-Loss", "type": "number", "jsonPath": ".status.metrics.evalLoss"},
     {"name": "Best", "type": "number", "jsonPath": ".status.metrics.best.value",
      "description": "Best value of the monitored validation metric"},

@@ -187,9 +187,12 @@ class FineTuneJobStatus(APIModel):
     completion_time: datetime | None = None
     """When the current run ended."""
     attempts: int = Field(0, ge=0)
-    """Trainer pods started for the current run."""
+    """Starts of the current run's trainer: pods (one node; the Job retries the pod), or gang attempts (several
+    nodes: all pods restart together, each attempt a new Job)."""
     restarts: int = Field(0, ge=0)
-    """Pods of the current run that were preempted or failed and retried."""
+    """Restarts of the current run after a failure or a disruption (preemption, eviction)."""
+    failures: int = Field(0, ge=0)
+    """Failures of the current run counted against runPolicy.backoffLimit (disruptions are not counted)."""
     progress: Progress | None = None
     """Training progress."""
     metrics: Metrics | None = None

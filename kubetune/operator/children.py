@@ -21,6 +21,11 @@ LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
 ANNOTATION_SPEC_HASH = "kubetune.io/spec-hash"
 ANNOTATION_GENERATION = "kubetune.io/generation"
 ANNOTATION_TEMPLATE_HASH = "kubetune.io/template-hash"
+# A multi-node run restarts as a gang: each attempt is a new Job (docs/gangs.md), which records its number, the
+# failures counted against runPolicy.backoffLimit before it, and why the previous attempt ended.
+ANNOTATION_ATTEMPT = "kubetune.io/attempt"
+ANNOTATION_FAILURES = "kubetune.io/failures"
+ANNOTATION_RESTART_REASON = "kubetune.io/restart-reason"
 CONTAINER = "trainer"
 CACHE_DIR = "/var/cache/kubetune"
 # Preempted pods get SIGTERM and this long to write a synchronous checkpoint before SIGKILL.
@@ -47,6 +52,11 @@ class Run:
     spec_hash: str
     job_name: str
     template_hash: str = ""
+    attempt: int = 1
+    """Gang attempt of a multi-node run (its Job is `<job>-a<attempt>` from the second on); 1 for one node."""
+    failures: int = 0
+    """Failures of a multi-node run counted against runPolicy.backoffLimit before (or, once it ended, with)
+    this attempt."""
 
 
 def _hash(value) -> str:
@@ -92,9 +102,13 @@ def controlled_by(obj: dict, uid: str | None) -> bool:
                              for o in obj.get("metadata", {}).get("ownerReferences") or [])
 
 
+def _annotation_int(job: dict, key: str, default: int) -> int:
+    value = (job["metadata"].get("annotations") or {}).get(key) or ""
+    return int(value) if value.isdigit() else default
+
+
 def _generation_of(job: dict) -> int:
-    value = (job["metadata"].get("annotations") or {}).get(ANNOTATION_GENERATION) or ""
-    return int(value) if value.isdigit() else -1
+    return _annotation_int(job, ANNOTATION_GENERATION, -1)
 
 
 def current_run(job: FineTuneJob, owned_jobs: list[dict] = ()) -> Run:
@@ -109,7 +123,8 @@ def current_run(job: FineTuneJob, owned_jobs: list[dict] = ()) -> Run:
     same = sorted((j for j in owned_jobs
                    if (j["metadata"].get("annotations") or {}).get(ANNOTATION_SPEC_HASH) in hashes
                    and _generation_of(j) >= 0),
-                  key=lambda j: (j["metadata"].get("creationTimestamp") or "", j["metadata"]["name"]), reverse=True)
+                  key=lambda j: (j["metadata"].get("creationTimestamp") or "",
+                                 _annotation_int(j, ANNOTATION_ATTEMPT, 1), j["metadata"]["name"]), reverse=True)
     match = re.match(r"^g(\d+)-", status.run_id or "") if status else None
     if same:
         generation = _generation_of(same[0])
@@ -118,14 +133,17 @@ def current_run(job: FineTuneJob, owned_jobs: list[dict] = ()) -> Run:
     else:
         generation = job.metadata.generation or 1
     run_id = contract.run_id(generation, job.metadata.uid or "")
-    job_name = None
+    job_name, attempt = None, None
     if status and status.run_id == run_id and status.job_name and status.phase in TERMINAL:
         job_name = status.job_name  # an ended run stays as it ended
     for child in same:
         if (child["metadata"].get("annotations") or {}).get(ANNOTATION_TEMPLATE_HASH, template) == template:
             job_name = job_name or child["metadata"]["name"]
+            if child["metadata"]["name"] == job_name and attempt is None:
+                attempt = child
     return Run(generation, run_id, spec_hash, job_name or f"{job.metadata.name}-g{job.metadata.generation or 1}",
-               template)
+               template, *((_annotation_int(attempt, ANNOTATION_ATTEMPT, 1),
+                            _annotation_int(attempt, ANNOTATION_FAILURES, 0)) if attempt else ()))
 
 
 def labels(job: FineTuneJob, run: Run) -> dict[str, str]:
@@ -259,10 +277,12 @@ def owner(job: FineTuneJob) -> dict:
 
 
 def build_job(job: FineTuneJob, run: Run, settings: OperatorSettings) -> dict:
-    spec, policy = job.spec, job.spec.run_policy
+    spec, policy, gang = job.spec, job.spec.run_policy, job.spec.nodes > 1
     meta = metadata(job, run, owner(job))
     meta["annotations"] = {ANNOTATION_SPEC_HASH: run.spec_hash, ANNOTATION_GENERATION: str(run.generation),
                            ANNOTATION_TEMPLATE_HASH: run.template_hash}
+    if gang:
+        meta["annotations"].update({ANNOTATION_ATTEMPT: str(run.attempt), ANNOTATION_FAILURES: str(run.failures)})
     if spec.scheduling.queue_name:
         meta["labels"][LABEL_KUEUE_QUEUE] = spec.scheduling.queue_name
     job_spec = {
@@ -270,11 +290,16 @@ def build_job(job: FineTuneJob, run: Run, settings: OperatorSettings) -> dict:
         "suspend": spec.suspend or bool(spec.scheduling.queue_name),
         "completions": spec.nodes,
         "parallelism": spec.nodes,
-        "backoffLimit": policy.backoff_limit,
+        # Several nodes are a gang: any pod's failure fails the Job as a unit (its other pods are stopped), and the
+        # operator starts the gang's next attempt as a new Job, counting failures itself (plan.py, gang.py). One
+        # replaced index would only wait on a collective its peers left long ago.
+        "backoffLimit": 0 if gang else policy.backoff_limit,
         "podFailurePolicy": {"rules": [
             # First (rules match in order): preemption, eviction and node drains are not the trainer's
-            # failure, even when the grace period ran out and the kill was a SIGKILL; do not count them.
-            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+            # failure, even when the grace period ran out and the kill was a SIGKILL; do not count them. A gang
+            # fails whole on them too (FailJob): the operator restarts it without counting (gang.py reads the rule).
+            {"action": "FailJob" if gang else "Ignore",
+             "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
             # Retrying cannot fix bad input or the same out-of-memory: fail at once. Not 137: any SIGKILL exits
             # so (a pod deleted mid-checkpoint too); only the container's OOMKilled reason, which a policy cannot
             # match, means the kernel's OOM killer, so the operator ends those runs itself (plan.py).

@@ -6,12 +6,13 @@ reconcile, so one lost to a failed create, a crash or a manual delete comes back
 whose pods mount them. Only children controlled by this object's uid count: a same-named child controlled by
 anyone else is a conflict to report, never adopted (metav1.IsControlledBy).
 """
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from kubetune.api import FineTuneJob
-from kubetune.operator import children
+from kubetune.operator import children, gang
 from kubetune.operator.children import ANNOTATION_GENERATION, TERMINAL, Run, controlled_by
 from kubetune.operator.settings import OperatorSettings
+from kubetune.operator.status import State
 
 KINDS = ("ConfigMap", "Service", "Job")
 """Creation order: the Job's pods mount the ConfigMap and rendezvous through the Service."""
@@ -36,6 +37,8 @@ class Plan:
     """Why the run cannot proceed: a same-named child controlled by someone else."""
     waiting: str | None = None
     """A child of the current run is being deleted: try again once it is gone."""
+    state: State | None = None
+    """What the status says instead of what the Job alone shows: a gang attempt that failed (gang.py)."""
 
 
 def _name(obj: dict) -> str:
@@ -46,6 +49,18 @@ def _terminating(obj: dict) -> bool:
     return bool(obj["metadata"].get("deletionTimestamp"))
 
 
+def _stopped(job: dict) -> bool:
+    """Every pod of the Job has stopped: Complete and Failed come only after its last pod did."""
+    return any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
+               for c in (job.get("status") or {}).get("conditions") or [])
+
+
+def job_failed(job: dict) -> bool:
+    """Failed or about to be: a gang attempt to judge (gang.py)."""
+    return any(c.get("type") in ("Failed", "FailureTarget") and c.get("status") == "True"
+               for c in (job.get("status") or {}).get("conditions") or [])
+
+
 def job_finished(job: dict) -> bool:
     """Finished or about to be (SuccessCriteriaMet and FailureTarget come before Complete and Failed)."""
     return any(c.get("type") in ("Complete", "Failed", "SuccessCriteriaMet", "FailureTarget")
@@ -53,14 +68,48 @@ def job_finished(job: dict) -> bool:
 
 
 def plan(job: FineTuneJob, observed: dict[str, list[dict]], settings: OperatorSettings) -> Plan:
-    """`observed` maps each of KINDS to the objects listed by the FineTuneJob's label (and any read by name)."""
+    """`observed` maps each of KINDS to the objects listed by the FineTuneJob's label (and any read by name), and
+    "Pod" to the pods of its failed Jobs (a gang's verdict reads them)."""
     uid = job.metadata.uid
     owned = {kind: [o for o in observed.get(kind) or [] if controlled_by(o, uid)] for kind in KINDS}
     run = children.current_run(job, owned["Job"])
+    ended = _gang_verdict(job, run, owned["Job"], observed.get("Pod") or [])
+    if ended is not None and ended.restart and ended.stopped:
+        return _plan(job, observed, owned, settings, gang.next_run(run, ended), ended)
+    if ended is not None and not ended.restart:
+        run = replace(run, failures=ended.failures)
+    p = _plan(job, observed, owned, settings, run)
+    if ended is not None:
+        p.state = ended.state
+    return p
+
+
+def _finished(job: FineTuneJob, run: Run) -> bool:
+    prior = job.status
+    return prior is not None and prior.run_id == run.run_id and prior.phase in TERMINAL
+
+
+def _gang_verdict(job: FineTuneJob, run: Run, jobs: list[dict], pods: list[dict]) -> gang.Verdict | None:
+    """How the current attempt of a multi-node run ended, once it has; a run that already ended stays so."""
+    current = next((j for j in jobs if _name(j) == run.job_name and not _terminating(j)), None)
+    if current is None or job.spec.nodes == 1:
+        return None
+    uid = current["metadata"].get("uid")
+    mine = [p for p in pods if (p["metadata"].get("labels") or {}).get(gang.LABEL_CONTROLLER_UID) == uid]
+    ended = gang.verdict(run, current, mine, job.spec.run_policy.backoff_limit)
+    return None if ended is not None and ended.restart and _finished(job, run) else ended
+
+
+def _plan(job: FineTuneJob, observed: dict[str, list[dict]], owned: dict[str, list[dict]],
+          settings: OperatorSettings, run: Run, restart: gang.Verdict | None = None) -> Plan:
+    """The actions for `run`; `restart`: the verdict on the gang attempt this run's new Job follows (its children
+    are created before the ended attempt's go, so a crash between the two loses no count)."""
+    uid = job.metadata.uid
     # Children of earlier runs, or of this run's previous Job, go (the Job first). A previous Job of this very
     # run must be gone, pods included (Foreground), before its successor starts: two trainers would write one
     # run's checkpoints. Those of an earlier run may stop beside the new one: it writes under its own prefix.
-    replaced = [j for j in owned["Job"] if _name(j) != run.job_name
+    # A Job whose pods have all stopped (Complete, Failed: an ended gang attempt) is no such risk.
+    replaced = [j for j in owned["Job"] if _name(j) != run.job_name and not _stopped(j)
                 and (j["metadata"].get("annotations") or {}).get(ANNOTATION_GENERATION) == str(run.generation)]
     deletes = [Action("delete", kind, _name(o), propagation="Foreground" if o in replaced else "Background")
                for kind in reversed(KINDS) for o in owned[kind]
@@ -73,8 +122,8 @@ def plan(job: FineTuneJob, observed: dict[str, list[dict]], settings: OperatorSe
     child = current["Job"] if current["Job"] is not None and not _terminating(current["Job"]) else None
     terminating = [kind for kind, o in current.items() if o is not None and _terminating(o)]
     prior = job.status
-    finished = prior is not None and prior.run_id == run.run_id and prior.phase in TERMINAL
-    actions = list(deletes)
+    finished = _finished(job, run)
+    actions = [] if restart else list(deletes)
     if child is None and finished:
         # The Job's TTL removed it: its dependents follow (they are the FineTuneJob's, so nothing else would).
         actions += [Action("delete", kind, _name(o)) for kind, o in current.items()
@@ -102,7 +151,10 @@ def plan(job: FineTuneJob, observed: dict[str, list[dict]], settings: OperatorSe
     if any(current[kind] is None for kind in wanted):  # build only when something is missing (most passes: no)
         for obj in [*children.build_dependents(job, run, settings), children.build_job(job, run, settings)]:
             if current[obj["kind"]] is None:
+                obj = gang.annotate(obj, restart) if restart and obj["kind"] == "Job" else obj
                 actions.append(Action("create", obj["kind"], _name(obj), obj))
+    if restart:
+        actions += deletes
     if child is not None:
         patch = children.in_place_patch(job, child)
         if patch:

@@ -18,7 +18,7 @@ from kubetune.operator import metrics, progress
 from kubetune.operator.children import controlled_by
 from kubetune.operator.errors import PermanentFailure, RetryLater, api_message, is_transient
 from kubetune.operator.kube import Kube
-from kubetune.operator.plan import Action, conflict_message, plan
+from kubetune.operator.plan import Action, conflict_message, job_failed, plan
 from kubetune.operator.settings import OperatorSettings
 from kubetune.operator.sources import ApiSource, newer
 from kubetune.operator.status import Event, State, compute_status, conditions
@@ -129,7 +129,11 @@ def _reconcile(kube: Kube, settings: OperatorSettings, namespace: str, name: str
         kube.post_event(obj, "Warning", Reason.INVALID_SPEC, message, COMPONENT)
         raise PermanentFailure(message)
 
-    p = plan(job, source.children(namespace, name), settings)
+    observed = source.children(namespace, name)
+    # A gang's failed attempt is judged by its pods (exit codes, OOMKilled): only failed Jobs' pods are read.
+    observed["Pod"] = [pod for j in observed["Job"] if job.spec.nodes > 1 and job_failed(j)
+                       for pod in source.pods(namespace, j["metadata"]["uid"])]
+    p = plan(job, observed, settings)
     problem, retry = None, None
     if p.conflict:  # retried: whoever owns that object may delete it
         problem = State("Pending", Reason.CHILD_CONFLICT, p.conflict, stalled=True)
@@ -163,7 +167,8 @@ def _reconcile(kube: Kube, settings: OperatorSettings, namespace: str, name: str
     pods = source.pods(namespace, child["metadata"]["uid"]) if child else []
     sample = sample if problem is None and child is not None else None
     prior = job.status
-    status, transitions = compute_status(job, p.run, child, pods, sample, now(), settings.max_runs_kept, problem)
+    status, transitions = compute_status(job, p.run, child, pods, sample, now(), settings.max_runs_kept,
+                                         problem or p.state)
     events += transitions
     wrote = write_status(kube, obj, status)
     for event in events:  # only after the status write succeeded

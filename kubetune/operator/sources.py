@@ -5,10 +5,9 @@ The running operator reads kopf's in-memory indexes instead (handlers.IndexSourc
 server filters by label, so a reconcile costs no read request at all. Both return plain wire dicts.
 """
 from kubetune.operator.children import LABEL_FINETUNEJOB
+from kubetune.operator.gang import LABEL_CONTROLLER_UID  # noqa: F401  (set by the Job controller: its pods, by uid)
 from kubetune.operator.kube import Kube
 from kubetune.operator.plan import KINDS
-
-LABEL_CONTROLLER_UID = "batch.kubernetes.io/controller-uid"  # set by the Job controller: its pods, by uid
 
 
 class ApiSource:

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from kubetune.api import Condition, ConditionType, FineTuneJob, FineTuneJobStatus, Reason, contract
 from kubetune.api.status import Artifacts, BestMetric, Comparison, Metrics, Progress, RunRecord
-from kubetune.operator.children import CONTAINER, Run
+from kubetune.operator.children import ANNOTATION_RESTART_REASON, CONTAINER, Run
 
 TERMINAL = ("Succeeded", "Failed")
 PULL_ERRORS = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverPull")
@@ -265,6 +265,11 @@ def compute_status(job: FineTuneJob, run: Run, child: dict | None, pods: list[di
 
     summary = next((s for s in map(termination_json, pods) if s and "stopReason" in s), None)
     state = problem or observe(job, child, pods, summary)
+    if run.attempt > 1 and state.reason in (Reason.PENDING, Reason.CREATED):
+        # a gang's next attempt whose pods have not started yet: still the run restarting, not a new start
+        why = ((child or {}).get("metadata", {}).get("annotations") or {}).get(ANNOTATION_RESTART_REASON)
+        state = State("Running", Reason.RESTARTING, (f"gang attempt {run.attempt} is starting"
+                                                     + (f" after: {why}" if why else ""))[:1000])
     child_status = (child or {}).get("status", {})
     starts = [parse_time(p.get("status", {}).get("startTime")) for p in pods]
     start = prior.start_time or parse_time(child_status.get("startTime")) or min(filter(None, starts), default=None)
@@ -276,6 +281,9 @@ def compute_status(job: FineTuneJob, run: Run, child: dict | None, pods: list[di
     # A deleted pod leaves the API at once; the Job still counts it (and the status keeps the highest count seen).
     counted = sum(int(child_status.get(k) or 0) for k in ("active", "succeeded", "failed"))
     attempts = max(len(pods), counted, prior.attempts)
+    restarts, failures = max(0, attempts - job.spec.nodes), int(child_status.get("failed") or 0)
+    if job.spec.nodes > 1:  # a gang: attempts are its Jobs, and the operator counts the failures (gang.py)
+        attempts, restarts, failures = run.attempt, run.attempt - 1, run.failures
     output = f"{job.spec.output.uri.rstrip('/')}/{run.run_id}"
     artifacts = Artifacts(uri=output, checkpoint_uri=f"{output}/{contract.CHECKPOINTS_DIR}/")
     if summary and summary.get("artifacts"):
@@ -287,7 +295,7 @@ def compute_status(job: FineTuneJob, run: Run, child: dict | None, pods: list[di
         conditions=conditions(state, prior.conditions, job.metadata.generation, now),
         job_name=run.job_name, run_id=run.run_id, spec_hash=run.spec_hash,
         start_time=start, completion_time=end if state.phase in TERMINAL else None,
-        attempts=attempts, restarts=max(0, attempts - job.spec.nodes),
+        attempts=attempts, restarts=restarts, failures=failures,
         progress=progress_of(prior.progress, sample, summary, state.phase),
         metrics=live_metrics(prior.metrics, sample, summary),
         stop_reason=(summary or {}).get("stopReason") or prior.stop_reason,
