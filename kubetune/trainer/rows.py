@@ -15,6 +15,7 @@ example is read from the memory map only when it is indexed. Sequence classifica
 (its examples carry text and labels, and its datasets are small). `rows_of_step` returns exactly what the old
 one returns; it computes each epoch's permutation once (kept for two epochs) instead of once per step.
 """
+import array
 import functools
 import random
 from collections.abc import Sequence
@@ -85,9 +86,9 @@ def pack_bounds(lengths: np.ndarray, max_len: int) -> np.ndarray:
 def shuffled(n: int, seed: int) -> np.ndarray:
     """The permutation random.Random(seed).shuffle applies to any list of n items (what data.split and
     maxSamples use), so the rows are the ones the list code picked."""
-    order = list(range(n))
+    order = array.array("q", range(n))  # 8 bytes an item, where a list of ints costs ~36
     random.Random(seed).shuffle(order)
-    return np.array(order, dtype=np.int64)
+    return np.frombuffer(order, dtype=np.int64)
 
 
 def split(index: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
