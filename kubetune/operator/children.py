@@ -312,7 +312,7 @@ def build_job(job: FineTuneJob, run: Run, settings: OperatorSettings) -> dict:
         job_spec["completionMode"] = "Indexed"
     if policy.active_deadline_seconds:
         job_spec["activeDeadlineSeconds"] = policy.active_deadline_seconds
-    if policy.ttl_seconds_after_finished is not None:
+    if policy.ttl_seconds_after_finished is not None and not gang:  # a gang's: once the run has ended (plan.py)
         job_spec["ttlSecondsAfterFinished"] = policy.ttl_seconds_after_finished
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": job_spec}
 

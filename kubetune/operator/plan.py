@@ -81,7 +81,22 @@ def plan(job: FineTuneJob, observed: dict[str, list[dict]], settings: OperatorSe
     p = _plan(job, observed, owned, settings, run)
     if ended is not None:
         p.state = ended.state
+    if job.spec.nodes > 1 and (ended.restart if ended else not (p.child and job_finished(p.child))):
+        p.actions = _without_ttl(p.actions)
     return p
+
+
+def _without_ttl(actions: list[Action]) -> list[Action]:
+    """A gang attempt's Job gets runPolicy.ttlSecondsAfterFinished only once the run has ended: the TTL controller
+    would otherwise delete a failed attempt, and its count of failures with it, before the next one starts."""
+    out = []
+    for a in actions:
+        if a.verb == "patch" and a.kind == "Job" and "ttlSecondsAfterFinished" in a.body.get("spec", {}):
+            spec = {k: v for k, v in a.body["spec"].items() if k != "ttlSecondsAfterFinished"}
+            a = replace(a, body={**a.body, "spec": spec}) if spec else None
+        if a is not None:
+            out.append(a)
+    return out
 
 
 def _finished(job: FineTuneJob, run: Run) -> bool:

@@ -184,3 +184,19 @@ def test_an_unrelated_uid_pod_does_not_judge_the_attempt():
     _, _, p = ended(job, ("Failed", LOST), pods=lambda k8s: [
         {**gang_pod(k8s, 1, "Failed", 64), "metadata": {"name": "x", "labels": {gang.LABEL_CONTROLLER_UID: "other"}}}])
     assert p.run.attempt == 2 and p.run.failures == 1  # a counted failure, not bad input
+
+
+def test_a_gang_attempt_gets_its_ttl_only_once_the_run_has_ended():
+    # the TTL controller would delete a failed attempt (and its count) before the next one starts
+    job = gang_job({"spec": {"runPolicy": {"ttlSecondsAfterFinished": 0}}})
+    run = children.current_run(job)
+    assert "ttlSecondsAfterFinished" not in children.build_job(job, run, SETTINGS)["spec"]
+    running = attempt(job, run)
+    assert steps(plan(job, observed(job, running), SETTINGS)) == []  # not patched in while it runs
+    _, _, stopping = ended(job, ("FailureTarget", LOST))
+    assert steps(stopping) == []
+    _, failed, p = ended(job, ("FailureTarget", BAD_INPUT), ("Failed", BAD_INPUT))
+    assert [(a.verb, a.body) for a in p.actions] == [("patch", {"spec": {"ttlSecondsAfterFinished": 0}})]
+    done = attempt(job, run, ("Complete", ("CompletionsReached", "")))
+    assert [a.body for a in plan(job, observed(job, done), SETTINGS).actions] == [
+        {"spec": {"ttlSecondsAfterFinished": 0}}]
