@@ -56,8 +56,9 @@ def _describe(pod: dict) -> str:
     index = (pod["metadata"].get("annotations") or {}).get(INDEX_ANNOTATION, "?")
     reason, message = failure_of(pod) or ("Error", "")
     code = (terminated(pod) or {}).get("exitCode")
-    return f"index {index} ({pod['metadata']['name']}) failed: {reason}" + (
-        f", exit code {code}" if code is not None else "") + (f": {message}" if message else "")
+    detail = f", exit code {code}" if code is not None else ""
+    return f"index {index} ({pod['metadata']['name']}) failed: {reason}{detail}" + (
+        f": {message}" if message and message != f"exit code {code}" else "")
 
 
 def verdict(run: Run, child: dict, pods: list[dict], backoff_limit: int) -> Verdict | None:

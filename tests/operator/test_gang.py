@@ -7,6 +7,7 @@ from kubetune.api import Reason
 from kubetune.operator import children, gang
 from kubetune.operator.plan import plan
 from kubetune.operator.status import compute_status
+from tests.operator import kstatus
 from tests.operator.test_children import SETTINGS, built, ftj
 from tests.operator.test_plan import MULTI_NODE, steps
 from tests.operator.test_status import NOW, pod
@@ -173,10 +174,9 @@ def test_status_of_a_gang_restarting_says_why_and_counts_attempts():
                                 [gang_pod(new, 0, "Running"), gang_pod(new, 1, "Running")], None, NOW)
     assert (running.phase, running.attempts, running.restarts) == ("Running", 2, 1)
     assert {c.type: c for c in running.conditions}["Ready"].reason == Reason.RUNNING
-    # kstatus: Current while restarting and running (not Reconciling), never Stalled
+    # kstatus (Flux wait, Argo CD): Current while the gang restarts and runs, as for a batch Job that retries a pod
     for status in (starting, running):
-        conditions = {c.type: c.status for c in status.conditions}
-        assert conditions["Reconciling"] == conditions["Stalled"] == "False"
+        assert kstatus.compute({"metadata": {"generation": 1}, "status": status.to_wire()})[0] == "Current"
 
 
 def test_an_unrelated_uid_pod_does_not_judge_the_attempt():
