@@ -132,7 +132,8 @@ def _plan(job: FineTuneJob, observed: dict[str, list[dict]], owned: dict[str, li
     foreign = [f"{kind} {_name(o)}" for kind in reversed(KINDS) for o in observed.get(kind) or []
                if _name(o) == run.job_name and not controlled_by(o, uid)]
     if foreign:
-        return Plan(run, None, deletes, conflict=conflict_message(foreign[0], uid))
+        # (a gang's ended attempt stays until its successor exists: it holds the count of failures)
+        return Plan(run, None, [] if restart else deletes, conflict=conflict_message(foreign[0], uid))
     current = {kind: next((o for o in owned[kind] if _name(o) == run.job_name), None) for kind in KINDS}
     child = current["Job"] if current["Job"] is not None and not _terminating(current["Job"]) else None
     terminating = [kind for kind, o in current.items() if o is not None and _terminating(o)]

@@ -200,3 +200,13 @@ def test_a_gang_attempt_gets_its_ttl_only_once_the_run_has_ended():
     done = attempt(job, run, ("Complete", ("CompletionsReached", "")))
     assert [a.body for a in plan(job, observed(job, done), SETTINGS).actions] == [
         {"spec": {"ttlSecondsAfterFinished": 0}}]
+
+
+def test_a_foreign_object_with_the_next_attempts_name_keeps_the_ended_attempt():
+    job = gang_job()
+    run = children.current_run(job)
+    first = attempt(job, run, ("Failed", LOST))
+    taken = observed(job, first)
+    squatter = {"kind": "ConfigMap", "metadata": {"name": "chat-g1-a2", "ownerReferences": []}}
+    p = plan(job, {**taken, "ConfigMap": taken["ConfigMap"] + [squatter]}, SETTINGS)
+    assert p.conflict and "ConfigMap chat-g1-a2" in p.conflict and steps(p) == []
