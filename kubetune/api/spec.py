@@ -258,6 +258,14 @@ class Toleration(APIModel):
     toleration_seconds: int | None = None
 
 
+class Distributed(APIModel):
+    strategy: Literal["auto", "ddp", "fsdp"] = "auto"
+    """How several trainer processes split the work. ddp: every GPU holds the whole model and its optimizer
+    state; fsdp: FSDP2 shards weights, gradients and optimizer state across all GPUs (full fine-tuning of models
+    that do not fit one GPU, LoRA on very large bases; not with qlora or gradual unfreezing); auto: fsdp when the
+    training state would not fit comfortably on one GPU, else ddp (always ddp on CPUs)."""
+
+
 class Scheduling(APIModel):
     node_selector: dict[str, str] | None = None
     """Labels the trainer's nodes must have."""
@@ -317,6 +325,8 @@ class FineTuneJobSpec(APIModel):
     """Compute per node."""
     nodes: int = Field(1, ge=1, le=512)
     """Number of nodes; more than one runs torchrun across them."""
+    distributed: Distributed = Field(default_factory=Distributed)
+    """How the trainer processes of a multi-GPU or multi-node run share the model."""
     image: str | None = None
     """Trainer image override; unset uses the operator's default image."""
     scheduling: Scheduling = Field(default_factory=Scheduling)
@@ -352,6 +362,12 @@ class FineTuneJobSpec(APIModel):
             message="fp16 needs a GPU: use bf16 or fp32 on CPUs",
             field="hyperparameters.precision",
             check=lambda s: s.hyperparameters.precision != "fp16" or s.resources.gpus_per_node >= 1,
+        ),
+        Rule(
+            cel="self.distributed.strategy != 'fsdp' || self.method.type != 'qlora'",
+            message="distributed.strategy fsdp does not shard 4-bit weights: use ddp (or auto) with qlora",
+            field="distributed.strategy",
+            check=lambda s: s.distributed.strategy != "fsdp" or s.method.type != "qlora",
         ),
         Rule(
             cel="self.nodes == 1 || self.resources.gpusPerNode >= 1",

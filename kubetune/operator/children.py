@@ -172,13 +172,16 @@ def spec_document(job: FineTuneJob) -> str:
 
 def trainer_command(job: FineTuneJob) -> list[str]:
     """One process per GPU through torchrun when there is more than one; the trainer takes its rank and world
-    size from the environment torchrun sets."""
+    size from the environment torchrun sets. torchrun runs inside kubetune.trainer.launch, which exits with the
+    first failing worker's code (the pod failure policy reads it) and gives the workers the pod's grace period
+    after a SIGTERM (torchrun alone exits 1 and SIGKILLs them after 30 s)."""
     gpus, nodes = job.spec.resources.gpus_per_node, job.spec.nodes
+    launch = ["python", "-m", "kubetune.trainer.launch", f"--shutdown-timeout={TERMINATION_GRACE_SECONDS - 15}"]
     if nodes > 1:
-        return ["torchrun", f"--nnodes={nodes}", f"--nproc-per-node={max(gpus, 1)}", "--node-rank=$(NODE_RANK)",
+        return [*launch, f"--nnodes={nodes}", f"--nproc-per-node={max(gpus, 1)}", "--node-rank=$(NODE_RANK)",
                 "--master-addr=$(MASTER_ADDR)", "--master-port=$(MASTER_PORT)", "-m", "kubetune.trainer"]
     if gpus > 1:
-        return ["torchrun", "--standalone", f"--nproc-per-node={gpus}", "-m", "kubetune.trainer"]
+        return [*launch, "--standalone", f"--nproc-per-node={gpus}", "-m", "kubetune.trainer"]
     return ["kubetune-train"]
 
 

@@ -81,11 +81,27 @@ def known_error(exc: BaseException) -> TrainerError | None:
     return None
 
 
-def write_termination(settings: TrainerSettings, outcome: dict) -> None:
+def write_termination(settings: TrainerSettings, outcome: dict, first: bool = False) -> None:
+    """`first`: keep a message already there (under torchrun the worker that failed first explains the failure;
+    the others fail because it did)."""
     try:
+        if first and settings.termination_log.exists() and settings.termination_log.stat().st_size:
+            return
         settings.termination_log.write_text(termination_message(outcome))
     except OSError:
         pass  # not in a pod (no /dev/termination-log): the exit code and logs still tell
+
+
+def report_exit(code: int) -> int:
+    """Under the launcher (launch.py), leaves this worker's exit code and the time for it to pick the first."""
+    exit_dir = os.environ.get("KUBETUNE_TRAINER_EXIT_DIR")
+    if exit_dir:
+        try:
+            Path(exit_dir, f"rank-{os.environ.get('RANK', '0')}.json").write_text(
+                json.dumps({"code": code, "time": time.time()}))
+        except OSError:
+            pass
+    return code
 
 
 def main() -> int:
@@ -101,12 +117,12 @@ def main() -> int:
             traceback.print_exc()
             error = TrainerError(f"{type(exc).__name__}: {exc}")
         print(json.dumps({"kind": "error", "reason": error.reason, "message": str(error)}), file=sys.stderr, flush=True)
-        write_termination(settings, {"error": {"reason": error.reason, "message": str(error)}})
-        return error.exit_code
+        write_termination(settings, {"error": {"reason": error.reason, "message": str(error)}}, first=True)
+        return report_exit(error.exit_code)
     if summary:
         write_termination(settings, summary)
         print(json.dumps({"kind": "summary", **summary}), flush=True)
-    return contract.EXIT_OK
+    return report_exit(contract.EXIT_OK)
 
 
 if __name__ == "__main__":

@@ -1,52 +1,43 @@
-"""The fine-tuning recipe, in the order it runs: resolve inputs → model and method → (baseline evaluation) →
-train (log, evaluate, keep the best, checkpoint, stop early) → test → ship artifacts, summary.json last.
+"""The fine-tuning recipe, in the order it runs: `setup` (inputs, model and method, data, optimizer) → `resume`
+(the newest checkpoint, else the baseline) → `train_steps` (log, evaluate, keep the best, checkpoint, stop early)
+→ `test` → `ship` (artifacts, summary.json last). `train` runs them in that order.
 
-One loop serves every task: what differs (batches, the loss, scoring) comes from `CausalLM` below or from
-`classify.Classification`, each with the same few functions.
+One loop serves every task: what differs (batches, the loss, scoring) comes from `causal_lm.CausalLM` or
+`classify.Classification`, each with the same few functions. Which rank does what is `dist.py`'s business; how the
+model is split over the ranks (none, DDP, FSDP2) is `parallel.py`'s.
 
 Data order is a pure function of (seed, step): the rows of optimizer step s are fixed, so a resumed run
 neither replays nor skips data. The loss of a step is the sum of token losses over all its micro-batches (and
-ranks) divided by the step's target-token count, so accumulation equals one big batch.
+ranks) divided by the step's target-token count, so accumulation equals one big batch, and the logged loss is
+that sum reduced over the ranks.
 """
 import hashlib
 import json
 import math
-import os
 import random
 import signal
 import tempfile
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
 from kubetune.api import FineTuneJob, contract
 from kubetune.api.spec import MAXIMISED_METRICS, Lora
 from kubetune.api.status import Reason
-from kubetune.trainer import classify, flops
+from kubetune.trainer import classify, flops, parallel
 from kubetune.trainer import data as d
+from kubetune.trainer import dist as dist_
 from kubetune.trainer import evaluation as ev
+from kubetune.trainer.causal_lm import CausalLM, forward_logits, token_losses  # noqa: F401 (re-exported)
 from kubetune.trainer.checkpoint import Checkpointer
+from kubetune.trainer.dist import Dist
 from kubetune.trainer.errors import BadInput, OutOfMemory, Preempted
 from kubetune.trainer.metrics import Telemetry
 from kubetune.trainer.settings import TrainerSettings
 from kubetune.trainer.storage import Store, join
 from kubetune.trainer.unfreeze import GradualUnfreezing, gradual, transformer_blocks
-
-
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
 
 
 @dataclass
@@ -82,69 +73,95 @@ def spec_hash(job: FineTuneJob) -> str:
 
 # --- Setup ---------------------------------------------------------------------------------------------------
 
-def init_distributed() -> Dist:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return Dist()
-    import torch.distributed as dist
-
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return Dist(dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0")))
-
-
-def choose_device(job: FineTuneJob, dist: Dist) -> tuple[torch.device, torch.dtype | None]:
-    """The device, and the autocast dtype (None: plain fp32)."""
-    cuda = torch.cuda.is_available() and job.spec.resources.gpus_per_node > 0
-    device = torch.device("cuda", dist.local_rank) if cuda else torch.device("cpu")
-    precision = job.spec.hyperparameters.precision
-    if precision == "auto":
-        precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
-    if precision == "fp16" and not cuda:
+def precision(job: FineTuneJob, cuda: bool) -> torch.dtype | None:
+    """The autocast dtype (None: plain fp32)."""
+    chosen = job.spec.hyperparameters.precision
+    if chosen == "auto":
+        chosen = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
+    if chosen == "fp16" and not cuda:
         raise BadInput("hyperparameters.precision fp16 needs a GPU; use bf16 or fp32 on CPUs")
-    return device, {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[chosen]
 
 
-def load_model(job: FineTuneJob, store: Store, device: torch.device, amp: torch.dtype | None,
-               labels: classify.Labels | None = None):
-    """The tokenizer and model; with `labels`, the model gets a new classification (or regression) head."""
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
-
+def model_source(job: FineTuneJob, store: Store, dist: Dist) -> tuple[str, dict]:
+    """Where from_pretrained reads the base model (a local directory, or a hub id) and its extra arguments; each
+    node's local rank 0 downloads an s3:// model into the node's cache while the others wait."""
     spec = job.spec
     source = spec.base_model.uri
     if source.startswith("hf://"):
-        path, kw = source.removeprefix("hf://"), {"revision": spec.base_model.revision}
-    else:
-        path, kw = str(store.fetch(source, "baseModel.uri")), {}
-        if not (Path(path) / "config.json").is_file():  # say so, rather than transformers' tokenizer puzzles
-            found = sorted(p.name for p in Path(path).iterdir())[:10] if Path(path).is_dir() else [Path(path).name]
-            raise BadInput(f"baseModel.uri {source}: no config.json there (found: {', '.join(found) or 'nothing'}); "
-                           "expected a model directory as save_pretrained writes it")
+        return source.removeprefix("hf://"), {"revision": spec.base_model.revision}
+    path = dist.local_first(lambda: store.fetch(source, "baseModel.uri"))
+    if not (Path(path) / "config.json").is_file():  # say so, rather than transformers' tokenizer puzzles
+        found = sorted(p.name for p in Path(path).iterdir())[:10] if Path(path).is_dir() else [Path(path).name]
+        raise BadInput(f"baseModel.uri {source}: no config.json there (found: {', '.join(found) or 'nothing'}); "
+                       "expected a model directory as save_pretrained writes it")
+    return str(path), {}
+
+
+def load_tokenizer(job: FineTuneJob, path: str, kw: dict):
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=job.spec.base_model.trust_remote_code, **kw)
+    except (OSError, ValueError) as exc:
+        raise BadInput(f"baseModel.uri {job.spec.base_model.uri}: cannot load a tokenizer from it: {exc}") from exc
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(job: FineTuneJob, path: str, kw: dict, device: torch.device, amp: torch.dtype | None,
+               pad_id: int, labels: classify.Labels | None = None, dtype=None, place: bool = True):
+    """The pretrained model; with `labels`, it gets a new classification (or regression) head. QLoRA loads each
+    rank's 4-bit copy straight onto that rank's GPU."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    spec = job.spec
+    kw = dict(kw)
     qlora = spec.method.type == "qlora"
     if qlora:
         if device.type != "cuda":
             raise BadInput("method.type qlora needs a CUDA GPU (4-bit kernels); use lora on CPUs")
-        from transformers import BitsAndBytesConfig
-
+        try:
+            from transformers import BitsAndBytesConfig
+            import bitsandbytes  # noqa: F401 (an image without it is bad input, not a crash to retry)
+        except ImportError as exc:
+            raise BadInput(f"method.type qlora: bitsandbytes is not installed in the trainer image ({exc}); "
+                           "install kubetune[qlora] or use lora") from exc
         kw["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=amp or torch.bfloat16)
+        kw["device_map"] = {"": device.index}
     # Frozen base weights may live in the compute dtype; trained full weights stay fp32 (master copy).
-    load_dtype = amp if (amp is not None and spec.method.type != "full") else torch.float32
+    if dtype is None:
+        dtype = amp if (amp is not None and spec.method.type != "full") else torch.float32
     try:
-        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=spec.base_model.trust_remote_code, **kw)
         auto, head = (AutoModelForSequenceClassification, labels.model_kwargs()) if labels else (AutoModelForCausalLM, {})
-        model = auto.from_pretrained(
-            path, dtype=load_dtype, trust_remote_code=spec.base_model.trust_remote_code, **head, **kw)
+        model = auto.from_pretrained(path, dtype=dtype, trust_remote_code=spec.base_model.trust_remote_code,
+                                     **head, **kw)
     except (OSError, ValueError) as exc:
-        raise BadInput(f"baseModel.uri {source}: cannot load a {spec.task} model and tokenizer from it: {exc}") \
+        raise BadInput(f"baseModel.uri {spec.base_model.uri}: cannot load a {spec.task} model from it: {exc}") \
             from exc
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
     if labels and model.config.pad_token_id is None:
-        model.config.pad_token_id = tok.pad_token_id  # decoder heads pool the last token that is not padding
-    if not qlora:
+        model.config.pad_token_id = pad_id  # decoder heads pool the last token that is not padding
+    if place and not qlora:
         model.to(device)
-    return tok, model
+    return model
+
+
+def meta_model(job: FineTuneJob, path: str, kw: dict, pad_id: int, labels: classify.Labels | None = None,
+               method: bool = True):
+    """The same model (and method) as load_model + apply_method, without memory: parameters on the meta device."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    trust = job.spec.base_model.trust_remote_code
+    auto, head = (AutoModelForSequenceClassification, labels.model_kwargs()) if labels else (AutoModelForCausalLM, {})
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust, **head, **kw)
+    if labels and config.pad_token_id is None:
+        config.pad_token_id = pad_id
+    with torch.device("meta"):
+        model = auto.from_config(config, trust_remote_code=trust, dtype=torch.float32)
+        return apply_method(job, model) if method else model
 
 
 def apply_method(job: FineTuneJob, model):
@@ -182,9 +199,10 @@ def apply_method(job: FineTuneJob, model):
 
 
 def trainable_state(model, names: set[str] | None = None) -> dict:
-    """The weights training changes; `names` also counts blocks that gradual unfreezing has yet to thaw."""
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.named_parameters()
-            if (k in names if names is not None else v.requires_grad)}
+    """The weights training changes; `names` also counts blocks that gradual unfreezing has yet to thaw. Sharded
+    (FSDP) weights stay shards where they are; replicated ones are copied to the host."""
+    return {k: (v.detach().clone() if parallel.is_dtensor(v) else v.detach().to("cpu", copy=True))
+            for k, v in model.named_parameters() if (k in names if names is not None else v.requires_grad)}
 
 
 def load_trainable(model, state: dict) -> None:
@@ -195,22 +213,19 @@ def load_trainable(model, state: dict) -> None:
 
 
 def optimizer_for(job: FineTuneJob, model, total_steps: int):
+    """AdamW (no decay on biases and norms) and transformers' schedule: linear warmup, then cosine, linear or
+    constant."""
+    from transformers import get_scheduler
+
     hp = job.spec.hyperparameters
     lr = hp.learning_rate or (2e-5 if job.spec.method.type == "full" else 2e-4)
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]  # biases and norms
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": hp.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=lr)
-    warmup = int(hp.warmup_ratio * total_steps)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        progress = (step - warmup) / max(total_steps - warmup, 1)
-        return {"cosine": 0.5 * (1 + math.cos(math.pi * progress)), "linear": 1 - progress,
-                "constant": 1.0}[hp.scheduler]
-
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    name = "constant_with_warmup" if hp.scheduler == "constant" else hp.scheduler
+    return opt, get_scheduler(name, opt, num_warmup_steps=int(hp.warmup_ratio * total_steps),
+                              num_training_steps=total_steps)
 
 
 # --- Data ----------------------------------------------------------------------------------------------------
@@ -263,77 +278,7 @@ def rows_of_step(step: int, batch: int, n: int, seed: int) -> list[int]:
     return out
 
 
-# --- Loss and evaluation -------------------------------------------------------------------------------------
-
-def forward_logits(model, batch: dict, device, amp) -> torch.Tensor:
-    # No KV cache: with one, transformers skips deriving per-example attention from packed position ids.
-    with torch.autocast(device.type, dtype=amp) if amp else nullcontext():
-        return model(input_ids=batch["input_ids"].to(device), position_ids=batch["position_ids"].to(device),
-                     use_cache=False).logits
-
-
-def token_losses(model, batch: dict, device, amp) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-row summed loss, target-token count and correct next-token predictions."""
-    labels = batch["labels"][:, 1:].to(device)
-    logits = forward_logits(model, batch, device, amp)[:, :-1].float()
-    loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=d.IGNORE,
-                           reduction="none").view(labels.shape)
-    mask = labels != d.IGNORE
-    correct = ((logits.argmax(-1) == labels) & mask).sum(1)
-    return loss.sum(1), mask.sum(1), correct
-
-
-class CausalLM:
-    """What the loop calls per task, for causal LMs (classify.Classification is the classifier's)."""
-
-    def __init__(self, tok=None):
-        self.tok = tok
-
-    collate = staticmethod(d.collate)
-
-    @staticmethod
-    def targets(batch: dict) -> float:
-        """The loss normaliser: target tokens (labels are shifted by one against the inputs)."""
-        return float((batch["labels"][:, 1:] != d.IGNORE).sum())
-
-    @staticmethod
-    def losses(model, batch: dict, device, amp) -> torch.Tensor:
-        return token_losses(model, batch, device, amp)[0]
-
-    @staticmethod
-    @torch.no_grad()
-    def score(model, examples: list, micro: int, pad_id: int, device, amp) -> ev.Scored:
-        model.eval()
-        order = d.length_order(examples)
-        sums, counts, correct = [], [], []
-        for i in range(0, len(examples), micro):
-            s, n, c = token_losses(model, d.collate([examples[j] for j in order[i: i + micro]], pad_id), device, amp)
-            sums += s.tolist()
-            counts += n.tolist()
-            correct += c.tolist()
-        model.train()
-        scored = ev.Scored("causal-lm", loss=np.array(sums), weight=np.array(counts), correct=np.array(correct))
-        return scored.take(np.argsort(order))
-
-    @torch.no_grad()
-    def errors(self, model, scored: ev.Scored, examples: list, indices: list[int], device, amp) -> list[dict]:
-        """Rows of errors.jsonl. The prediction is teacher-forced: the model's most likely token at each target
-        position given the reference before it (it equals greedy decoding where the example is an exact match)."""
-        model.eval()
-        rows = []
-        for i in indices:
-            ex = examples[i]
-            labels = torch.tensor(ex["labels"][1:])
-            logits = forward_logits(model, d.collate([ex], 0), device, amp)[0, :-1]
-            where = labels != d.IGNORE
-            rows.append({"source": ex.get("source"), "input": self.tok.decode(ex["input_ids"])[:2000],
-                         "reference": self.tok.decode(labels[where]),
-                         "prediction": self.tok.decode(logits.argmax(-1).cpu()[where]),
-                         "loss": round(float(scored.loss[i] / max(scored.weight[i], 1)), 5),
-                         "targetTokens": int(scored.weight[i])})
-        model.train()
-        return rows
-
+# --- Evaluation ----------------------------------------------------------------------------------------------
 
 def evaluate(model, examples: list, micro: int, pad_id: int, device, amp, with_ci: bool = False,
              task=CausalLM) -> dict:
@@ -343,199 +288,386 @@ def evaluate(model, examples: list, micro: int, pad_id: int, device, amp, with_c
 
 # --- The run -------------------------------------------------------------------------------------------------
 
-def train(job: FineTuneJob, run_id: str, settings: TrainerSettings, on_log=None) -> dict:
-    """Runs the job to completion and returns its summary (also written to summary.json). `on_log` receives
-    every logged row (the CLI draws its progress bar from them) instead of the JSON lines on stdout."""
-    started, spec = time.time(), job.spec
-    hp, dist = spec.hyperparameters, init_distributed()
+@dataclass
+class Run:
+    """What setup() builds: everything about the run that stays fixed while it trains."""
+    job: FineTuneJob
+    run_id: str
+    settings: TrainerSettings
+    dist: Dist
+    store: Store
+    run_uri: str
+    started: float
+    amp: torch.dtype | None
+    strategy: str  # none, ddp or fsdp
+    tok: object
+    model: torch.nn.Module  # as it trains: under DDP the wrapper
+    task: object
+    labels: classify.Labels | None
+    train_rows: list
+    val: list
+    test: list
+    stats: d.Stats
+    opt: torch.optim.Optimizer
+    sched: object
+    scaler: torch.amp.GradScaler | None
+    unfreezer: GradualUnfreezing | None
+    trained: set[str]
+    total: int
+    micro: int
+    eval_every: int
+    telemetry: Telemetry
+    ckpt: Checkpointer
+    scratch: Path
+
+    @property
+    def device(self) -> torch.device:
+        return self.dist.device
+
+    @property
+    def sharded(self) -> bool:
+        return self.strategy == "fsdp"
+
+    @property
+    def scorer(self):
+        """The model to score with: never the DDP wrapper, whose forward may wait on a collective that a rank
+        scoring alone never sees. FSDP's forward gathers shards, so under FSDP every rank scores together."""
+        return parallel.unwrap(self.model)
+
+    def score(self, examples: list):
+        scored = self.task.score(self.scorer, examples, self.micro, self.tok.pad_token_id, self.device, self.amp)
+        parallel.reshard(self.model)
+        return scored
+
+    def evaluate(self, examples: list) -> dict:
+        """Validation metrics, the same on every rank (rank 0's numbers, so every rank takes the same decisions)."""
+        return self.dist.broadcast(ev.metrics(self.score(examples)))
+
+
+@dataclass
+class RunState:
+    """What changes as the run goes, and what a checkpoint must bring back."""
+    early: EarlyStop
+    step: int = 0
+    tokens: int = 0
+    baseline: dict = field(default_factory=dict)
+    baseline_test: ev.Scored | None = None
+    evals: dict[int, dict] = field(default_factory=dict)  # step -> validation metrics of the weights at that step
+    stop_reason: str | None = None
+
+    _EARLY = ("best_value", "best_step", "bad_evals")
+
+    def save(self, run: Run, background: bool = True) -> None:
+        """Checkpoints the run at this step: rank 0 writes replicated state; under FSDP every rank its shards.
+        Every rank calls it (the RNG states of all ranks are gathered)."""
+        rng = {"python": random.getstate(), "torch": torch.get_rng_state()}
+        if run.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(run.device)
+        rngs = run.dist.gather(rng)
+        meta = {"step": self.step, "tokens": self.tokens, "baseline": self.baseline,
+                "baseline_test": self.baseline_test, "evals": self.evals, "records": list(run.telemetry.records),
+                "scheduler": run.sched.state_dict(), "scaler": run.scaler.state_dict() if run.scaler else None,
+                "rng": rngs, "world": run.dist.world,
+                "early_stopping": {k: getattr(self.early, k) for k in self._EARLY},
+                "has_best": self.early.best_weights is not None}
+        if run.sharded:
+            seconds = run.ckpt.save_sharded(self.step, meta if run.dist.main else None,
+                                            self._tensors(run), background)
+        elif run.dist.main:
+            meta.update(weights=trainable_state(run.model, run.trained), optimizer=run.opt.state_dict())
+            meta["early_stopping"]["best_weights"] = self.early.best_weights
+            seconds = run.ckpt.save(self.step, meta, background)
+        else:
+            seconds = 0.0
+        run.telemetry.checkpoint_seconds.set(seconds)
+        run.telemetry.log("checkpoint", step=self.step)
+
+    def _tensors(self, run: Run, with_best: bool | None = None) -> dict:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+        model, optim = get_state_dict(run.model, run.opt, options=StateDictOptions(ignore_frozen_params=True))
+        out = {"model": model, "optim": optim}
+        if with_best if with_best is not None else self.early.best_weights is not None:
+            out["best"] = self.early.best_weights or trainable_state(run.model, run.trained)
+        return out
+
+    def restore(self, run: Run) -> bool:
+        """Brings back the newest complete checkpoint; False when there is none."""
+        state = run.ckpt.latest()
+        if state is None:
+            return False
+        if "shards" in state:
+            import torch.distributed.checkpoint as dcp
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+            tensors = self._tensors(run, with_best=state["has_best"])
+            dcp.load(tensors, checkpoint_id=str(state["shards"]))
+            set_state_dict(run.model, run.opt, model_state_dict=tensors["model"], optim_state_dict=tensors["optim"],
+                           options=StateDictOptions(ignore_frozen_params=True, strict=False))
+            self.early.best_weights = tensors.get("best")
+        else:
+            load_trainable(run.model, state["weights"])
+            run.opt.load_state_dict(state["optimizer"])
+            self.early.best_weights = state["early_stopping"].get("best_weights")
+        run.sched.load_state_dict(state["scheduler"])
+        if run.scaler and state.get("scaler"):
+            run.scaler.load_state_dict(state["scaler"])
+        rngs = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
+        rng = rngs[run.dist.rank] if len(rngs) == run.dist.world else rngs[0]  # another world size: rank 0's
+        random.setstate(rng["python"])
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and run.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], run.device)
+        self.step, self.tokens, self.baseline = state["step"], state["tokens"], state["baseline"]
+        self.baseline_test, self.evals = state.get("baseline_test"), state.get("evals", {})
+        run.telemetry.records = state["records"]
+        for k in self._EARLY:
+            setattr(self.early, k, state["early_stopping"][k])
+        run.telemetry.log("resume", step=self.step)
+        return True
+
+
+def setup(job: FineTuneJob, run_id: str, settings: TrainerSettings, on_log=None) -> Run:
+    """Distributed init, the model with its method, the data, the optimizer: everything before the first step."""
+    started, spec, hp = time.time(), job.spec, job.spec.hyperparameters
+    cuda = torch.cuda.is_available() and spec.resources.gpus_per_node > 0
+    dist = dist_.init(cuda, settings.collective_timeout_minutes)
     settings.cache_dir.mkdir(parents=True, exist_ok=True)
     store = Store(spec.storage, settings.cache_dir)
     run_uri = join(spec.output.uri, run_id)
-    summary_uri = join(run_uri, contract.SUMMARY_FILE)
-    if store.exists(summary_uri, "output.uri"):
-        previous = json.loads(store.get_text(summary_uri))
-        if previous.get("specHash") != spec_hash(job):
-            raise BadInput(f"output {run_uri} already holds a finished run of a different spec; "
-                           "it is never overwritten: use a new run id or output.uri")
-        return previous  # the same run finished already: nothing to do, nothing overwritten
-
     if settings.threads:
         torch.set_num_threads(settings.threads)
     random.seed(hp.seed)
     torch.manual_seed(hp.seed)
-    device, amp = choose_device(job, dist)
-    labels = classify.labels_for(job, store) if spec.task == "sequence-classification" else None
-    tok, model = load_model(job, store, device, amp, labels)
+    amp = precision(job, cuda)
+    labels = dist.local_first(lambda: classify.labels_for(job, store)) \
+        if spec.task == "sequence-classification" else None
+    path, kw = model_source(job, store, dist)
+    tok = load_tokenizer(job, path, kw)
+    n_params = sum(p.numel() for p in meta_model(job, path, kw, tok.pad_token_id, labels, method=False).parameters()) \
+        if dist.world > 1 else 0
+    strategy = parallel.strategy(job, dist, n_params)
+    if strategy == "fsdp":
+        if amp == torch.float16:
+            raise BadInput("distributed.strategy fsdp: hyperparameters.precision fp16 is not supported; use bf16")
+        # Rank 0 alone reads the weights (in their stored dtype; the shards are fp32 masters) and broadcasts them.
+        reference = apply_method(job, load_model(job, path, kw, dist.device, amp, tok.pad_token_id, labels,
+                                                 dtype="auto", place=False)) if dist.main else None
+        model = meta_model(job, path, kw, tok.pad_token_id, labels)
+        if hp.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        model = parallel.shard(model, dist, amp)
+        parallel.materialise(model, reference, dist)
+        del reference
+        dist.checkpoint_group = torch.distributed.new_group(backend="gloo")
+    else:
+        model = apply_method(job, load_model(job, path, kw, dist.device, amp, tok.pad_token_id, labels))
+        if hp.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
     stats = d.Stats()
-    train_rows, val, test = load_data(job, store, tok, stats, labels)
+    train_rows, val, test = dist.local_first(lambda: load_data(job, store, tok, stats, labels))
     task = classify.Classification(labels, spec.classification and spec.classification.class_weights) \
         if labels else CausalLM(tok)
-    model = apply_method(job, model)
     unfreezer = GradualUnfreezing(model, spec.method.freeze, math.ceil(len(train_rows) / hp.batch_size)) \
         if gradual(spec.method.freeze) else None
-    if hp.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    if dist.world > 1:
+    if strategy == "ddp":
         model = torch.nn.parallel.DistributedDataParallel(  # frozen blocks send no gradients while they wait
-            model, device_ids=[device.index] if device.type == "cuda" else None,
+            model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None,
             find_unused_parameters=unfreezer is not None)
     trained = {k for k, p in model.named_parameters() if p.requires_grad}  # before gradual freezing
-    peak = flops.peak_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
-    per_token = flops.flops_per_token(model)
     micro = hp.micro_batch_size
-    accumulation = hp.batch_size // (micro * dist.world)
-    if accumulation < 1 or hp.batch_size % (micro * dist.world):
+    if hp.batch_size % (micro * dist.world):
         raise BadInput(f"hyperparameters.batchSize {hp.batch_size} is not a multiple of microBatchSize x "
                        f"world size ({micro} x {dist.world})")
     total = hp.max_steps or math.ceil(hp.epochs * len(train_rows) / hp.batch_size)
     opt, sched = optimizer_for(job, model, total)
-    eval_every = spec.evaluation.every_steps or max(1, total // 10)
+    scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None  # fp16 gradients underflow unscaled
     val = val[: spec.evaluation.max_samples] if spec.evaluation.max_samples else val
-    es_spec = spec.early_stopping
-    metric = es_spec.metric if es_spec else "loss"
-    mode = es_spec.mode if es_spec else "auto"
-    es = EarlyStop(metric, mode == "max" or (mode == "auto" and metric in MAXIMISED_METRICS),
-                   es_spec.patience if es_spec else None, es_spec.min_delta if es_spec else 0.0)
-    telemetry = Telemetry(settings.metrics_port if dist.main else None, on_log)
+    telemetry = Telemetry(settings.metrics_port if dist.main else None,
+                          on_log if dist.main else (lambda row: None))  # one rank speaks
     telemetry.log("data", train_rows=len(train_rows), validation_examples=len(val), test_examples=len(test),
                   truncated=stats.truncated, dropped_too_long=stats.dropped_too_long,
                   dropped_no_target=stats.dropped_no_target, max_seq_length=spec.dataset.max_seq_length)
+    telemetry.log("distributed", strategy=strategy, world=dist.world, device=str(dist.device))
     scratch = Path(tempfile.mkdtemp(prefix="kubetune-", dir=settings.cache_dir))
-    ckpt = Checkpointer(store, run_uri, spec.checkpoint.keep, scratch, telemetry)
-    pad = tok.pad_token_id
-    baseline: dict = {}
-    baseline_test: ev.Scored | None = None
-    evals: dict[int, dict] = {}  # step -> validation metrics of the weights at that step
+    return Run(job, run_id, settings, dist, store, run_uri, started, amp, strategy, tok, model, task, labels,
+               train_rows, val, test, stats, opt, sched, scaler, unfreezer, trained, total, micro,
+               spec.evaluation.every_steps or max(1, total // 10), telemetry,
+               Checkpointer(store, run_uri, spec.checkpoint.keep, scratch, telemetry, dist), scratch)
 
-    step, tokens_seen = 0, 0
-    state = ckpt.latest()
-    if state is not None:
-        load_trainable(model, state["weights"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        random.setstate(state["rng"]["python"])
-        torch.set_rng_state(state["rng"]["torch"])
-        step, baseline, telemetry.records = state["step"], state["baseline"], state["records"]
-        tokens_seen, baseline_test = state["tokens"], state.get("baseline_test")
-        for k, v in state["early_stopping"].items():
-            setattr(es, k, v)
-        telemetry.log("resume", step=step)
-    elif spec.evaluation.baseline:
-        if val:
-            baseline = evaluate(model, val, micro, pad, device, amp, task=task)
-            telemetry.evaluation(0, baseline, metric, None, tag="baseline")
-        if test and dist.main:  # kept per example: the fine-tuned model is compared on the same rows
-            baseline_test = task.score(model, test, micro, pad, device, amp)
-            telemetry.evaluation(0, ev.metrics(baseline_test), metric, None, tag="baseline-test")
 
-    stop: dict = {}
-    signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("sigterm", True))
-    last_ckpt, stop_reason = time.monotonic(), None
+def early_stop_for(job: FineTuneJob) -> EarlyStop:
+    es = job.spec.early_stopping
+    metric, mode = (es.metric, es.mode) if es else ("loss", "auto")
+    return EarlyStop(metric, mode == "max" or (mode == "auto" and metric in MAXIMISED_METRICS),
+                     es.patience if es else None, es.min_delta if es else 0.0)
+
+
+def resume(run: Run) -> RunState:
+    """The newest checkpoint's state, or a fresh one (after scoring the untouched model when asked)."""
+    state = RunState(early_stop_for(run.job))
+    if state.restore(run) or not run.job.spec.evaluation.baseline:
+        return state
+    metric = state.early.metric
+    if run.val:
+        state.baseline = run.evaluate(run.val)
+        run.telemetry.evaluation(0, state.baseline, metric, None, tag="baseline")
+    if run.test and (run.dist.main or run.sharded):  # kept per example: the fine-tuned model is compared on the same rows
+        state.baseline_test = run.score(run.test)
+        run.telemetry.evaluation(0, ev.metrics(state.baseline_test), metric, None, tag="baseline-test")
+    return state
+
+
+def train_steps(run: Run, state: RunState) -> None:
+    """Optimizer steps until the end, early stopping, or SIGTERM (checkpoint, then Preempted on every rank)."""
+    job, dist, hp, model = run.job, run.dist, run.job.spec.hyperparameters, run.model
+    every_steps, every_minutes = job.spec.checkpoint.every_steps, job.spec.checkpoint.every_minutes
+    sigterm = {"seen": False}
+    signal.signal(signal.SIGTERM, lambda *_: sigterm.__setitem__("seen", True))
+    peak = flops.peak_flops(torch.cuda.get_device_name(run.device)) if run.device.type == "cuda" else None
+    per_token = flops.flops_per_token(model)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    pad = run.tok.pad_token_id
+    last_ckpt = time.monotonic()
     # Rates and the ETA count only what this process did: a resumed run starts its clock at the checkpoint.
-    step_started, first_step, first_tokens = time.monotonic(), step, tokens_seen
-
-    def checkpoint(background: bool = True) -> None:
-        state = {"weights": trainable_state(model, trained), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                 "rng": {"python": random.getstate(), "torch": torch.get_rng_state()}, "step": step,
-                 "tokens": tokens_seen, "baseline": baseline, "baseline_test": baseline_test, "records": list(telemetry.records),
-                 "early_stopping": {k: getattr(es, k) for k in ("best_value", "best_step", "bad_evals",
-                                                                  "best_weights")}}
-        telemetry.checkpoint_seconds.set(ckpt.save(step, state, background))
-        telemetry.log("checkpoint", step=step)
-
+    step_started, first_step, first_tokens = time.monotonic(), state.step, state.tokens
     try:
-        while step < total:
-            if unfreezer and (units := unfreezer.apply(step)) is not None:
-                telemetry.log("unfreeze", step=step, trainable_units=units, of=len(unfreezer.units))
-            rows = rows_of_step(step, hp.batch_size, len(train_rows), hp.seed)[dist.rank:: dist.world]
-            batches = [task.collate([train_rows[i] for i in rows[j: j + micro]], pad)
-                       for j in range(0, len(rows), micro)]
-            n_tokens = torch.tensor(sum(task.targets(b) for b in batches))  # tokens, or examples' class weights
-            if dist.world > 1:
-                torch.distributed.all_reduce(n_tokens)
-            loss_total = 0.0
+        while state.step < run.total:
+            if run.unfreezer and (units := run.unfreezer.apply(state.step)) is not None:
+                run.telemetry.log("unfreeze", step=state.step, trainable_units=units, of=len(run.unfreezer.units))
+            rows = rows_of_step(state.step, hp.batch_size, len(run.train_rows), hp.seed)[dist.rank:: dist.world]
+            batches = [run.task.collate([run.train_rows[i] for i in rows[j: j + run.micro]], pad)
+                       for j in range(0, len(rows), run.micro)]
+            # The step's normaliser: target tokens (or examples' class weights) over every rank.
+            (n_targets,) = dist.sum(sum(run.task.targets(b) for b in batches))
+            loss_sum = 0.0
             for k, batch in enumerate(batches):
-                sync = dist.world == 1 or k == len(batches) - 1
-                with nullcontext() if sync else model.no_sync():
-                    s = task.losses(model, batch, device, amp)
-                    loss = s.sum() / n_tokens.item() * dist.world  # DDP averages gradients over ranks
-                    loss.backward()
-                loss_total += loss.item() / dist.world
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                [p for p in model.parameters() if p.requires_grad], hp.max_grad_norm or float("inf"))
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            step += 1
-            tokens_seen += sum(int(b["input_ids"].numel()) for b in batches) * dist.world
-            if step % settings.log_every_steps == 0 or step in (1, total):
+                with parallel.no_sync(model, sync=k == len(batches) - 1):
+                    s = run.task.losses(model, batch, run.device, run.amp).sum()
+                    loss = s / n_targets * dist.world  # data parallelism averages gradients over the ranks
+                    (run.scaler.scale(loss) if run.scaler else loss).backward()
+                loss_sum += s.item()
+            if run.scaler:
+                run.scaler.unscale_(run.opt)
+            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, hp.max_grad_norm or float("inf"))
+            if run.scaler:
+                run.scaler.step(run.opt)
+                run.scaler.update()
+            else:
+                run.opt.step()
+            run.sched.step()
+            run.opt.zero_grad(set_to_none=True)
+            state.step += 1
+            due_time = bool(every_minutes and time.monotonic() - last_ckpt >= every_minutes * 60)
+            # One reduction agrees on the step's loss, its tokens, and the decisions every rank must take together.
+            loss_total, tokens, stop, due_time = dist.sum(
+                loss_sum, sum(int(b["input_ids"].numel()) for b in batches), sigterm["seen"], due_time)
+            state.tokens += int(tokens)
+            loss_total /= n_targets
+            step = state.step
+            if step % run.settings.log_every_steps == 0 or step in (1, run.total):
                 elapsed = max(time.monotonic() - step_started, 1e-9)
-                tokens_per_s = (tokens_seen - first_tokens) / elapsed
-                telemetry.train_step(step, total, step * hp.batch_size / len(train_rows), loss_total,
-                                     sched.get_last_lr()[0], float(grad_norm), tokens_per_s,
-                                     hp.batch_size * (step - first_step) / elapsed,
-                                     eta=elapsed / (step - first_step) * (total - step),
-                                     mfu=flops.mfu(tokens_per_s, per_token, peak, dist.world) if peak else None,
-                                     memory_bytes=torch.cuda.max_memory_allocated(device) if device.type == "cuda"
-                                     else None)
-            if val and (step % eval_every == 0 or step == total):
-                result = evals[step] = evaluate(model, val, micro, pad, device, amp, task=task)
-                es.update(step, result[metric], lambda: trainable_state(model, trained))
-                telemetry.evaluation(step, result, metric, es.best_value)
-                if es.should_stop:
-                    stop_reason = Reason.EARLY_STOPPED
+                tokens_per_s = (state.tokens - first_tokens) / elapsed
+                run.telemetry.train_step(
+                    step, run.total, step * hp.batch_size / len(run.train_rows), loss_total,
+                    run.sched.get_last_lr()[0], float(parallel.full(grad_norm)), tokens_per_s,
+                    hp.batch_size * (step - first_step) / elapsed, eta=elapsed / (step - first_step) * (run.total - step),
+                    mfu=flops.mfu(tokens_per_s, per_token, peak, dist.world) if peak else None,
+                    memory_bytes=torch.cuda.max_memory_allocated(run.device) if run.device.type == "cuda" else None)
+            if run.val and (step % run.eval_every == 0 or step == run.total):
+                result = state.evals[step] = run.evaluate(run.val)
+                state.early.update(step, result[state.early.metric], lambda: trainable_state(model, run.trained))
+                run.telemetry.evaluation(step, result, state.early.metric, state.early.best_value)
+                if state.early.should_stop:
+                    state.stop_reason = Reason.EARLY_STOPPED
                     break
-            if stop.get("sigterm"):
-                checkpoint(background=False)
+            if stop:
+                state.save(run, background=False)
+                dist.barrier()  # no rank exits (and so ends the others) before the checkpoint is complete
                 raise Preempted(f"SIGTERM at step {step}: checkpoint written, the next start resumes")
-            due_steps = spec.checkpoint.every_steps and step % spec.checkpoint.every_steps == 0
-            due_time = (spec.checkpoint.every_minutes
-                        and time.monotonic() - last_ckpt >= spec.checkpoint.every_minutes * 60)
-            if (due_steps or due_time) and step < total:
-                checkpoint()
+            if ((every_steps and step % every_steps == 0) or due_time) and step < run.total:
+                state.save(run)
                 last_ckpt = time.monotonic()
     except torch.OutOfMemoryError as exc:
-        raise OutOfMemory(f"out of memory at step {step}: lower microBatchSize or maxSeqLength, or enable "
+        raise OutOfMemory(f"out of memory at step {state.step}: lower microBatchSize or maxSeqLength, or enable "
                           "hyperparameters.gradientCheckpointing") from exc
-    ckpt.wait()
-    stop_reason = stop_reason or (Reason.MAX_STEPS if hp.max_steps else Reason.EPOCHS)
-    shipped = step
-    if es_spec and es.best_weights is not None:
-        load_trainable(model, es.best_weights)
-        shipped = es.best_step
-    if not dist.main:
-        return {}
+    run.ckpt.wait()
+    state.stop_reason = state.stop_reason or (Reason.MAX_STEPS if hp.max_steps else Reason.EPOCHS)
+
+
+def run_test(run: Run, state: RunState) -> tuple[int, dict, dict, list]:
+    """Loads the weights to ship (the best step's with early stopping) and scores them: the shipped step, its
+    validation metrics, the test report and the error analysis (rank 0's; empty elsewhere)."""
+    shipped = state.step
+    if run.job.spec.early_stopping and state.early.best_weights is not None:
+        load_trainable(run.model, state.early.best_weights)
+        shipped = state.early.best_step
+    if not (run.dist.main or run.sharded):
+        return shipped, {}, {"test": {}}, []
     # The shipped weights were scored when they were current; scoring them again would give the same numbers.
-    final = evals.get(shipped) or (evaluate(model, val, micro, pad, device, amp, task=task) if val else {})
+    final = state.evals.get(shipped) or (ev.metrics(run.score(run.val)) if run.val else {})
     tested, errors = {"test": {}}, []
-    if test:
-        scored = task.score(model, test, micro, pad, device, amp)
-        constant = task.constant_baseline(train_rows, test) if labels else None
-        tested = ev.report(scored, baseline_test, constant, labels.names if labels else ())
-        tested["headline"] = ev.headline(tested, metric)
-        telemetry.test(tested)
-        errors = task.errors(model, scored, test, ev.worst(scored), device, amp)
-    return finish(job, run_id, store, run_uri, model, tok, telemetry, scratch, errors=errors, summary={
-        "runId": run_id, "specHash": spec_hash(job), "stopReason": stop_reason, "steps": step,
-        "totalSteps": total, "shippedStep": shipped, "epochs": round(step * hp.batch_size / len(train_rows), 4),
-        "trainTokens": tokens_seen, "wallSeconds": round(time.time() - started, 1),
-        "deviceSeconds": round((time.time() - started) * dist.world * max(spec.resources.gpus_per_node, 1), 1),
-        "eval": final, "baseline": baseline, **tested,
-        "best": {"name": metric, "value": es.best_value, "step": es.best_step} if es.best_value is not None else None,
-        "data": {"trainRows": len(train_rows), "validationExamples": len(val), "testExamples": len(test),
-                 "truncated": stats.truncated, "droppedTooLong": stats.dropped_too_long,
-                 "droppedNoTarget": stats.dropped_no_target},
+    if run.test:
+        scored = run.score(run.test)
+        constant = run.task.constant_baseline(run.train_rows, run.test) if run.labels else None
+        tested = ev.report(scored, state.baseline_test, constant, run.labels.names if run.labels else ())
+        tested["headline"] = ev.headline(tested, state.early.metric)
+        run.telemetry.test(tested)
+        worst = run.dist.broadcast(ev.worst(scored)) if run.sharded else ev.worst(scored)
+        errors = run.task.errors(run.scorer, scored, run.test, worst, run.device, run.amp)
+    return shipped, final, tested, errors
+
+
+def train(job: FineTuneJob, run_id: str, settings: TrainerSettings, on_log=None) -> dict:
+    """Runs the job to completion and returns its summary (also written to summary.json; rank 0's, {} on the
+    other ranks). `on_log` receives every logged row (the CLI draws its progress bar from them) instead of the
+    JSON lines on stdout."""
+    store = Store(job.spec.storage, settings.cache_dir)
+    summary_uri = join(job.spec.output.uri, run_id, contract.SUMMARY_FILE)
+    if store.exists(summary_uri, "output.uri"):
+        previous = json.loads(store.get_text(summary_uri))
+        if previous.get("specHash") != spec_hash(job):
+            raise BadInput(f"output {join(job.spec.output.uri, run_id)} already holds a finished run of a different "
+                           "spec; it is never overwritten: use a new run id or output.uri")
+        return previous  # the same run finished already: nothing to do, nothing overwritten
+    run = setup(job, run_id, settings, on_log)
+    try:
+        state = resume(run)
+        train_steps(run, state)
+        shipped, final, tested, errors = run_test(run, state)
+        return ship(run, state, shipped, final, tested, errors)
+    finally:
+        dist_.close(run.dist)
+
+
+def ship(run: Run, state: RunState, shipped: int, final: dict, tested: dict, errors: list) -> dict:
+    """The summary, and (rank 0) every artifact."""
+    job, hp, es = run.job, run.job.spec.hyperparameters, state.early
+    weights = parallel.full_state(run.model, trained_only=job.spec.method.type != "full") if run.sharded else None
+    if not run.dist.main:
+        return {}
+    return finish(job, run.run_id, run.store, run.run_uri, run.model, run.tok, run.telemetry, run.scratch,
+                  errors=errors, weights=weights, summary={
+        "runId": run.run_id, "specHash": spec_hash(job), "stopReason": state.stop_reason, "steps": state.step,
+        "totalSteps": run.total, "shippedStep": shipped, "epochs": round(state.step * hp.batch_size / len(run.train_rows), 4),
+        "trainTokens": state.tokens, "wallSeconds": round(time.time() - run.started, 1),
+        "deviceSeconds": round((time.time() - run.started) * run.dist.world, 1),
+        "eval": final, "baseline": state.baseline, **tested,
+        "best": {"name": es.metric, "value": es.best_value, "step": es.best_step} if es.best_value is not None else None,
+        "data": {"trainRows": len(run.train_rows), "validationExamples": len(run.val), "testExamples": len(run.test),
+                 "truncated": run.stats.truncated, "droppedTooLong": run.stats.dropped_too_long,
+                 "droppedNoTarget": run.stats.dropped_no_target},
     })
 
 
 def finish(job, run_id, store, run_uri, model, tok, telemetry, scratch: Path, summary: dict,
-           errors: list[dict] = ()) -> dict:
-    """Writes every artifact, then summary.json last: its presence marks a complete run."""
+           errors: list[dict] = (), weights: dict | None = None) -> dict:
+    """Writes every artifact, then summary.json last: its presence marks a complete run. `weights`: the full
+    (trainable) state gathered from FSDP shards, saved in place of the model's own."""
     out = scratch / "artifacts"
-    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
-        model = model.module
+    model = parallel.unwrap(model)
     model_dir = out / contract.MODEL_DIR
-    model.save_pretrained(model_dir)
+    model.save_pretrained(model_dir, **({"state_dict": weights} if weights is not None else {}))
     tok.save_pretrained(model_dir)
     if job.spec.task == "sequence-classification" and hasattr(model, "peft_config"):
         model.get_base_model().config.save_pretrained(model_dir)  # the label names travel with the adapter
@@ -545,7 +677,7 @@ def finish(job, run_id, store, run_uri, model, tok, telemetry, scratch: Path, su
         (out / contract.ERRORS_FILE).write_text("".join(json.dumps(r) + "\n" for r in errors))
         artifacts["errorsUri"] = join(run_uri, contract.ERRORS_FILE)
     if job.spec.output.merge_adapter:
-        merged = model.merge_and_unload()
+        merged = merged_model(job, model, model_dir) if weights is not None else model.merge_and_unload()
         merged.save_pretrained(out / contract.MERGED_DIR)
         tok.save_pretrained(out / contract.MERGED_DIR)
         artifacts["mergedUri"] = join(run_uri, contract.MERGED_DIR)
@@ -556,6 +688,15 @@ def finish(job, run_id, store, run_uri, model, tok, telemetry, scratch: Path, su
     store.put_dir(out, run_uri)
     store.put_text(json.dumps(summary, indent=2), artifacts["summaryUri"])
     return summary
+
+
+def merged_model(job: FineTuneJob, model, adapter_dir: Path):
+    """Under FSDP the base weights are shards: merge the saved adapter into a host copy of the base model."""
+    from peft import PeftModel
+
+    base = type(model.get_base_model()).from_pretrained(model.peft_config["default"].base_model_name_or_path,
+                                                        dtype="auto")
+    return PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
 
 
 def model_card(job: FineTuneJob, s: dict) -> str:

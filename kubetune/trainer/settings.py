@@ -20,3 +20,6 @@ class TrainerSettings(BaseSettings):
     """Log (and update the gauges) every N optimizer steps, and on the first and last."""
     threads: int | None = Field(None, ge=1)
     """CPU threads for torch; unset lets torch decide."""
+    collective_timeout_minutes: int = Field(60, ge=1)
+    """How long a rank waits for the others at a collective (barrier, all-reduce) before failing; local rank 0
+    downloads the base model while the node's other ranks wait."""

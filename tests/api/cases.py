@@ -65,6 +65,8 @@ INVALID = [
          "spec.hyperparameters.epochs"),
     Case("lora-block-on-full", spec(method={"type": "full", "lora": {"r": 8}}), "spec.method.lora"),
     Case("freeze-on-lora", spec(method={"type": "lora", "freeze": {"embeddings": True}}), "spec.method.freeze"),
+    Case("fsdp-with-qlora", spec(method={"type": "qlora"}, distributed={"strategy": "fsdp"}), "spec.distributed.strategy"),
+    Case("distributed-bad-strategy", spec(distributed={"strategy": "deepspeed"}), "spec.distributed.strategy"),
     Case("qlora-without-gpu", spec(method={"type": "qlora"}, resources={"gpusPerNode": 0}),
          "spec.resources.gpusPerNode"),
     Case("fp16-on-cpu", spec(hyperparameters={"precision": "fp16"}, resources={"gpusPerNode": 0}),
@@ -117,6 +119,7 @@ INVALID = [
 # Valid variants beyond examples/: each flips a rule's condition without breaking it.
 VALID = [
     Case("epochs-only", spec(hyperparameters={"maxSteps": DELETE, "epochs": 1}), ""),
+    Case("fsdp-full", spec(method={"type": "full"}, distributed={"strategy": "fsdp"}, resources={"gpusPerNode": 2}), ""),
     Case("qlora-on-gpu", spec(method={"type": "qlora", "lora": {"r": 4}}, resources={"gpusPerNode": 1}), ""),
     Case("cpu-lora", spec(resources={"gpusPerNode": 0}, hyperparameters={"precision": "bf16"}), ""),
     Case("split-and-early-stopping", spec(dataset={"validation": DELETE, "validationSplit": 0.2},

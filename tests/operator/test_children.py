@@ -99,9 +99,15 @@ def test_fail_fast_on_bad_input_and_ignore_disruptions():
     assert ignore == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
 
 
-def test_multi_gpu_uses_torchrun_standalone():
+def test_multi_gpu_uses_torchrun_standalone_under_the_exit_code_keeping_launcher():
     _, pod, deps = built({"spec": {"resources": {"gpusPerNode": 4}, "hyperparameters": {"batchSize": 16}}})
-    assert pod["containers"][0]["command"][:3] == ["torchrun", "--standalone", "--nproc-per-node=4"]
+    command = pod["containers"][0]["command"]
+    assert command[:3] == ["python", "-m", "kubetune.trainer.launch"]
+    assert "--standalone" in command and "--nproc-per-node=4" in command
+    assert command[-2:] == ["-m", "kubetune.trainer"]
+    # The workers get the pod's grace period after a SIGTERM, less a margin for the launcher itself.
+    timeout = next(int(a.split("=")[1]) for a in command if a.startswith("--shutdown-timeout="))
+    assert 0 < timeout < pod["terminationGracePeriodSeconds"]
     assert len(deps) == 1
 
 

@@ -1,0 +1,81 @@
+"""The causal-LM side of the loop (classify.py is the classifier's): batches, the per-token loss, scoring and the
+error analysis. The loop calls the same few functions of either.
+"""
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from kubetune.trainer import data as d
+from kubetune.trainer import evaluation as ev
+
+
+def forward_logits(model, batch: dict, device, amp) -> torch.Tensor:
+    # No KV cache: with one, transformers skips deriving per-example attention from packed position ids.
+    with torch.autocast(device.type, dtype=amp) if amp else nullcontext():
+        return model(input_ids=batch["input_ids"].to(device), position_ids=batch["position_ids"].to(device),
+                     use_cache=False).logits
+
+
+def token_losses(model, batch: dict, device, amp) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-row summed loss, target-token count and correct next-token predictions."""
+    labels = batch["labels"][:, 1:].to(device)
+    logits = forward_logits(model, batch, device, amp)[:, :-1].float()
+    loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=d.IGNORE,
+                           reduction="none").view(labels.shape)
+    mask = labels != d.IGNORE
+    correct = ((logits.argmax(-1) == labels) & mask).sum(1)
+    return loss.sum(1), mask.sum(1), correct
+
+
+class CausalLM:
+    """What the loop calls per task, for causal LMs (classify.Classification is the classifier's)."""
+
+    def __init__(self, tok=None):
+        self.tok = tok
+
+    collate = staticmethod(d.collate)
+
+    @staticmethod
+    def targets(batch: dict) -> float:
+        """The loss normaliser: target tokens (labels are shifted by one against the inputs)."""
+        return float((batch["labels"][:, 1:] != d.IGNORE).sum())
+
+    @staticmethod
+    def losses(model, batch: dict, device, amp) -> torch.Tensor:
+        return token_losses(model, batch, device, amp)[0]
+
+    @staticmethod
+    @torch.no_grad()
+    def score(model, examples: list, micro: int, pad_id: int, device, amp) -> ev.Scored:
+        model.eval()
+        order = d.length_order(examples)
+        sums, counts, correct = [], [], []
+        for i in range(0, len(examples), micro):
+            s, n, c = token_losses(model, d.collate([examples[j] for j in order[i: i + micro]], pad_id), device, amp)
+            sums += s.tolist()
+            counts += n.tolist()
+            correct += c.tolist()
+        model.train()
+        scored = ev.Scored("causal-lm", loss=np.array(sums), weight=np.array(counts), correct=np.array(correct))
+        return scored.take(np.argsort(order))
+
+    @torch.no_grad()
+    def errors(self, model, scored: ev.Scored, examples: list, indices: list[int], device, amp) -> list[dict]:
+        """Rows of errors.jsonl. The prediction is teacher-forced: the model's most likely token at each target
+        position given the reference before it (it equals greedy decoding where the example is an exact match)."""
+        model.eval()
+        rows = []
+        for i in indices:
+            ex = examples[i]
+            labels = torch.tensor(ex["labels"][1:])
+            logits = forward_logits(model, d.collate([ex], 0), device, amp)[0, :-1]
+            where = labels != d.IGNORE
+            rows.append({"source": ex.get("source"), "input": self.tok.decode(ex["input_ids"])[:2000],
+                         "reference": self.tok.decode(labels[where]),
+                         "prediction": self.tok.decode(logits.argmax(-1).cpu()[where]),
+                         "loss": round(float(scored.loss[i] / max(scored.weight[i], 1)), 5),
+                         "targetTokens": int(scored.weight[i])})
+        model.train()
+        return rows

@@ -1,0 +1,107 @@
+"""Rank discipline in one place: who writes, who downloads, who waits, and what every rank must agree on.
+
+- Rank 0 writes: checkpoints (replicated ones), artifacts, summary.json, pruning. With sharded (FSDP)
+  checkpoints every rank writes its own shard files and rank 0 the rest (checkpoint.py).
+- Each node's local rank 0 downloads the base model and the data; the other ranks of the node wait at a barrier
+  and then find them in the shared cache.
+- Decisions that change the collective schedule (stop on SIGTERM, a time-based checkpoint, early stopping) are
+  reduced across ranks, so every rank takes them at the same step.
+
+One process without torchrun is `Dist()` (world 1): every helper here is then a plain local operation.
+"""
+import os
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import torch
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    """Where this rank computes, and where tensors for collectives live (NCCL takes only CUDA tensors)."""
+    checkpoint_group: object = None
+    """A gloo group of its own for async checkpoint saves: their collectives run in a background thread and must
+    not interleave with the training collectives on the default group."""
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def local_main(self) -> bool:
+        return self.local_rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+
+    def sum(self, *values: float) -> list[float]:
+        """Sums of per-rank numbers over all ranks (float64 on the collective device)."""
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        if self.world > 1:
+            torch.distributed.all_reduce(t)
+        return t.tolist()
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank when it is True on any one (a SIGTERM that reached one rank stops them all)."""
+        if self.world == 1:
+            return bool(flag)
+        t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=self.device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return bool(t.item())
+
+    def gather(self, obj) -> list | None:
+        """Every rank's `obj` on rank 0 (None elsewhere)."""
+        if self.world == 1:
+            return [obj]
+        out = [None] * self.world if self.main else None
+        torch.distributed.gather_object(obj, out, dst=0)
+        return out
+
+    def broadcast(self, obj):
+        """Rank 0's `obj` on every rank."""
+        if self.world == 1:
+            return obj
+        box = [obj]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def local_first(self, fn):
+        """Runs `fn` on the node's local rank 0 first (a download into the node's cache), then on the others,
+        which find the cached result. An error on local rank 0 still releases the others."""
+        if self.world == 1:
+            return fn()
+        if self.local_main:
+            try:
+                result = fn()
+            finally:
+                self.barrier()
+            return result
+        self.barrier()
+        return fn()
+
+
+def init(cuda: bool, timeout_minutes: int) -> Dist:
+    """The process group from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK), each rank on its own GPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    if world == 1:
+        return Dist(device=device)
+    import torch.distributed as dist
+
+    if cuda:
+        torch.cuda.set_device(device)  # before anything touches CUDA, or every rank lands on cuda:0
+    # NCCL for CUDA tensors, gloo for CPU ones (object collectives, checkpoint coordination).
+    dist.init_process_group("cuda:nccl,cpu:gloo" if cuda else "gloo", device_id=device if cuda else None,
+                            timeout=timedelta(minutes=timeout_minutes))
+    return Dist(dist.get_rank(), world, local_rank, device)
+
+
+def close(d: Dist) -> None:
+    if d.world > 1 and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
