@@ -14,6 +14,8 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from kubetune.api.spec import Dataset
 from kubetune.trainer.errors import BadInput
 
@@ -166,15 +168,19 @@ def _chat(rec: Record, tok, dataset: Dataset) -> tuple[list[int], list[int]]:
         if m["role"] != "assistant":
             continue
         before = tok.apply_chat_template(msgs[:i], tokenize=False, add_generation_prompt=True) if i else ""
-        through = tok.apply_chat_template(msgs[: i + 1], tokenize=False)
+        # The last turn through its end is the whole conversation: one render fewer per example.
+        through = text if i == len(msgs) - 1 else tok.apply_chat_template(msgs[: i + 1], tokenize=False)
         if not (text.startswith(through) and through.startswith(before)):
             raise BadInput("the chat template renders a conversation differently from its prefixes; "
                            "prompt masking needs a prefix-stable template")
         spans.append((len(before), len(through)))
     enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = enc["input_ids"]
-    labels = [t if any(a <= start < b for a, b in spans) else IGNORE for t, (start, _) in zip(ids, enc["offset_mapping"])]
-    return ids, labels
+    starts = np.fromiter((start for start, _ in enc["offset_mapping"]), np.int64, len(ids))
+    target = np.zeros(len(ids), dtype=bool)  # tokens that start inside an assistant span
+    for a, b in spans:
+        target |= (a <= starts) & (starts < b)
+    return ids, np.where(target, ids, IGNORE).tolist()
 
 
 def _prompt_completion(rec: Record, tok, dataset: Dataset) -> tuple[list[int], list[int]]:

@@ -43,8 +43,8 @@ from kubetune.trainer.storage import Store, join
 
 FORMAT = 1  # bump when the arrays or what encode produces change: old caches are then never read
 FILES = ("tokens.bin", "mask.bin", "offsets.bin", "file.bin", "line.bin")
-CHUNK_BYTES = 8 << 20
-CHUNK_RECORDS = 4096
+CHUNK_BYTES = (256 << 10, 8 << 20)  # a jsonl chunk's bounds; within them, ~8 chunks per worker balance the load
+CHUNK_RECORDS = (256, 4096)  # the same for csv and parquet records
 
 
 def cpu_count() -> int:
@@ -209,10 +209,15 @@ def _encode_chunk(job: tuple) -> dict:
     return out
 
 
-def _plan(path: Path, display: str, ds: Dataset, scratch: Path, chunk_bytes: int):
+def _chunk_size(total: int, workers: int, bounds: tuple[int, int]) -> int:
+    return int(min(bounds[1], max(bounds[0], total // (workers * 8))))
+
+
+def _plan(path: Path, display: str, ds: Dataset, scratch: Path, workers: int, chunk_bytes: int | None):
     """The chunks of every file in order, the file table, and the first record (for schema detection). A file
     that cannot be read stops the plan; its error is reported where the serial reader would have reported it."""
     files = _files(path)
+    chunk_bytes = chunk_bytes or _chunk_size(sum(f.stat().st_size for f in files), workers, CHUNK_BYTES)
     jobs, table, first, error = [], [], None, None
     for i, file in enumerate(files):
         name = display if len(files) == 1 else f"{display.rstrip('/')}/{file.relative_to(path)}"
@@ -238,7 +243,8 @@ def _plan(path: Path, display: str, ds: Dataset, scratch: Path, chunk_bytes: int
                 except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
                     raise BadInput(f"{name}: not a valid gzip file ({exc})") from exc
                 first = first or (records[0] if records else None)
-                jobs += [(i, records[k: k + CHUNK_RECORDS], name) for k in range(0, len(records), CHUNK_RECORDS)]
+                per = _chunk_size(len(records), workers, CHUNK_RECORDS)
+                jobs += [(i, records[k: k + per], name) for k in range(0, len(records), per)]
         except BadInput as exc:
             error = str(exc)  # later files do not matter: this error comes before anything they could raise
             break
@@ -254,7 +260,7 @@ def _first_jsonl_record(file: Path, name: str) -> d.Record | None:
 
 
 def build(path: Path, display: str, what: str, tok, ds: Dataset, out: Path, workers: int | None = None,
-          chunk_bytes: int = CHUNK_BYTES) -> None:
+          chunk_bytes: int | None = None) -> None:
     """Tokenizes the file (or directory) at `path` into the directory `out` (which must not exist), with
     `workers` processes (default: the CPUs available; 1 runs in this process). Raises BadInput as the serial
     reader and data.encode would: file and line first, then "no records", the schema, the examples."""
@@ -264,7 +270,8 @@ def build(path: Path, display: str, what: str, tok, ds: Dataset, out: Path, work
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        jobs, table, first, plan_error = _plan(path, display, ds, tmp, chunk_bytes)
+        workers = workers or cpu_count()
+        jobs, table, first, plan_error = _plan(path, display, ds, tmp, workers, chunk_bytes)
         schema, schema_error = None, None
         if first is not None:
             try:
@@ -275,7 +282,7 @@ def build(path: Path, display: str, what: str, tok, ds: Dataset, out: Path, work
             except BadInput as exc:
                 schema, schema_error = None, str(exc)
         _CONTEXT = _Context(tok, ds, None if plan_error else schema)
-        workers = min(workers or cpu_count(), max(1, len(jobs)))
+        workers = min(workers, max(1, len(jobs)))
         results = _run(jobs, workers, tmp, len(tok))
         parse_errors = [r["parse_error"] for r in results["errors"] if r["parse_error"]]
         if parse_errors or plan_error:
@@ -353,7 +360,7 @@ def _run(jobs: list, workers: int, out: Path, vocab: int) -> dict:
 # --- Cache ---------------------------------------------------------------------------------------------------
 
 def prepare(store: Store, uri: str, what: str, tok, ds: Dataset, cache_dir: Path, *, share_uri: str | None = None,
-            workers: int | None = None, chunk_bytes: int = CHUNK_BYTES, on_event=None) -> Tokenized:
+            workers: int | None = None, chunk_bytes: int | None = None, on_event=None) -> Tokenized:
     """The tokenized data at `uri`: from the local cache, else from `share_uri` (a prefix this run owns), else
     built here (and then uploaded to `share_uri`). Processes of one node that call this at once build it once:
     the others wait on the lock and read the result. `on_event(kind, **fields)` hears "hit", "download" and
