@@ -335,12 +335,16 @@ def build_dependents(job: FineTuneJob, run: Run, *args: OperatorSettings) -> lis
     return objects
 
 
-def in_place_patch(job: FineTuneJob, observed: dict) -> dict | None:
+def in_place_patch(job: FineTuneJob, observed: dict, kueue_managed: bool = False) -> dict | None:
     """The Job fields to change so a running run follows the in-place spec fields; None when it already does.
-    With a Kueue queue the operator only ever suspends: admission (unsuspending) is Kueue's."""
+    With a Kueue queue the operator only ever suspends: admission (unsuspending) is Kueue's. Once Kueue manages
+    the Job (it has a Workload) the operator leaves `suspend` to Kueue entirely: spec.suspend deactivates the
+    Workload instead (kueue.activation), and nothing else Kueue sets (node selectors, tolerations) is patched."""
     spec, observed_spec = job.spec, observed.get("spec", {})
     patch: dict = {}
-    if spec.suspend and not observed_spec.get("suspend"):
+    if kueue_managed:
+        pass
+    elif spec.suspend and not observed_spec.get("suspend"):
         patch["suspend"] = True
     elif not spec.suspend and observed_spec.get("suspend") and not spec.scheduling.queue_name:
         patch["suspend"] = False

@@ -8,6 +8,7 @@ import kubernetes
 from kubernetes.client import ApiException
 
 from kubetune.api import GROUP, PLURAL, VERSION
+from kubetune.operator import kueue
 
 
 def load_client() -> kubernetes.client.ApiClient:
@@ -99,6 +100,22 @@ class Kube:
         if existing is None:  # deleted in between: let the next reconcile create it
             raise ApiException(status=409, reason=f"{kind} {obj['metadata']['name']} was being replaced")
         return existing
+
+    def list_workloads(self, namespace: str, job_uid: str) -> list[dict]:
+        """Kueue's Workloads of a Job; none where Kueue is not installed (404) or the operator may not read them
+        (403): the status then says only that the run waits for its queue."""
+        try:
+            return self._json(self.custom.list_namespaced_custom_object(
+                kueue.GROUP, kueue.VERSION, namespace, kueue.PLURAL, label_selector=f"{kueue.LABEL_JOB_UID}={job_uid}",
+                _preload_content=False, _request_timeout=self.timeout))["items"]
+        except ApiException as exc:
+            if exc.status in (403, 404):
+                return []
+            raise
+
+    def patch_workload(self, namespace: str, name: str, patch: dict) -> None:
+        self.custom.patch_namespaced_custom_object(kueue.GROUP, kueue.VERSION, namespace, kueue.PLURAL, name, patch,
+                                                   _request_timeout=self.timeout)
 
     def patch_job(self, namespace: str, name: str, patch: dict) -> None:
         self.batch.patch_namespaced_job(name, namespace, patch, _request_timeout=self.timeout)

@@ -9,7 +9,7 @@ anyone else is a conflict to report, never adopted (metav1.IsControlledBy).
 from dataclasses import dataclass, field, replace
 
 from kubetune.api import FineTuneJob
-from kubetune.operator import children, gang
+from kubetune.operator import children, gang, kueue
 from kubetune.operator.children import ANNOTATION_GENERATION, TERMINAL, Run, controlled_by
 from kubetune.operator.settings import OperatorSettings
 from kubetune.operator.status import State
@@ -68,8 +68,9 @@ def job_finished(job: dict) -> bool:
 
 
 def plan(job: FineTuneJob, observed: dict[str, list[dict]], settings: OperatorSettings) -> Plan:
-    """`observed` maps each of KINDS to the objects listed by the FineTuneJob's label (and any read by name), and
-    "Pod" to the pods of its failed Jobs (a gang's verdict reads them)."""
+    """`observed` maps each of KINDS to the objects listed by the FineTuneJob's label (and any read by name),
+    "Pod" to the pods of its failed Jobs (a gang's verdict reads them), and "Workload" to Kueue's Workloads of
+    its queued Jobs (reconcile.held_workloads)."""
     uid = job.metadata.uid
     owned = {kind: [o for o in observed.get(kind) or [] if controlled_by(o, uid)] for kind in KINDS}
     run = children.current_run(job, owned["Job"])
@@ -172,9 +173,13 @@ def _plan(job: FineTuneJob, observed: dict[str, list[dict]], owned: dict[str, li
     if restart:
         actions += deletes
     if child is not None:
-        patch = children.in_place_patch(job, child)
+        workload = kueue.workload_of(observed.get("Workload") or [], child)
+        patch = children.in_place_patch(job, child, kueue_managed=workload is not None)
         if patch:
             actions.append(Action("patch", "Job", run.job_name, patch))
+        active = kueue.activation(job.spec.suspend, workload)
+        if active:
+            actions.append(Action("patch", "Workload", _name(workload), active))
     return Plan(run, child, actions)
 
 

@@ -14,14 +14,14 @@ from pydantic import ValidationError
 
 from kubetune.api import FineTuneJobStatus, Reason
 from kubetune.api.validate import validate_manifest
-from kubetune.operator import metrics, progress
-from kubetune.operator.children import controlled_by
+from kubetune.operator import kueue, metrics, progress
+from kubetune.operator.children import LABEL_KUEUE_QUEUE, controlled_by
 from kubetune.operator.errors import PermanentFailure, RetryLater, api_message, is_transient
 from kubetune.operator.kube import Kube
-from kubetune.operator.plan import Action, conflict_message, job_failed, plan
+from kubetune.operator.plan import Action, conflict_message, job_failed, job_finished, plan
 from kubetune.operator.settings import OperatorSettings
 from kubetune.operator.sources import ApiSource, newer
-from kubetune.operator.status import Event, State, compute_status, conditions
+from kubetune.operator.status import Event, State, compute_status, conditions, parse_time
 
 COMPONENT = "kubetune-operator"
 _locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
@@ -133,6 +133,7 @@ def _reconcile(kube: Kube, settings: OperatorSettings, namespace: str, name: str
     # A gang's failed attempt is judged by its pods (exit codes, OOMKilled): only failed Jobs' pods are read.
     observed["Pod"] = [pod for j in observed["Job"] if job.spec.nodes > 1 and job_failed(j)
                        for pod in source.pods(namespace, j["metadata"]["uid"])]
+    observed["Workload"] = held_workloads(kube, job, observed["Job"])
     p = plan(job, observed, settings)
     problem, retry = None, None
     if p.conflict:  # retried: whoever owns that object may delete it
@@ -161,14 +162,15 @@ def _reconcile(kube: Kube, settings: OperatorSettings, namespace: str, name: str
                 events.append(Event("Normal", "JobCreated", f"created Job {action.name} for run {p.run.run_id}"))
         elif action.verb == "delete" and action.kind == "Job":
             deleted.append(action.name)
-        elif action.verb == "patch":  # a new dict: the observed one may be shared with the indexes
+        elif action.verb == "patch" and action.kind == "Job":  # a new dict: the observed one may be shared
             child = {**child, "spec": {**child.get("spec", {}), **action.body["spec"]}}
 
     pods = source.pods(namespace, child["metadata"]["uid"]) if child else []
     sample = sample if problem is None and child is not None else None
     prior = job.status
     status, transitions = compute_status(job, p.run, child, pods, sample, now(), settings.max_runs_kept,
-                                         problem or p.state)
+                                         problem or p.state,
+                                         workload=kueue.workload_of(observed["Workload"], child) if child else None)
     events += transitions
     wrote = write_status(kube, obj, status)
     for event in events:  # only after the status write succeeded
@@ -178,7 +180,27 @@ def _reconcile(kube: Kube, settings: OperatorSettings, namespace: str, name: str
         raise retry
     if p.waiting:
         raise RetryLater(p.waiting, delay=2)
+    if status.phase == "Queued" and job.spec.scheduling.queue_name:
+        # The operator watches no Workloads (Kueue's changes to them send it no event): look again, within
+        # seconds while Kueue has not yet said why a new Job waits, then at the resync interval.
+        workload = kueue.workload_of(observed["Workload"], child) if child else None
+        born = parse_time((child or {}).get("metadata", {}).get("creationTimestamp"))
+        young = born is not None and (now() - born).total_seconds() < 60
+        raise RetryLater("Kueue holds the run", delay=2 if young and not kueue.condition(
+            workload or {}, "QuotaReserved") else settings.resync_seconds)
     return Outcome(status, wrote, created, deleted)
+
+
+def held_workloads(kube: Kube, job, owned_jobs: list[dict]) -> list[dict]:
+    """Kueue's Workloads of the queued Jobs that are held or to be held (suspended, or spec.suspend): why they
+    wait (pending, inadmissible, preempted), and where spec.suspend goes (kueue.activation). One LIST per such
+    Job, only then: an admitted, running Job costs no request."""
+    if not job.spec.scheduling.queue_name:
+        return []
+    return [w for j in owned_jobs
+            if (j["metadata"].get("labels") or {}).get(LABEL_KUEUE_QUEUE) and not job_finished(j)
+            and (job.spec.suspend or j.get("spec", {}).get("suspend"))
+            for w in kube.list_workloads(j["metadata"]["namespace"], j["metadata"]["uid"])]
 
 
 def act(kube: Kube, namespace: str, action: Action) -> dict | None:
@@ -186,6 +208,8 @@ def act(kube: Kube, namespace: str, action: Action) -> dict | None:
         return kube.create(action.body)
     if action.verb == "delete":
         kube.delete(action.kind, namespace, action.name, action.propagation)
+    elif action.verb == "patch" and action.kind == "Workload":
+        kube.patch_workload(namespace, action.name, action.body)
     elif action.verb == "patch":
         kube.patch_job(namespace, action.name, action.body)
     return None

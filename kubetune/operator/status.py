@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from kubetune.api import Condition, ConditionType, FineTuneJob, FineTuneJobStatus, Reason, contract
 from kubetune.api.status import Artifacts, BestMetric, Comparison, Metrics, Progress, RunRecord
+from kubetune.operator import kueue
 from kubetune.operator.children import ANNOTATION_RESTART_REASON, CONTAINER, Run
 
 TERMINAL = ("Succeeded", "Failed")
@@ -104,7 +105,9 @@ def pending_state(pods: list[dict]) -> State:
     return State("Pending", Reason.PENDING, "waiting for the trainer pod to start")
 
 
-def observe(job: FineTuneJob, child: dict | None, pods: list[dict], summary: dict | None) -> State:
+def observe(job: FineTuneJob, child: dict | None, pods: list[dict], summary: dict | None,
+            workload: dict | None = None) -> State:
+    """`workload`: Kueue's Workload for the Job, when the run is queued and Kueue has made one."""
     spec = job.spec
     if child is None:
         return State("Pending", Reason.CREATED, "creating the trainer Job")
@@ -128,9 +131,9 @@ def observe(job: FineTuneJob, child: dict | None, pods: list[dict], summary: dic
     if child.get("spec", {}).get("suspend"):
         if spec.suspend:
             return State("Suspended", Reason.SUSPENDED, "spec.suspend is true")
-        queue = spec.scheduling.queue_name
-        return State("Queued", Reason.QUEUED, f"waiting for admission by Kueue queue {queue}" if queue
-                     else "waiting for the Job to be resumed")
+        if spec.scheduling.queue_name:
+            return State(*kueue.waiting(spec.scheduling.queue_name, workload))
+        return State("Queued", Reason.QUEUED, "waiting for the Job to be resumed")
     if any(p.get("status", {}).get("phase") == "Running" for p in pods):
         return State("Running", Reason.RUNNING, "training")
     if any(p.get("status", {}).get("phase") == "Succeeded" for p in pods):
@@ -241,7 +244,7 @@ def archive(previous: FineTuneJobStatus) -> RunRecord:
 
 
 def compute_status(job: FineTuneJob, run: Run, child: dict | None, pods: list[dict], sample: dict | None,
-                   now: datetime, max_runs: int = 10, problem: State | None = None
+                   now: datetime, max_runs: int = 10, problem: State | None = None, workload: dict | None = None
                    ) -> tuple[FineTuneJobStatus, list[Event]]:
     """The status to write and the events to post (one per change of phase or reason). `problem` is what
     stopped the reconcile from carrying out its plan (a refused or conflicting child); it wins over what the
@@ -264,7 +267,7 @@ def compute_status(job: FineTuneJob, run: Run, child: dict | None, pods: list[di
             c.model_copy(update={"observed_generation": generation}) for c in prior.conditions]}), []
 
     summary = next((s for s in map(termination_json, pods) if s and "stopReason" in s), None)
-    state = problem or observe(job, child, pods, summary)
+    state = problem or observe(job, child, pods, summary, workload)
     if run.attempt > 1 and state.reason in (Reason.PENDING, Reason.CREATED):
         # a gang's next attempt whose pods have not started yet: still the run restarting, not a new start
         why = ((child or {}).get("metadata", {}).get("annotations") or {}).get(ANNOTATION_RESTART_REASON)

@@ -1,0 +1,72 @@
+"""What Kueue says about a queued run, read from its Workload (pure: no I/O).
+
+Kueue's Job integration makes one Workload per Job (owned by it, labelled with the Job's uid). Admission
+unsuspends the Job and adds the ResourceFlavor's node labels to its pod template; eviction (priority preemption,
+a stopped queue, a deactivated Workload) suspends it again, and the trainer checkpoints on the SIGTERM. The
+Workload's conditions say why a run waits; the FineTuneJob's status repeats them with the queue's name.
+"""
+GROUP, VERSION, PLURAL = "kueue.x-k8s.io", "v1beta2", "workloads"
+LABEL_JOB_UID = "kueue.x-k8s.io/job-uid"
+# Kueue's reasons for the Workload's Evicted condition (apis/kueue/v1beta2/workload_types.go) that the status
+# passes on: Preempted, PodsReadyTimeout, AdmissionCheck, ClusterQueueStopped, LocalQueueStopped, Deactivated...
+DEACTIVATED = "Deactivated"
+
+
+def condition(workload: dict, kind: str) -> dict | None:
+    return next((c for c in (workload.get("status") or {}).get("conditions") or [] if c.get("type") == kind), None)
+
+
+def holds(workload: dict, kind: str) -> bool:
+    return (condition(workload, kind) or {}).get("status") == "True"
+
+
+def waiting(queue: str, workload: dict | None) -> tuple[str, str, str]:
+    """(phase, reason, message) of a run whose Job Kueue holds suspended."""
+    if workload is None:  # not created yet, or Kueue is not installed (then nothing will admit the run)
+        return "Queued", "Queued", f"waiting for admission by Kueue queue {queue}"
+    evicted = condition(workload, "Evicted") if holds(workload, "Evicted") else None
+    if (workload.get("spec") or {}).get("active") is False:
+        message = (evicted or {}).get("message") or "the Workload is deactivated"
+        return "Suspended", DEACTIVATED, f"Kueue deactivated the run's Workload ({message}); queue {queue}"
+    if evicted:
+        preempted = condition(workload, "Preempted") if holds(workload, "Preempted") else None
+        detail = evicted.get("message") or (preempted or {}).get("message") or ""
+        return "Queued", evicted.get("reason") or "Evicted", (
+            f"evicted by Kueue ({detail}); waiting in queue {queue} to resume from the last checkpoint")
+    if holds(workload, "Admitted"):
+        return "Queued", "Admitted", f"admitted by Kueue queue {queue}; starting"
+    reserved = condition(workload, "QuotaReserved")
+    if holds(workload, "QuotaReserved"):
+        return "Queued", "QuotaReserved", f"quota reserved in Kueue queue {queue}; waiting for admission checks"
+    reason = (reserved or {}).get("reason")
+    message = f"waiting for admission by Kueue queue {queue}"
+    if reserved and reserved.get("message"):
+        message += f": {reserved['message']}"
+    # Inadmissible: the LocalQueue or its ClusterQueue is missing or stopped, or the run can never fit.
+    return "Queued", "Inadmissible" if reason == "Inadmissible" else "Queued", message
+
+
+ANNOTATION_DEACTIVATED = "kubetune.io/deactivated"
+"""On a Workload the operator deactivated for spec.suspend: only such a Workload is reactivated by it."""
+
+
+def workload_of(workloads: list[dict], job: dict) -> dict | None:
+    """The newest Workload of a Job (Kueue keeps one per Job; a changed pod set may briefly leave two)."""
+    uid = job["metadata"].get("uid")
+    mine = [w for w in workloads if (w["metadata"].get("labels") or {}).get(LABEL_JOB_UID) == uid]
+    return max(mine, key=lambda w: w["metadata"].get("creationTimestamp") or "", default=None)
+
+
+def activation(suspend: bool, workload: dict | None) -> dict | None:
+    """spec.suspend of a run that Kueue manages, as a patch of its Workload's `spec.active`. Suspending the Job
+    would be undone (Kueue starts the suspended Job of an admitted Workload); an inactive Workload is evicted by
+    Kueue, which suspends the Job itself, and is not admitted again until it is active."""
+    if workload is None:
+        return None
+    active = (workload.get("spec") or {}).get("active", True) is not False
+    ours = (workload["metadata"].get("annotations") or {}).get(ANNOTATION_DEACTIVATED) == "true"
+    if suspend and active:
+        return {"metadata": {"annotations": {ANNOTATION_DEACTIVATED: "true"}}, "spec": {"active": False}}
+    if not suspend and not active and ours:  # one Kueue deactivated itself (too many requeues) stays so
+        return {"metadata": {"annotations": {ANNOTATION_DEACTIVATED: None}}, "spec": {"active": True}}
+    return None
