@@ -3,7 +3,7 @@
 A drop-in for loop.py's `load_data` and `rows_of_step` with the same results:
 
     from kubetune.trainer import rows as data_rows
-    train_rows, val, test = data_rows.load_data(job, store, tok, stats, labels, cache_dir=settings.cache_dir,
+    train_rows, val, test = data_rows.load_data(job, store, tok, stats, labels,
                                                 share_uri=join(run_uri, "tokenized"))
     ...
     rows = data_rows.rows_of_step(step, hp.batch_size, len(train_rows), hp.seed)[dist.rank:: dist.world]
@@ -60,6 +60,7 @@ class Packed(Sequence):
     def __getitem__(self, r):
         if isinstance(r, slice):
             raise TypeError("packed training rows are indexed one by one")
+        r = r + len(self) if r < 0 else r
         ids, labels, pos = [], [], []
         for i in self.index[self.bounds[r]: self.bounds[r + 1]]:
             x, y = self.data.ids_labels(int(i))
@@ -103,14 +104,15 @@ def _take(source, index: np.ndarray):
     return Examples(source, index) if isinstance(source, Tokenized) else [source[i] for i in index.tolist()]
 
 
-def load_data(job: FineTuneJob, store: Store, tok, stats: d.Stats, labels=None, *, cache_dir,
+def load_data(job: FineTuneJob, store: Store, tok, stats: d.Stats, labels=None, *, cache_dir=None,
               share_uri: str | None = None, workers: int | None = None, on_event=None) -> tuple[Sequence, Sequence,
                                                                                                Sequence]:
     """(train rows, validation examples, test examples), as loop.load_data returns them; `stats` gets the same
-    counts. `cache_dir`: the trainer's cache (settings.cache_dir). `share_uri`: where builds are shared with
+    counts. `cache_dir`: where builds are kept (default: the store's, i.e. settings.cache_dir). `share_uri`: where builds are shared with
     later pods of the run (e.g. join(run_uri, "tokenized")); None keeps them local. `workers`: tokenizing
     processes (default: the CPUs this pod may use)."""
     ds, seed = job.spec.dataset, job.spec.hyperparameters.seed
+    cache_dir = cache_dir or store.cache_dir
 
     def encoded(uri: str, what: str):
         too_long, no_target = stats.dropped_too_long, stats.dropped_no_target
