@@ -2,6 +2,7 @@
 that the operator runs; kwok plays the trainer pods. The simulated Kueue of test_operator_cluster.py stays for
 the operator's side of the contract alone."""
 import json
+import time
 
 import pytest
 
@@ -81,3 +82,25 @@ def test_a_missing_local_queue_is_inadmissible_and_says_so(cluster, namespace, q
     assert "no-such-queue" in condition(st, "Suspended")["message"]
     [job] = jobs(cluster, namespace)
     assert job["spec"]["suspend"] is True
+
+
+def test_spec_suspend_of_an_admitted_run_goes_through_kueue_without_a_fight(cluster, namespace, queue):
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest(
+        "pause", {"scheduling": {"queueName": queue}}, kwok(seconds=300)))
+    wait_for("Running", phase_is(cluster, namespace, "pause", "Running"), timeout=60)
+    cluster.kubectl("patch", "ftj", "pause", "-n", namespace, "--type=merge", "-p", '{"spec":{"suspend":true}}')
+    wait_for("Suspended", phase_is(cluster, namespace, "pause", "Suspended"), timeout=30)
+    [workload] = cluster.kubectl_json("get", "workloads", "-n", namespace)["items"]
+    assert workload["spec"]["active"] is False  # the operator deactivated it; Kueue evicted it and suspended the Job
+    # Stays suspended: Kueue does not restart it and the operator does not fight Kueue over the Job.
+    versions = set()
+    for _ in range(10):
+        [job] = jobs(cluster, namespace)
+        assert job["spec"]["suspend"] is True
+        versions.add(job["metadata"]["resourceVersion"])
+        time.sleep(0.5)
+    assert len(versions) == 1, "the Job kept changing while suspended"
+    cluster.kubectl("patch", "ftj", "pause", "-n", namespace, "--type=merge", "-p", '{"spec":{"suspend":false}}')
+    wait_for("Running again", phase_is(cluster, namespace, "pause", "Running"), timeout=60)
+    [workload] = cluster.kubectl_json("get", "workloads", "-n", namespace)["items"]
+    assert workload["spec"]["active"] is True
