@@ -181,3 +181,52 @@ def test_launcher_exits_with_the_first_failure_and_passes_sigterm_on(tmp_path, c
     survivors = [0] if case == "worker-fails" else [0, 1]
     assert all((tmp_path / f"checkpointed-{r}").exists() for r in survivors)
     assert time.monotonic() - started < 45
+
+
+@pytest.mark.cluster
+def test_each_object_is_written_by_one_process(work, jobs, tiny_model, cluster, s3):
+    """On MinIO with versioning, every PUT of a key leaves a version: one version per key means one write, by
+    one process (FSDP: the shards by their ranks, everything else by rank 0; deletes of pruned checkpoints
+    leave markers, not versions)."""
+    import secrets
+
+    from tests.trainer.test_s3 import upload
+
+    bucket = f"kubetune-puts-{secrets.token_hex(4)}"
+    s3.create_bucket(Bucket=bucket)
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    try:
+        upload(s3, bucket, tiny_model, "models/tiny")
+        upload(s3, bucket, work / "data/train.jsonl", "data/train.jsonl")
+        upload(s3, bucket, work / "data/val.jsonl", "data/val.jsonl")
+        root = f"s3://{bucket}"
+        job = make_job(work, tiny_model, **{**JOBS["fsdp-full"], "baseModel": {"uri": f"{root}/models/tiny/"},
+                                            "dataset": {"train": f"{root}/data/train.jsonl",
+                                                        "validation": f"{root}/data/val.jsonl"},
+                                            "output": {"uri": f"{root}/out/"},
+                                            "storage": {"endpoint": cluster.s3_endpoint, "region": cluster.s3_region}})
+        (work / "s3.json").write_text(json.dumps(job.to_wire()))
+        env = {k: v for k, v in env_for(work, work / "s3.json", "puts").items() if not k.startswith("AWS_")}
+        env.update(AWS_ACCESS_KEY_ID=cluster.s3_access_key, AWS_SECRET_ACCESS_KEY=cluster.s3_secret_key,
+                   KUBETUNE_TRAINER_CACHE_DIR=str(work / "s3-cache"))
+        proc = subprocess.Popen([*LAUNCH, "-m", "kubetune.trainer"], cwd=ROOT, env=env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        finished(proc)
+        versions: dict[str, int] = {}
+        for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix="out/"):
+            for v in page.get("Versions", []):
+                versions[v["Key"]] = versions.get(v["Key"], 0) + 1
+        written_twice = {k: n for k, n in versions.items() if n > 1}
+        assert not written_twice
+        keys = set(versions)
+        for step in (5, 10, 15):  # every scheduled checkpoint: both ranks' shards, rank 0's state and marker
+            for name in ("shards/__0_0.distcp", "shards/__1_0.distcp", "shards/.metadata", "state.pt", "COMPLETE"):
+                assert f"out/puts/checkpoints/step-{step:08d}/{name}" in keys
+        assert {"out/puts/summary.json", "out/puts/model/model.safetensors", "out/puts/metrics.jsonl"} <= keys
+        live = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="out/puts/checkpoints/").get("Contents", [])}
+        assert {k.split("/")[3] for k in live} == {"step-00000010", "step-00000015"}  # checkpoint.keep 2
+    finally:
+        for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket):
+            for v in page.get("Versions", []) + page.get("DeleteMarkers", []):
+                s3.delete_object(Bucket=bucket, Key=v["Key"], VersionId=v["VersionId"])
+        s3.delete_bucket(Bucket=bucket)
