@@ -144,6 +144,7 @@ class _Context:
     tok: object
     ds: Dataset
     schema: str | None  # None: parse only (a parse or schema error is coming anyway)
+    dtype: str  # of the token ids: uint16 halves what crosses the pipes and lies on disk
 
 
 _CONTEXT: _Context | None = None  # set in the parent before the pool forks; the workers inherit it
@@ -203,7 +204,10 @@ def _encode_chunk(job: tuple) -> dict:
     out["stats"] = asdict(stats)
     lengths = np.fromiter((len(e["input_ids"]) for e in examples), np.int64, len(examples))
     out["lengths"] = lengths
-    out["tokens"] = np.fromiter((t for e in examples for t in e["input_ids"]), np.int64, int(lengths.sum()))
+    tokens = np.fromiter((t for e in examples for t in e["input_ids"]), np.int64, int(lengths.sum()))
+    if tokens.size and tokens.max() > np.iinfo(ctx.dtype).max:
+        raise RuntimeError(f"token id {tokens.max()} does not fit {ctx.dtype}")
+    out["tokens"] = tokens.astype(ctx.dtype)
     out["mask"] = np.fromiter((x != d.IGNORE for e in examples for x in e["labels"]), np.uint8, int(lengths.sum()))
     out["line"] = np.fromiter((int(e["source"].rsplit(" ", 1)[1]) for e in examples), np.int64, len(examples))
     return out
@@ -281,9 +285,10 @@ def build(path: Path, display: str, what: str, tok, ds: Dataset, out: Path, work
                                    "sequence-classification")
             except BadInput as exc:
                 schema, schema_error = None, str(exc)
-        _CONTEXT = _Context(tok, ds, None if plan_error else schema)
+        dtype = "uint16" if len(tok) <= 1 << 16 else "int32"
+        _CONTEXT = _Context(tok, ds, None if plan_error else schema, dtype)
         workers = min(workers, max(1, len(jobs)))
-        results = _run(jobs, workers, tmp, len(tok))
+        results = _run(jobs, workers, tmp, dtype)
         parse_errors = [r["parse_error"] for r in results["errors"] if r["parse_error"]]
         if parse_errors or plan_error:
             raise BadInput((parse_errors or [plan_error])[0])
@@ -306,9 +311,8 @@ def build(path: Path, display: str, what: str, tok, ds: Dataset, out: Path, work
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _run(jobs: list, workers: int, out: Path, vocab: int) -> dict:
+def _run(jobs: list, workers: int, out: Path, dtype: str) -> dict:
     """Runs the chunks (in order of results) and appends their arrays; errors are kept by chunk order."""
-    dtype = "uint16" if vocab <= 1 << 16 else "int32"
     handles = {name: open(out / name, "wb") for name in FILES}
     total = {"records": 0, "examples": 0, "tokens": 0, "dtype": dtype, "errors": [], "stats": asdict(d.Stats())}
     handles["offsets.bin"].write(np.zeros(1, np.int64).tobytes())
@@ -338,9 +342,7 @@ def _run(jobs: list, workers: int, out: Path, vocab: int) -> dict:
             for k, v in r["stats"].items():
                 total["stats"][k] += v
             tokens = r["tokens"]
-            if tokens.size and tokens.max() >= 1 << 16 and dtype == "uint16":
-                raise RuntimeError(f"token id {tokens.max()} does not fit uint16 (vocabulary {vocab})")
-            handles["tokens.bin"].write(tokens.astype(dtype).tobytes())
+            handles["tokens.bin"].write(tokens.tobytes())
             handles["mask.bin"].write(r["mask"].tobytes())
             offsets = total["tokens"] + np.cumsum(r["lengths"])
             handles["offsets.bin"].write(offsets.astype(np.int64).tobytes())
@@ -381,11 +383,15 @@ def prepare(store: Store, uri: str, what: str, tok, ds: Dataset, cache_dir: Path
         shared = join(share_uri, key) if share_uri else None
         if shared and store.exists(join(shared, "meta.json"), "tokenized data"):
             fetched = store.fetch(shared + "/", "tokenized data")
-            if fetched != local:
-                tmp = local.with_name(f"{key}.part-{os.getpid()}")
-                shutil.rmtree(tmp, ignore_errors=True)
+            tmp = local.with_name(f"{key}.part-{os.getpid()}")
+            shutil.rmtree(tmp, ignore_errors=True)
+            if shared.startswith("file://"):  # someone's directory: copied, never moved
                 shutil.copytree(fetched, tmp, ignore=shutil.ignore_patterns("*.etag"))
-                tmp.rename(local)
+            else:  # the store's download cache: moved, not kept twice
+                shutil.move(fetched, tmp)
+                for stamp in tmp.glob("*.etag"):
+                    stamp.unlink()
+            tmp.rename(local)
             event("download", key=key, path=local)
             return Tokenized(local)
         build(store.fetch(uri, what), uri, what, tok, ds, local, workers, chunk_bytes)
