@@ -266,3 +266,28 @@ def test_reader_memory_does_not_grow_with_the_data(tiny_model, tok, tmp_path):
         tracemalloc.stop()
         assert isinstance(train.data.tokens, np.memmap)
     assert peaks[4000] - peaks[200] < 3800 * 64, peaks  # < 64 bytes per extra row
+
+
+def test_ranks_of_a_node_tokenize_once(tok, tmp_path):
+    """Ranks that start together on one node: one builds under the lock, the others wait and read its build."""
+    import multiprocessing
+
+    uri = write_jsonl(tmp_path / "t.jsonl", mixed_chat(200))
+    ds = job(tmp_path, train=uri).spec.dataset
+    ctx = multiprocessing.get_context("fork")
+    done = ctx.Queue()
+
+    def rank():
+        events = []
+        data = tokenized.prepare(store_for(tmp_path), uri, "t", tok, ds, tmp_path / "cache", workers=1,
+                                 on_event=lambda kind, **_: events.append(kind))
+        done.put((events, len(data)))
+
+    ranks = [ctx.Process(target=rank) for _ in range(3)]
+    for p in ranks:
+        p.start()
+    results = sorted(done.get(timeout=120) for _ in ranks)
+    for p in ranks:
+        p.join(timeout=30)
+    assert [events for events, _ in results] == [["build"], ["hit"], ["hit"]]
+    assert len({n for _, n in results}) == 1
