@@ -9,10 +9,21 @@ import time
 import pytest
 
 from tests.operator.conftest import manifest, wait_for
+from tests.operator.test_kueue_cluster import queue  # noqa: F401  (fixture: a LocalQueue on the real Kueue)
 from tests.operator.test_operator_cluster import jobs, kwok, status
 
 pytestmark = pytest.mark.cluster
-RESTART_WITHIN = 30  # seconds from one index's end to every pod of the next attempt Running (measured: ~2-4 s)
+RESTART_WITHIN = 30  # seconds from one index's end to every pod of the next attempt Running (measured: ~2 s)
+
+
+@pytest.fixture(autouse=True)
+def gpus_given_back(cluster, namespace):
+    """The test's pods go before the next test starts: a namespace deletion waits out their 300 s grace period
+    (kwok never ends a deleted pod the Job still tracks), and 8-GPU gangs need whole kwok nodes."""
+    yield
+    cluster.kubectl("delete", "finetunejobs", "--all", "-n", namespace, "--timeout=60s")
+    wait_for("the test's pods to go", lambda: not cluster.kubectl_json("get", "pods", "-n", namespace)["items"],
+             timeout=60)
 
 
 def gang(name: str, backoff_limit: int = 3) -> str:
@@ -122,3 +133,26 @@ def test_exit_64_on_one_index_fails_the_run_at_once(cluster, namespace, operator
     assert (st["attempts"], st["failures"]) == (1, 0)
     time.sleep(3)
     assert job_names(cluster, namespace) == ["bad-g1"]  # never retried
+
+
+def test_kueue_admits_each_attempt_of_a_gang_as_one_workload(cluster, namespace, queue):
+    """All pods or none: a gang over the ClusterQueue's 16 GPUs gets no pod at all; one that fits is one Workload,
+    and its next attempt is admitted again as a whole once the ended one has given the quota back."""
+    def on_gpus(nodes: int) -> dict:
+        return {"nodes": nodes, "resources": {"gpusPerNode": 8},
+                "hyperparameters": {"batchSize": 32 * nodes, "microBatchSize": 4}, "scheduling": {"queueName": queue}}
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest("wide", on_gpus(3), kwok(seconds=600)))
+    wait_for("the 24-GPU gang Queued", lambda: status(cluster, namespace, "wide").get("phase") == "Queued", timeout=30)
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest("pair", on_gpus(2), kwok(seconds=600)))
+    first = wait_for("attempt 1 admitted and Running", all_running(cluster, namespace, "pair-g1"), timeout=60)
+    [workload] = [w for w in cluster.kubectl_json("get", "workloads", "-n", namespace)["items"]
+                  if w["metadata"]["ownerReferences"][0]["name"] == "pair-g1"]
+    assert [p["count"] for p in workload["spec"]["podSets"]] == [2]
+    assert not pods(cluster, namespace, "wide-g1") and status(cluster, namespace, "wide")["phase"] == "Queued"
+
+    end(cluster, namespace, index(first, 0), exit_code=1)
+    wait_for("attempt 2 admitted and Running", all_running(cluster, namespace, "pair-g1-a2"), timeout=60)
+    st = wait_for("attempt 2 in the status", lambda: (lambda s: s.get("jobName") == "pair-g1-a2" and s.get(
+        "phase") == "Running" and s)(status(cluster, namespace, "pair")))
+    assert (st["attempts"], st["failures"]) == (2, 1)
+    assert not pods(cluster, namespace, "wide-g1")  # the 3-node gang never got a partial start
