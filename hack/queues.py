@@ -16,6 +16,7 @@ import json
 import os
 import re
 import subprocess
+import time
 from pathlib import Path
 
 MANAGED_LABEL = "kueue.kubetune.io/managed"
@@ -131,10 +132,7 @@ def queues() -> list[dict]:
                                      "flavors": [quota(GPU_FLAVOR, GPU_QUOTA),
                                                  quota(REAL_NODE_FLAVOR, REAL_NODE_QUOTA)]}],
                  "preemption": {"withinClusterQueue": "LowerPriority"}}}
-    namespaces = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": {MANAGED_LABEL: "true"}}}
-                  for ns in JOB_NAMESPACES]
-    local = [local_queue(ns) for ns in JOB_NAMESPACES]
-    return [*flavors, cluster_queue, *namespaces, *local]
+    return [*flavors, cluster_queue, *[local_queue(ns) for ns in JOB_NAMESPACES]]
 
 
 def local_queue(namespace: str, name: str = LOCAL_QUEUE) -> dict:
@@ -143,7 +141,7 @@ def local_queue(namespace: str, name: str = LOCAL_QUEUE) -> dict:
 
 
 def up(c, bins: dict, kubectl) -> None:
-    d = c.STATE / "kueue"
+    started, d = time.monotonic(), c.STATE / "kueue"
     (d / "certs").mkdir(parents=True, exist_ok=True)
     # The webhook server's certificate (also its metrics server's), signed by the cluster's CA.
     c._cert("kueue-webhook", "/CN=kueue-webhook", "ca", "[v3]\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
@@ -165,7 +163,13 @@ def up(c, bins: dict, kubectl) -> None:
     c.start("kueue", [bins["kueue"], f"--config={d / 'config.yaml'}"],
             env={"KUBECONFIG": str(c.cert_kubeconfig("kueue")), "KUEUE_METRICS_CERT_DIR": str(d / "certs")})
     c.wait_for("kueue", lambda: c.healthy("kueue"), timeout=120)
+    # Created and labelled, not applied: hack/deploy applies these namespaces with its own labels, and an apply
+    # over ours would remove the label it does not name.
+    for ns in JOB_NAMESPACES:
+        kubectl("create", "namespace", ns, check=False)
+        kubectl("label", "namespace", ns, f"{MANAGED_LABEL}=true", "--overwrite")
     # Through Kueue's own webhooks, so these also prove the API server reaches them.
     c.wait_for("Kueue's webhooks", lambda: kubectl(
         "apply", "-f", "-", check=False, input=json.dumps({"apiVersion": "v1", "kind": "List", "items": queues()})
     ).returncode == 0, timeout=60)
+    c.log(f"kueue {version(c)} and its queues ready in {time.monotonic() - started:.1f}s")
