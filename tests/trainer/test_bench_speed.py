@@ -1,0 +1,30 @@
+"""hack/bench/trainer_speed.py as `make bench-cpu` runs it, cut down to one tiny shape and a few steps: our trainer
+and the plain-Trainer anchor both run and the table has positive numbers (no timing is asserted: a CPU shared with
+other work says nothing about speed)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).parents[2]
+ANCHOR = ROOT.parent / "shared" / "bench" / "hf_baseline.py"
+
+
+def test_bench_cpu_prints_the_table(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "hack" / "bench" / "trainer_speed.py"), "cpu", "--steps", "4",
+                           "--seq", "64", "--shapes", "tiny:lora:varlen", "--work", str(tmp_path / "work"),
+                           "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    (ours,) = result["ours"]
+    assert ours["run"] == "ours" and ours["tokens_per_s"] > 0 and ours["step_s"] > 0
+    assert "| tiny:lora:varlen | ours |" in proc.stdout
+    if ANCHOR.exists():  # ../shared sits beside every checkout and CI's clone; without it the anchors are skipped
+        (plain,) = result["anchors"]
+        assert plain["tokens_per_s"] > 0 and not plain["liger"] and not plain["compile"]
+        row = next(line for line in proc.stdout.splitlines() if line.startswith("| tiny:lora:varlen | ours |"))
+        ratio = row.split("|")[6].strip()
+        assert ratio.endswith("×") and float(ratio[:-1]) > 0, row
+    else:
+        assert "anchors skipped" in proc.stderr
