@@ -160,8 +160,13 @@ def _plan(job: FineTuneJob, observed: dict[str, list[dict]], owned: dict[str, li
         return Plan(run, child, actions)
     if child is not None and finished:
         # The operator ended this run itself (a kernel OOM kill, which no pod failure policy can tell from
-        # another SIGKILL): hold the Job suspended so it retries nothing; its pods stay for the record.
-        if prior.phase == "Failed" and not child.get("spec", {}).get("suspend"):
+        # another SIGKILL): hold the Job suspended so it retries nothing; its pods stay for the record. Kueue
+        # would start a suspended Job it admitted again: a Job it manages is held by deactivating its Workload.
+        workload = kueue.workload_of(observed.get("Workload") or [], child)
+        if prior.phase == "Failed" and workload is not None:
+            hold = kueue.activation(True, workload)
+            actions += [Action("patch", "Workload", _name(workload), hold)] if hold else []
+        elif prior.phase == "Failed" and not child.get("spec", {}).get("suspend"):
             actions.append(Action("patch", "Job", run.job_name, {"spec": {"suspend": True}}))
         return Plan(run, child, actions)
     wanted = ("ConfigMap", "Service", "Job") if job.spec.nodes > 1 else ("ConfigMap", "Job")

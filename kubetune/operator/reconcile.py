@@ -192,14 +192,14 @@ def _reconcile(kube: Kube, settings: OperatorSettings, namespace: str, name: str
 
 
 def held_workloads(kube: Kube, job, owned_jobs: list[dict]) -> list[dict]:
-    """Kueue's Workloads of the queued Jobs that are held or to be held (suspended, or spec.suspend): why they
-    wait (pending, inadmissible, preempted), and where spec.suspend goes (kueue.activation). One LIST per such
-    Job, only then: an admitted, running Job costs no request."""
+    """Kueue's Workloads of the queued Jobs that are held or to be held (suspended, spec.suspend, or a run the
+    operator failed itself): why they wait (pending, inadmissible, preempted), and where a hold goes
+    (kueue.activation). One LIST per such Job, only then: an admitted, running Job costs no request."""
     if not job.spec.scheduling.queue_name:
         return []
     return [w for j in owned_jobs
             if (j["metadata"].get("labels") or {}).get(LABEL_KUEUE_QUEUE) and not job_finished(j)
-            and (job.spec.suspend or j.get("spec", {}).get("suspend"))
+            and (job.spec.suspend or j.get("spec", {}).get("suspend") or (job.status and job.status.phase == "Failed"))
             for w in kube.list_workloads(j["metadata"]["namespace"], j["metadata"]["uid"])]
 
 

@@ -88,11 +88,15 @@ def test_a_kueue_managed_job_is_never_suspended_or_resumed_by_the_operator(suspe
     assert [a.body for a in p.actions if a.kind == "Job"] == ([{"spec": {"suspend": True}}] if suspend else [])
 
 
+OURS = {"name": "w", "annotations": {kueue.ANNOTATION_DEACTIVATED: "true"}}
+
+
 @pytest.mark.parametrize("suspend, wl, patch", [
-    (True, workload(), {"metadata": {"annotations": {kueue.ANNOTATION_DEACTIVATED: "true"}}, "spec": {"active": False}}),
+    (True, workload(),
+     {"metadata": {"annotations": {kueue.ANNOTATION_DEACTIVATED: "true"}}, "spec": {"active": False}}),
     (True, workload(active=False), None),
     (False, workload(), None),
-    (False, {**workload(active=False), "metadata": {"name": "w", "annotations": {kueue.ANNOTATION_DEACTIVATED: "true"}}},
+    (False, {**workload(active=False), "metadata": OURS},
      {"metadata": {"annotations": {kueue.ANNOTATION_DEACTIVATED: None}}, "spec": {"active": True}}),
     # deactivated by Kueue itself (or by hand): not the operator's to undo
     (False, workload(active=False), None),
@@ -100,3 +104,21 @@ def test_a_kueue_managed_job_is_never_suspended_or_resumed_by_the_operator(suspe
 ])
 def test_activation(suspend, wl, patch):
     assert kueue.activation(suspend, wl) == patch
+
+
+def test_a_run_the_operator_failed_is_held_through_its_workload_when_kueue_manages_it():
+    """The operator ends a kernel-OOM-killed run by holding its Job; Kueue would start an admitted suspended Job
+    again, so a Job it manages is held by deactivating the Workload."""
+    from kubetune.api import FineTuneJob
+    from kubetune.api.status import FineTuneJobStatus
+
+    job = ftj({"spec": {"scheduling": {"queueName": "team-a"}}})
+    run = current_run(job)
+    failed = FineTuneJob.model_validate({**job.to_wire(), "status": FineTuneJobStatus(
+        phase="Failed", run_id=run.run_id, spec_hash=run.spec_hash, job_name=run.job_name).to_wire()})
+    observed = observed_children(job)
+    observed["Job"][0]["spec"]["suspend"] = False  # admitted
+    wl = workload()
+    wl["metadata"]["labels"] = {kueue.LABEL_JOB_UID: observed["Job"][0]["metadata"]["uid"]}
+    p = plan(failed, {**observed, "Workload": [wl]}, SETTINGS)
+    assert [(a.verb, a.kind, a.body) for a in p.actions] == [("patch", "Workload", kueue.activation(True, wl))]

@@ -36,9 +36,9 @@ def condition(st: dict, kind: str) -> dict:
 
 
 def test_over_the_gpu_quota_the_third_job_waits_queued_until_the_first_finishes(cluster, namespace, queue):
-    on_gpus = {"resources": {"gpusPerNode": 8, "gpuProduct": "NVIDIA-H100-80GB-HBM3"}, "hyperparameters": {"batchSize": 64, "microBatchSize": 8},
-               "scheduling": {"queueName": queue}}
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest("first", on_gpus, kwok(seconds=8)))
+    on_gpus = {"resources": {"gpusPerNode": 8, "gpuProduct": "NVIDIA-H100-80GB-HBM3"},
+               "hyperparameters": {"batchSize": 64, "microBatchSize": 8}, "scheduling": {"queueName": queue}}
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest("first", on_gpus, kwok(seconds=20)))
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest("second", on_gpus, kwok(seconds=120)))
     for name in ("first", "second"):
         wait_for(f"{name} Running", phase_is(cluster, namespace, name, "Running"), timeout=60)
