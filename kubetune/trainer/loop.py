@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from kubetune.api import FineTuneJob, contract
-from kubetune.api.spec import MAXIMISED_METRICS, Lora
+from kubetune.api.spec import MAXIMISED_METRICS
 from kubetune.api.status import Reason
 from kubetune.trainer import classify, flops, parallel
 from kubetune.trainer import data as d
@@ -35,9 +35,11 @@ from kubetune.trainer.checkpoint import Checkpointer
 from kubetune.trainer.dist import Dist
 from kubetune.trainer.errors import BadInput, OutOfMemory, Preempted
 from kubetune.trainer.metrics import Telemetry
+from kubetune.trainer.model import (apply_method, load_model, load_tokenizer, load_trainable, meta_model, model_source,
+                                    optimizer_for, precision, trainable_state)
 from kubetune.trainer.settings import TrainerSettings
 from kubetune.trainer.storage import Store, join
-from kubetune.trainer.unfreeze import GradualUnfreezing, gradual, transformer_blocks
+from kubetune.trainer.unfreeze import GradualUnfreezing, gradual
 
 
 @dataclass
@@ -69,163 +71,6 @@ class EarlyStop:
 
 def spec_hash(job: FineTuneJob) -> str:
     return hashlib.sha256(json.dumps(job.spec.to_wire(), sort_keys=True).encode()).hexdigest()[:16]
-
-
-# --- Setup ---------------------------------------------------------------------------------------------------
-
-def precision(job: FineTuneJob, cuda: bool) -> torch.dtype | None:
-    """The autocast dtype (None: plain fp32)."""
-    chosen = job.spec.hyperparameters.precision
-    if chosen == "auto":
-        chosen = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
-    if chosen == "fp16" and not cuda:
-        raise BadInput("hyperparameters.precision fp16 needs a GPU; use bf16 or fp32 on CPUs")
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[chosen]
-
-
-def model_source(job: FineTuneJob, store: Store, dist: Dist) -> tuple[str, dict]:
-    """Where from_pretrained reads the base model (a local directory, or a hub id) and its extra arguments; each
-    node's local rank 0 downloads an s3:// model into the node's cache while the others wait."""
-    spec = job.spec
-    source = spec.base_model.uri
-    if source.startswith("hf://"):
-        return source.removeprefix("hf://"), {"revision": spec.base_model.revision}
-    path = dist.local_first(lambda: store.fetch(source, "baseModel.uri"))
-    if not (Path(path) / "config.json").is_file():  # say so, rather than transformers' tokenizer puzzles
-        found = sorted(p.name for p in Path(path).iterdir())[:10] if Path(path).is_dir() else [Path(path).name]
-        raise BadInput(f"baseModel.uri {source}: no config.json there (found: {', '.join(found) or 'nothing'}); "
-                       "expected a model directory as save_pretrained writes it")
-    return str(path), {}
-
-
-def load_tokenizer(job: FineTuneJob, path: str, kw: dict):
-    from transformers import AutoTokenizer
-
-    try:
-        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=job.spec.base_model.trust_remote_code, **kw)
-    except (OSError, ValueError) as exc:
-        raise BadInput(f"baseModel.uri {job.spec.base_model.uri}: cannot load a tokenizer from it: {exc}") from exc
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    return tok
-
-
-def load_model(job: FineTuneJob, path: str, kw: dict, device: torch.device, amp: torch.dtype | None,
-               pad_id: int, labels: classify.Labels | None = None, dtype=None, place: bool = True):
-    """The pretrained model; with `labels`, it gets a new classification (or regression) head. QLoRA loads each
-    rank's 4-bit copy straight onto that rank's GPU."""
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    spec = job.spec
-    kw = dict(kw)
-    qlora = spec.method.type == "qlora"
-    if qlora:
-        if device.type != "cuda":
-            raise BadInput("method.type qlora needs a CUDA GPU (4-bit kernels); use lora on CPUs")
-        try:
-            from transformers import BitsAndBytesConfig
-            import bitsandbytes  # noqa: F401 (an image without it is bad input, not a crash to retry)
-        except ImportError as exc:
-            raise BadInput(f"method.type qlora: bitsandbytes is not installed in the trainer image ({exc}); "
-                           "install kubetune[qlora] or use lora") from exc
-        kw["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=amp or torch.bfloat16)
-        kw["device_map"] = {"": device.index}
-    # Frozen base weights may live in the compute dtype; trained full weights stay fp32 (master copy).
-    if dtype is None:
-        dtype = amp if (amp is not None and spec.method.type != "full") else torch.float32
-    try:
-        auto, head = (AutoModelForSequenceClassification, labels.model_kwargs()) if labels else (AutoModelForCausalLM, {})
-        model = auto.from_pretrained(path, dtype=dtype, trust_remote_code=spec.base_model.trust_remote_code,
-                                     **head, **kw)
-    except (OSError, ValueError) as exc:
-        raise BadInput(f"baseModel.uri {spec.base_model.uri}: cannot load a {spec.task} model from it: {exc}") \
-            from exc
-    if labels and model.config.pad_token_id is None:
-        model.config.pad_token_id = pad_id  # decoder heads pool the last token that is not padding
-    if place and not qlora:
-        model.to(device)
-    return model
-
-
-def meta_model(job: FineTuneJob, path: str, kw: dict, pad_id: int, labels: classify.Labels | None = None,
-               method: bool = True):
-    """The same model (and method) as load_model + apply_method, without memory: parameters on the meta device."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    trust = job.spec.base_model.trust_remote_code
-    auto, head = (AutoModelForSequenceClassification, labels.model_kwargs()) if labels else (AutoModelForCausalLM, {})
-    config = AutoConfig.from_pretrained(path, trust_remote_code=trust, **head, **kw)
-    if labels and config.pad_token_id is None:
-        config.pad_token_id = pad_id
-    with torch.device("meta"):
-        model = auto.from_config(config, trust_remote_code=trust, dtype=torch.float32)
-        return apply_method(job, model) if method else model
-
-
-def apply_method(job: FineTuneJob, model):
-    """LoRA/QLoRA adapters via peft, or layer freezing for full fine-tuning."""
-    method = job.spec.method
-    if method.type in ("lora", "qlora"):
-        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-
-        lora = method.lora or Lora()
-        if method.type == "qlora":
-            model = prepare_model_for_kbit_training(
-                model, use_gradient_checkpointing=job.spec.hyperparameters.gradient_checkpointing)
-        targets = "all-linear" if lora.target_modules == ["all-linear"] else lora.target_modules
-        seq_cls = job.spec.task == "sequence-classification"
-        # A new head starts random: it trains in full and is saved with the adapter.
-        keep = (lora.modules_to_save or []) + (classify.head_modules(model) if seq_cls else [])
-        config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
-                            bias=lora.bias, use_rslora=lora.use_rslora, use_dora=lora.use_dora,
-                            modules_to_save=keep or None, task_type="SEQ_CLS" if seq_cls else "CAUSAL_LM")
-        try:
-            return get_peft_model(model, config)
-        except ValueError as exc:
-            linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
-            raise BadInput(f"method.lora.targetModules {lora.target_modules}: {exc} The model's linear layers are: "
-                           f"{', '.join(linear)} (or use all-linear)") from exc
-    freeze = method.freeze
-    if freeze is not None:
-        if freeze.embeddings:
-            model.get_input_embeddings().weight.requires_grad_(False)
-        if freeze.trainable_top_layers is not None and not gradual(freeze):  # else GradualUnfreezing does it
-            blocks = transformer_blocks(model)
-            for block in blocks[: max(len(blocks) - freeze.trainable_top_layers, 0)]:
-                block.requires_grad_(False)
-    return model
-
-
-def trainable_state(model, names: set[str] | None = None) -> dict:
-    """The weights training changes; `names` also counts blocks that gradual unfreezing has yet to thaw. Sharded
-    (FSDP) weights stay shards where they are; replicated ones are copied to the host."""
-    return {k: (v.detach().clone() if parallel.is_dtensor(v) else v.detach().to("cpu", copy=True))
-            for k, v in model.named_parameters() if (k in names if names is not None else v.requires_grad)}
-
-
-def load_trainable(model, state: dict) -> None:
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for k, v in state.items():
-            params[k].copy_(v)
-
-
-def optimizer_for(job: FineTuneJob, model, total_steps: int):
-    """AdamW (no decay on biases and norms) and transformers' schedule: linear warmup, then cosine, linear or
-    constant."""
-    from transformers import get_scheduler
-
-    hp = job.spec.hyperparameters
-    lr = hp.learning_rate or (2e-5 if job.spec.method.type == "full" else 2e-4)
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]  # biases and norms
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": hp.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=lr)
-    name = "constant_with_warmup" if hp.scheduler == "constant" else hp.scheduler
-    return opt, get_scheduler(name, opt, num_warmup_steps=int(hp.warmup_ratio * total_steps),
-                              num_training_steps=total_steps)
 
 
 # --- Data ----------------------------------------------------------------------------------------------------
@@ -615,6 +460,7 @@ def run_test(run: Run, state: RunState) -> tuple[int, dict, dict, list]:
         run.telemetry.test(tested)
         worst = run.dist.broadcast(ev.worst(scored)) if run.sharded else ev.worst(scored)
         errors = run.task.errors(run.scorer, scored, run.test, worst, run.device, run.amp)
+        parallel.reshard(run.model)
     return shipped, final, tested, errors
 
 
