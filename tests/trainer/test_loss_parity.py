@@ -68,7 +68,7 @@ def hugging_face(tmp_path, model_dir, data_path, method: dict, lr: float, weight
 
     from kubetune.api.spec import Dataset
     from kubetune.trainer import data as d
-    from kubetune.trainer.loop import rows_of_step
+    from kubetune.trainer.rows import rows_of_step  # the loop's order (rows.py: equal to loop.rows_of_step)
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     spec = Dataset.model_validate({"train": f"file://{data_path}", "maxSeqLength": 64})
