@@ -58,8 +58,8 @@ bench:
 bench-cpu: setup
 	$(BIN)/python hack/bench/trainer_speed.py cpu $(BENCH_ARGS)
 
-# What a lent GPU machine (Python 3.12, its own torch, no network) lacks for make bench, as wheels in .bench/wheels
-# to carry: our pins of these (requirements/trainer.txt) and the Liger anchor's.
+# What a lent GPU machine (Python 3.12, its own torch, no network) lacks for make bench, to carry there: wheels of our
+# pins of these (requirements/trainer.txt) and the Liger anchor's in .bench/wheels, the anchor script in .bench/.
 BENCH_WHEELS := transformers peft pydantic pydantic-core pydantic-settings annotated-types typing-inspection \
 	typing-extensions python-dotenv
 bench-wheels: setup
@@ -68,6 +68,7 @@ bench-wheels: setup
 		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
 		-d .bench/wheels liger-kernel==0.8.5 \
 		$$(for p in $(BENCH_WHEELS); do grep -m1 "^$$p==" requirements/trainer.txt | cut -d' ' -f1; done)
+	cp ../shared/bench/hf_baseline.py .bench/hf_baseline.py
 
 # The operator at scale on the local cluster's kwok nodes: N FineTuneJobs at once (KILL=1 SIGKILLs the operator
 # mid-load); prints latencies, RSS, API requests per job and CPU per reconcile (hack/bench/scale.py).

@@ -20,6 +20,7 @@ and the anchor's learning rate. Steps are timed as the anchor times them: the cl
 warm-up, and tokens/s = mean non-padding row length x batch / step time; MFU uses the anchor's FLOP count.
 """
 import argparse
+import gc
 import importlib.util
 import json
 import os
@@ -189,6 +190,7 @@ def run_ours(name: str, mode: str, seq: int, bs: int, steps: int, varlen: bool) 
     settings = TrainerSettings(cache_dir=WORK / "cache", metrics_port=0, termination_log=WORK / "term",
                                log_every_steps=1, threads=None if cuda else CPU_THREADS)
     if cuda:
+        gc.collect()  # the previous shape's model, optimizer and activations
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
@@ -208,7 +210,7 @@ def run_ours(name: str, mode: str, seq: int, bs: int, steps: int, varlen: bool) 
     shutil.rmtree(out, ignore_errors=True)  # a full model's artifacts are gigabytes
     return dict(model=name, mode=mode, seq=seq, bs=bs, varlen=varlen, run="ours", tokens_per_s=round(tps),
                 step_s=round(dt, 4), mfu=round(tps * per_tok / PEAK, 3), reported_tokens_per_s=reported[-1],
-                wall_s=round(wall, 1),
+                wall_s=round(wall, 1), device=torch.cuda.get_device_name() if cuda else None,
                 peak_mem_gb=round(torch.cuda.max_memory_allocated() / 2**30, 1) if cuda else None)
 
 
@@ -331,10 +333,10 @@ def main() -> int:
     if gpu:
         import torch
 
-        if not torch.cuda.is_available():
+        if not torch.cuda.device_count():  # (no CUDA context here: the children get the whole GPU)
             print("make bench needs a CUDA GPU; make bench-cpu runs the tiny shape here", file=sys.stderr)
             return 2
-        device = torch.cuda.get_device_name()
+        device = "GPU"  # named by our child's results below
     else:
         env.update(CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS=str(CPU_THREADS), MKL_NUM_THREADS=str(CPU_THREADS))
         device = f"CPU, {CPU_THREADS} threads"
@@ -361,6 +363,7 @@ def main() -> int:
             if use_anchors:
                 anchors += child([str(ANCHOR), *runs], env, log)
     ours, anchors = best(ours), best(anchors)
+    device = next((r["device"] for r in ours if r.get("device")), device)
     if not gpu:
         for r in ours + anchors:
             r["mfu"] = None  # a GPU's peak: meaningless on the CPU
