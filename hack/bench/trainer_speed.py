@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Our trainer beside the Hugging Face Trainer anchors, same shapes, same data, same device, one table (issue 12).
 
-    hack/bench/trainer_speed.py gpu          # the issue's table on one GPU (make bench); about 8 minutes on an H100 (estimate)
-    hack/bench/trainer_speed.py cpu          # a tiny shape on 2 CPU threads (make bench-cpu): only ratios mean anything
-    hack/bench/trainer_speed.py cpu --steps 4 --seq 128 --shapes tiny:lora --json out.json   # the smoke test's run
+    hack/bench/trainer_speed.py gpu   # the issue's table on one GPU (make bench); estimated 8-9 minutes on an H100
+    hack/bench/trainer_speed.py cpu   # the tiny shape on 2 CPU threads (make bench-cpu): only ratios mean anything
+    hack/bench/trainer_speed.py cpu --steps 4 --seq 64 --shapes tiny:lora:varlen --json out.json   # a smoke run
 
 The anchors are `../shared/bench/hf_baseline.py` (plain Trainer, + torch_compile, + use_liger_kernel where
 liger-kernel is installed), copied into the git-ignored `.bench/` so a GPU machine can be sent it (`carry`); without
