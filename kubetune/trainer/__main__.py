@@ -81,15 +81,18 @@ def known_error(exc: BaseException) -> TrainerError | None:
     return None
 
 
-def write_termination(settings: TrainerSettings, outcome: dict, first: bool = False) -> None:
-    """`first`: keep a message already there (under torchrun the worker that failed first explains the failure;
-    the others fail because it did)."""
+def write_termination(settings: TrainerSettings, outcome: dict) -> None:
     try:
-        if first and settings.termination_log.exists() and settings.termination_log.stat().st_size:
-            return
         settings.termination_log.write_text(termination_message(outcome))
     except OSError:
         pass  # not in a pod (no /dev/termination-log): the exit code and logs still tell
+
+
+def failed_before() -> bool:
+    """Under the launcher: another worker already failed (this one most likely fails because it did, and the
+    first failure's message is the one to keep)."""
+    exit_dir = os.environ.get("KUBETUNE_TRAINER_EXIT_DIR")
+    return bool(exit_dir) and any(json.loads(f.read_text()).get("code") for f in Path(exit_dir).glob("rank-*.json"))
 
 
 def report_exit(code: int) -> int:
@@ -97,8 +100,9 @@ def report_exit(code: int) -> int:
     exit_dir = os.environ.get("KUBETUNE_TRAINER_EXIT_DIR")
     if exit_dir:
         try:
-            Path(exit_dir, f"rank-{os.environ.get('RANK', '0')}.json").write_text(
-                json.dumps({"code": code, "time": time.time()}))
+            path = Path(exit_dir, f"rank-{os.environ.get('RANK', '0')}.json")
+            path.with_suffix(".part").write_text(json.dumps({"code": code, "time": time.time()}))
+            path.with_suffix(".part").replace(path)  # whole or absent for the launcher and the other workers
         except OSError:
             pass
     return code
@@ -117,7 +121,8 @@ def main() -> int:
             traceback.print_exc()
             error = TrainerError(f"{type(exc).__name__}: {exc}")
         print(json.dumps({"kind": "error", "reason": error.reason, "message": str(error)}), file=sys.stderr, flush=True)
-        write_termination(settings, {"error": {"reason": error.reason, "message": str(error)}}, first=True)
+        if not failed_before():
+            write_termination(settings, {"error": {"reason": error.reason, "message": str(error)}})
         return report_exit(error.exit_code)
     if summary:
         write_termination(settings, summary)
