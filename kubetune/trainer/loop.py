@@ -291,7 +291,8 @@ def setup(job: FineTuneJob, run_id: str, settings: TrainerSettings, on_log=None)
     tok = load_tokenizer(job, path, kw)
     n_params = sum(p.numel() for p in meta_model(job, path, kw, tok.pad_token_id, labels, method=False).parameters()) \
         if dist.world > 1 else 0
-    strategy = parallel.strategy(job, dist, n_params)
+    strategy = parallel.strategy(job, dist.world, n_params, torch.cuda.get_device_properties(dist.device).total_memory
+                                 if dist.device.type == "cuda" else None)
     if strategy == "fsdp":
         if amp == torch.float16:
             raise BadInput("distributed.strategy fsdp: hyperparameters.precision fp16 is not supported; use bf16")

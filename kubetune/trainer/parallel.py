@@ -20,16 +20,15 @@ BYTES_PER_PARAM = {"full": 16, "lora": 2, "qlora": 1}
 FIT_SHARE = 0.6  # the rest is activations, the CUDA context and fragmentation
 
 
-def strategy(job: FineTuneJob, dist: Dist, n_params: int) -> str:
-    """none (one process), ddp or fsdp."""
+def strategy(job: FineTuneJob, world: int, n_params: int, gpu_memory: int | None) -> str:
+    """none (one process), ddp or fsdp; `gpu_memory`: bytes of one GPU (None on CPUs)."""
     chosen = job.spec.distributed.strategy
-    if dist.world == 1:
+    if world == 1:
         return "none"
     if chosen == "auto":
-        if dist.device.type != "cuda" or job.spec.method.type == "qlora":
+        if gpu_memory is None or job.spec.method.type == "qlora":
             return "ddp"
-        need = n_params * BYTES_PER_PARAM[job.spec.method.type]
-        return "fsdp" if need > FIT_SHARE * torch.cuda.get_device_properties(dist.device).total_memory else "ddp"
+        return "fsdp" if n_params * BYTES_PER_PARAM[job.spec.method.type] > FIT_SHARE * gpu_memory else "ddp"
     if chosen == "fsdp":
         if job.spec.method.type == "qlora":
             raise BadInput("distributed.strategy fsdp: method.type qlora is not supported (4-bit weights are not "
