@@ -26,7 +26,7 @@ def strategy(job: FineTuneJob, world: int, n_params: int, gpu_memory: int | None
     if world == 1:
         return "none"
     if chosen == "auto":
-        if gpu_memory is None or job.spec.method.type == "qlora":
+        if gpu_memory is None or job.spec.method.type == "qlora" or gradual(job.spec.method.freeze):
             return "ddp"
         return "fsdp" if n_params * BYTES_PER_PARAM[job.spec.method.type] > FIT_SHARE * gpu_memory else "ddp"
     if chosen == "fsdp":

@@ -33,10 +33,10 @@ def test_strategy(method, strategy, world, params, gpu, expected):
     assert parallel.strategy(job(method, strategy), world, int(params), gpu) == expected
 
 
-def test_fsdp_refuses_gradual_unfreezing():
-    j = job("full", "fsdp", freeze={"unfreezeEverySteps": 5})
+def test_fsdp_refuses_gradual_unfreezing_and_auto_leaves_it_to_ddp():
     with pytest.raises(BadInput, match="distributed.strategy fsdp: gradual unfreezing"):
-        parallel.strategy(j, 2, 1000, None)
+        parallel.strategy(job("full", "fsdp", freeze={"unfreezeEverySteps": 5}), 2, 1000, None)
+    assert parallel.strategy(job("full", "auto", freeze={"unfreezeEverySteps": 5}), 8, int(70e9), 80 * GIB) == "ddp"
 
 
 def test_launcher_keeps_the_first_failure(tmp_path):
