@@ -1,7 +1,14 @@
 """Runs the operator with every API request it makes counted, by client (kubernetes-client for the operator's
 own calls, aiohttp for kopf's watches and patches), verb and resource, as a Prometheus counter on the operator's
-metrics endpoint. Bench-only: `python hack/bench/count_requests.py` instead of `python -m kubetune.operator`."""
+metrics endpoint. Bench-only: `python hack/bench/count_requests.py` instead of `python -m kubetune.operator`.
+
+KUBETUNE_BENCH_TRACEMALLOC=FILE traces allocations (one frame, so it stays affordable under load) and, whenever the
+traced total reaches a new high (+5 %), rewrites FILE.<pid> with the top allocation sites at that moment."""
+import os
 import runpy
+import threading
+import time
+import tracemalloc
 import urllib.parse
 
 import aiohttp
@@ -46,5 +53,25 @@ async def counted_aio(self, method, url, *args, **kwargs):
 kubernetes.client.rest.RESTClientObject.request = counted_rest
 aiohttp.ClientSession._request = counted_aio
 
+
+def trace_peaks(path: str) -> None:
+    """Snapshots only at new highs: a restart's peak is a few seconds long, and a snapshot costs seconds too."""
+    tracemalloc.start(1)
+    dumped = 0
+    while True:
+        time.sleep(1)
+        current, _ = tracemalloc.get_traced_memory()
+        if current < dumped * 1.05:
+            continue
+        dumped = current
+        top = tracemalloc.take_snapshot().statistics("lineno")[:25]
+        lines = [f"traced {current / 2**20:.1f} MB at {time.strftime('%H:%M:%S')}"]
+        lines += [f"{s.size / 2**20:8.1f} MB {s.count:9d} {s.traceback}" for s in top]
+        with open(f"{path}.{os.getpid()}", "w") as out:
+            out.write("\n".join(lines) + "\n")
+
+
 if __name__ == "__main__":
+    if os.environ.get("KUBETUNE_BENCH_TRACEMALLOC"):
+        threading.Thread(target=trace_peaks, args=(os.environ["KUBETUNE_BENCH_TRACEMALLOC"],), daemon=True).start()
     runpy.run_module("kubetune.operator", run_name="__main__")
