@@ -10,7 +10,7 @@ import prometheus_client
 
 from kubetune.operator.handlers import register
 from kubetune.operator.health import Health
-from kubetune.operator.kube import Kube
+from kubetune.operator.kube import Kube, load_client
 from kubetune.operator.leader import LeaderElector
 from kubetune.operator.settings import OperatorSettings
 
@@ -21,7 +21,8 @@ def main() -> None:
     settings = OperatorSettings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)  # not a line per handled event; errors stay
-    kube = Kube()
+    # Workers, the progress ticker's threads and the Lease renewal share the pool.
+    kube = Kube(load_client(connections=2 * settings.workers + 2))
     elector = (LeaderElector(kube, settings.lease_namespace, settings.lease_name, settings.lease_duration_seconds,
                              settings.identity) if settings.leader_election else None)
     health = Health(elector)

@@ -11,13 +11,18 @@ from kubetune.api import GROUP, PLURAL, VERSION
 from kubetune.operator import kueue
 
 
-def load_client() -> kubernetes.client.ApiClient:
-    """In-cluster credentials in a pod, else KUBECONFIG / ~/.kube/config."""
+def load_client(connections: int | None = None) -> kubernetes.client.ApiClient:
+    """In-cluster credentials in a pod, else KUBECONFIG / ~/.kube/config. `connections`: the HTTP pool's size,
+    at least the reconciles running at once (the default, 5 per CPU, makes busy workers open and drop
+    connections: urllib3's "Connection pool is full" under load)."""
     try:
         kubernetes.config.load_incluster_config()
     except kubernetes.config.ConfigException:
         kubernetes.config.load_kube_config()
-    return kubernetes.client.ApiClient()
+    config = kubernetes.client.Configuration.get_default_copy()
+    if connections:
+        config.connection_pool_maxsize = max(config.connection_pool_maxsize, connections)
+    return kubernetes.client.ApiClient(config)
 
 
 # Every request has a deadline (client-go's default is none for watches but a timeout on each call): a hung
