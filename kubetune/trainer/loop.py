@@ -37,6 +37,7 @@ from kubetune.trainer.errors import BadInput, OutOfMemory, Preempted
 from kubetune.trainer.metrics import Telemetry
 from kubetune.trainer.model import (apply_method, load_model, load_tokenizer, load_trainable, meta_model, model_source,
                                     optimizer_for, precision, trainable_state)
+from kubetune.trainer.rows import load_data, rows_of_step  # noqa: F401 (load_data re-exported for tests)
 from kubetune.trainer.settings import TrainerSettings
 from kubetune.trainer.storage import Store, join
 from kubetune.trainer.unfreeze import GradualUnfreezing, gradual
@@ -71,56 +72,6 @@ class EarlyStop:
 
 def spec_hash(job: FineTuneJob) -> str:
     return hashlib.sha256(json.dumps(job.spec.to_wire(), sort_keys=True).encode()).hexdigest()[:16]
-
-
-# --- Data ----------------------------------------------------------------------------------------------------
-
-def load_data(job: FineTuneJob, store: Store, tok, stats: d.Stats,
-              labels: classify.Labels | None = None) -> tuple[list, list, list]:
-    ds = job.spec.dataset
-
-    def encoded(uri: str, what: str) -> list:
-        records = d.read_records(store.fetch(uri, what), ds.format, uri)
-        if not records:
-            raise BadInput(f"{what} {uri}: no records")
-        too_long, no_target = stats.dropped_too_long, stats.dropped_no_target
-        if labels is not None:
-            examples = classify.encode(records, tok, ds, labels, stats)
-        else:
-            examples = d.encode(records, d.detect_schema(records, ds), tok, ds, stats)
-        if not examples:  # counts of this file only: the stats add up every split
-            raise BadInput(f"{what} {uri}: no usable examples after filtering ({stats.dropped_too_long - too_long} "
-                           f"longer than maxSeqLength {ds.max_seq_length} with longSequences drop, "
-                           f"{stats.dropped_no_target - no_target} without target tokens)")
-        return examples
-
-    train = encoded(ds.train, "dataset.train")
-    if ds.max_samples:
-        random.Random(job.spec.hyperparameters.seed).shuffle(train)
-        train = train[: ds.max_samples]
-    val = encoded(ds.validation, "dataset.validation") if ds.validation else []
-    if ds.validation_split > 0:
-        train, val = d.split(train, ds.validation_split, job.spec.hyperparameters.seed)
-    test = encoded(ds.test, "dataset.test") if ds.test else []
-    if not train:
-        raise BadInput(f"dataset.validationSplit {ds.validation_split}: leaves no training examples of "
-                       f"{len(val)}")
-    if ds.packing:
-        train = d.pack(train, ds.max_seq_length)
-    return train, val, test
-
-
-def rows_of_step(step: int, batch: int, n: int, seed: int) -> list[int]:
-    """Indices of the training rows optimizer step `step` consumes (epochs reshuffle with seed + epoch)."""
-    out, perms = [], {}
-    for g in range(step * batch, (step + 1) * batch):
-        epoch, pos = divmod(g, n)
-        if epoch not in perms:
-            perm = list(range(n))
-            random.Random(seed * 100003 + epoch).shuffle(perm)
-            perms[epoch] = perm
-        out.append(perms[epoch][pos])
-    return out
 
 
 # --- Evaluation ----------------------------------------------------------------------------------------------
@@ -311,7 +262,9 @@ def setup(job: FineTuneJob, run_id: str, settings: TrainerSettings, on_log=None)
         if hp.gradient_checkpointing:
             model.gradient_checkpointing_enable()
     stats = d.Stats()
-    train_rows, val, test = dist.local_first(lambda: load_data(job, store, tok, stats, labels))
+    # Tokenized once per node into memory-mapped arrays, shared under the run's prefix so a restarted pod skips it.
+    train_rows, val, test = dist.local_first(lambda: load_data(job, store, tok, stats, labels,
+                                                               share_uri=join(run_uri, "tokenized")))
     task = classify.Classification(labels, spec.classification and spec.classification.class_weights) \
         if labels else CausalLM(tok)
     unfreezer = GradualUnfreezing(model, spec.method.freeze, math.ceil(len(train_rows) / hp.batch_size)) \
@@ -478,12 +431,14 @@ def train(job: FineTuneJob, run_id: str, settings: TrainerSettings, on_log=None)
                            "spec; it is never overwritten: use a new run id or output.uri")
         return previous  # the same run finished already: nothing to do, nothing overwritten
     run = setup(job, run_id, settings, on_log)
+    sigterm_handler = signal.getsignal(signal.SIGTERM)  # train_steps catches SIGTERM; a caller gets its own back
     try:
         state = resume(run)
         train_steps(run, state)
         shipped, final, tested, errors = run_test(run, state)
         return ship(run, state, shipped, final, tested, errors)
     finally:
+        signal.signal(signal.SIGTERM, sigterm_handler)
         dist_.close(run.dist)
 
 

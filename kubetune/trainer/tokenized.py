@@ -29,6 +29,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import signal
 import time
 import zlib
 from dataclasses import asdict, dataclass
@@ -311,6 +312,14 @@ def build(path: Path, display: str, what: str, tok, ds: Dataset, out: Path, work
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _default_signals() -> None:
+    """A forked worker inherits the trainer's SIGTERM handler (which only sets a flag), so Pool.terminate's
+    SIGTERM would not stop it and the build would wait for it forever (seen in the test suite, after a test had
+    run train() in the same process): workers die on SIGTERM/SIGINT again."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _run(jobs: list, workers: int, out: Path, dtype: str) -> dict:
     """Runs the chunks (in order of results) and appends their arrays; errors are kept by chunk order."""
     handles = {name: open(out / name, "wb") for name in FILES}
@@ -324,7 +333,7 @@ def _run(jobs: list, workers: int, out: Path, dtype: str) -> dict:
             previous = os.environ.get("TOKENIZERS_PARALLELISM")
             os.environ["TOKENIZERS_PARALLELISM"] = "false"
             try:
-                pool = multiprocessing.get_context("fork").Pool(workers)
+                pool = multiprocessing.get_context("fork").Pool(workers, initializer=_default_signals)
             finally:
                 if previous is None:
                     os.environ.pop("TOKENIZERS_PARALLELISM")
@@ -350,8 +359,11 @@ def _run(jobs: list, workers: int, out: Path, dtype: str) -> dict:
             handles["line.bin"].write(r["line"].tobytes())
             total["examples"] += len(r["lengths"])
             total["tokens"] += int(tokens.size)
+        if pool is not None:  # done: the workers take their sentinels and exit
+            pool.close()
+            pool.join()
     finally:
-        if pool is not None:
+        if pool is not None:  # after an error: stop them (a no-op once joined)
             pool.terminate()
         for h in handles.values():
             h.close()
