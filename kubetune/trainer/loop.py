@@ -335,8 +335,9 @@ def train_steps(run: Run, state: RunState) -> None:
             if run.unfreezer and (units := run.unfreezer.apply(state.step)) is not None:
                 run.telemetry.log("unfreeze", step=state.step, trainable_units=units, of=len(run.unfreezer.units))
             rows = rows_of_step(state.step, hp.batch_size, len(run.train_rows), hp.seed)[dist.rank:: dist.world]
-            batches = [run.task.collate([run.train_rows[i] for i in rows[j: j + run.micro]], pad)
-                       for j in range(0, len(rows), run.micro)]
+            step_rows = [run.train_rows[i] for i in rows]
+            batches = [run.task.collate(step_rows[j: j + run.micro], pad) for j in range(0, len(step_rows), run.micro)]
+            real_tokens = sum(len(r["input_ids"]) for r in step_rows)  # throughput never counts padding
             # The step's normaliser: target tokens (or examples' class weights) over every rank.
             (n_targets,) = dist.sum(sum(run.task.targets(b) for b in batches))
             loss_sum = 0.0
@@ -360,7 +361,7 @@ def train_steps(run: Run, state: RunState) -> None:
             due_time = bool(every_minutes and time.monotonic() - last_ckpt >= every_minutes * 60)
             # One reduction agrees on the step's loss, its tokens, and the decisions every rank must take together.
             loss_total, tokens, stop, due_time = dist.sum(
-                loss_sum, sum(int(b["input_ids"].numel()) for b in batches), sigterm["seen"], due_time)
+                loss_sum, real_tokens, sigterm["seen"], due_time)
             state.tokens += int(tokens)
             loss_total /= n_targets
             step = state.step

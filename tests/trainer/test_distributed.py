@@ -99,7 +99,8 @@ def test_two_ranks_log_the_losses_of_one_process(work, one_process, two_processe
     assert rows(work, f"two-{name}", "train") == pytest.approx(rows(work, f"one-{name}", "train"), **TOLERANCE)
     assert rows(work, f"two-{name}", "eval") == pytest.approx(rows(work, f"one-{name}", "eval"), **TOLERANCE)
     one, two = one_process[name], two_processes[name]
-    assert two["steps"] == one["steps"]  # (trainTokens count padding, which depends on how rows split over ranks)
+    assert two["steps"] == one["steps"]
+    assert two["trainTokens"] == one["trainTokens"]  # real tokens: no padding, which depends on the ranks' split
     assert two["eval"]["loss"] == pytest.approx(one["eval"]["loss"], **TOLERANCE)
 
 

@@ -98,3 +98,28 @@ def test_full_fine_tuning_with_frozen_layers(tmp_path, tiny_model):
     assert changed and all(k.startswith("model.layers.1.") or k.startswith(("lm_head", "model.norm"))
                            for k in changed), changed
     assert summary["steps"] == 3
+
+
+def test_throughput_counts_tokens_not_padding(tmp_path, tiny_model):
+    """trainTokens (and so tokens/s in the log, the progress bar and the gauge) is the sum of the rows' real
+    lengths: the padding a micro-batch adds to reach its longest row is not counted."""
+    from transformers import AutoTokenizer
+
+    from kubetune.trainer import data as d
+    from kubetune.trainer.loop import load_data, rows_of_step
+    from kubetune.trainer.storage import Store
+
+    job = make_job(tmp_path, tiny_model, hyperparameters={"maxSteps": 3}, evaluation={"baseline": False})
+    summary = train(job, "run-1", settings(tmp_path))
+    tok = AutoTokenizer.from_pretrained(tmp_path / "out/run-1/model")
+    train_rows, _, _ = load_data(job, Store(job.spec.storage, tmp_path / "cache"), tok, d.Stats())
+    hp = job.spec.hyperparameters
+    real = padded = 0
+    for step in range(3):
+        rows = [train_rows[i] for i in rows_of_step(step, hp.batch_size, len(train_rows), hp.seed)]
+        lengths = [len(r["input_ids"]) for r in rows]
+        real += sum(lengths)
+        padded += sum(max(lengths[j: j + hp.micro_batch_size]) * len(lengths[j: j + hp.micro_batch_size])
+                      for j in range(0, len(lengths), hp.micro_batch_size))
+    assert real < padded  # the rows differ in length, so counting padding would show
+    assert summary["trainTokens"] == real
