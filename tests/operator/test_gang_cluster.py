@@ -144,7 +144,8 @@ def test_kueue_admits_each_attempt_of_a_gang_as_one_workload(cluster, namespace,
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest("wide", on_gpus(3), kwok(seconds=600)))
     wait_for("the 24-GPU gang Queued", lambda: status(cluster, namespace, "wide").get("phase") == "Queued", timeout=30)
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest("pair", on_gpus(2), kwok(seconds=600)))
-    first = wait_for("attempt 1 admitted and Running", all_running(cluster, namespace, "pair-g1"), timeout=60)
+    # Generous for the same reason as test_kueue_cluster's first admission (quota an earlier test still holds).
+    first = wait_for("attempt 1 admitted and Running", all_running(cluster, namespace, "pair-g1"), timeout=240)
     [workload] = [w for w in cluster.kubectl_json("get", "workloads", "-n", namespace)["items"]
                   if w["metadata"]["ownerReferences"][0]["name"] == "pair-g1"]
     assert [p["count"] for p in workload["spec"]["podSets"]] == [2]
