@@ -173,8 +173,8 @@ class Trainers:
             def log_message(self, *args):
                 pass
 
-        ThreadingHTTPServer.daemon_threads = True
         self.server = ThreadingHTTPServer(("0.0.0.0", contract.METRICS_PORT), Handler)
+        self.server.daemon_threads = True  # on this server only, not on the stdlib class
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def served_since(self, ip: str, step: int) -> float | None:
