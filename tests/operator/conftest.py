@@ -98,3 +98,37 @@ def manifest(name: str, spec: dict | None = None, annotations: dict | None = Non
     return json.dumps(doc)
 
 
+
+
+def gpu_and_queue_state(cluster) -> str:
+    """Who holds the kwok GPU nodes and the ClusterQueue's quota: printed beside a failed Kueue or gang test, whose
+    usual suspect is another test's pods or Workloads that have not gone yet."""
+    lines = ["pods holding GPUs (namespace/name node phase deleting):"]
+    for pod in cluster.kubectl_json("get", "pods", "-A")["items"]:
+        gpus = sum(int((c.get("resources", {}).get("requests") or {}).get("nvidia.com/gpu", 0))
+                   for c in pod["spec"]["containers"])
+        if gpus:
+            m = pod["metadata"]
+            lines.append(f"  {m['namespace']}/{m['name']} gpus={gpus} node={pod['spec'].get('nodeName')} "
+                         f"phase={pod['status'].get('phase')} deleting={m.get('deletionTimestamp')}")
+    lines.append("workloads (namespace/name: conditions):")
+    for w in cluster.kubectl_json("get", "workloads", "-A")["items"]:
+        conditions = ", ".join(f"{c['type']}={c['status']}({c.get('reason')})" for c in
+                               (w.get("status") or {}).get("conditions") or [])
+        lines.append(f"  {w['metadata']['namespace']}/{w['metadata']['name']}: {conditions}")
+    queue = cluster.kubectl_json("get", "clusterqueues", "-o", "json")["items"]
+    lines += [f"clusterqueue {q['metadata']['name']}: {json.dumps((q.get('status') or {}).get('flavorsUsage'))}"
+              for q in queue]
+    return "\n".join(lines)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call" and report.failed and "queue" in item.fixturenames:
+        try:
+            report.sections.append(("GPUs and Kueue at the failure",
+                                    gpu_and_queue_state(item.funcargs["cluster"])))
+        except Exception as error:  # the dump must never hide the failure itself
+            report.sections.append(("GPUs and Kueue at the failure", f"could not read: {error!r}"))

@@ -18,8 +18,13 @@ SUMMARY = {"runId": "?", "stopReason": "EarlyStopped", "steps": 40, "totalSteps"
            "artifacts": {"uri": "s3://artifacts/case/x", "modelUri": "s3://artifacts/case/x/model"}}
 
 
-def kwok(seconds: float = 1, exit_code: int = 0, reason: str | None = None, message: str | None = None) -> dict:
+def kwok(seconds: float = 1, exit_code: int = 0, reason: str | None = None, message: str | None = None,
+         stop_seconds: float | None = None) -> dict:
+    """The pods' lifetime on kwok (hack/README.md): run `seconds`, exit `exit_code`; once deleted, stop after
+    `stop_seconds`."""
     notes = {"kwok.kubetune.io/run-seconds": str(seconds), "kwok.kubetune.io/exit-code": str(exit_code)}
+    if stop_seconds is not None:
+        notes["kwok.kubetune.io/stop-seconds"] = str(stop_seconds)
     if reason:
         notes["kwok.kubetune.io/reason"] = reason
     if message:
