@@ -1,19 +1,25 @@
-"""Runs the operator with every API request it makes counted, by client (kubernetes-client for the operator's
-own calls, aiohttp for kopf's watches and patches), verb and resource, as a Prometheus counter on the operator's
+"""Runs the operator with every API request it makes counted, by client (kube for the operator's own calls,
+aiohttp for kopf's watches and patches), verb and resource, as a Prometheus counter on the operator's
 metrics endpoint. Bench-only: `python hack/bench/count_requests.py` instead of `python -m kubetune.operator`.
 
 KUBETUNE_BENCH_TRACEMALLOC=FILE traces allocations (one frame, so it stays affordable under load) and, whenever the
 traced total reaches a new high (+5 %), rewrites FILE.<pid> with the top allocation sites at that moment."""
 import os
 import runpy
+import sys
+
+# The operator's image has no `kubernetes` package; this venv has it (the tests use it), and kopf imports it
+# whenever it can. Make it missing, so that the bench measures the process the image runs.
+sys.modules["kubernetes"] = None  # noqa: E402
 import threading
 import time
 import tracemalloc
 import urllib.parse
 
 import aiohttp
-import kubernetes.client.rest
 from prometheus_client import Counter
+
+from kubetune.operator import kube
 
 REQUESTS = Counter("kubetune_bench_api_requests_total", "API requests made by the operator process",
                    ["client", "verb", "resource"])
@@ -34,12 +40,12 @@ def classify(method: str, url: str, params=None) -> tuple[str, str]:
     return verb, resource
 
 
-_rest = kubernetes.client.rest.RESTClientObject.request
+_request = kube.Connection.request
 
 
-def counted_rest(self, method, url, query_params=None, *args, **kwargs):
-    REQUESTS.labels("kubernetes-client", *classify(method, url, query_params)).inc()
-    return _rest(self, method, url, query_params, *args, **kwargs)
+def counted_request(self, method, url_path, body=None, params=None, *args, **kwargs):
+    REQUESTS.labels("kube", *classify(method, url_path, params)).inc()
+    return _request(self, method, url_path, body, params, *args, **kwargs)
 
 
 _aio = aiohttp.ClientSession._request
@@ -50,7 +56,7 @@ async def counted_aio(self, method, url, *args, **kwargs):
     return await _aio(self, method, url, *args, **kwargs)
 
 
-kubernetes.client.rest.RESTClientObject.request = counted_rest
+kube.Connection.request = counted_request
 aiohttp.ClientSession._request = counted_aio
 
 

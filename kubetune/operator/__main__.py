@@ -8,9 +8,9 @@ import os
 import kopf
 import prometheus_client
 
-from kubetune.operator.handlers import register
+from kubetune.operator.handlers import login, register
 from kubetune.operator.health import Health
-from kubetune.operator.kube import Kube, load_client
+from kubetune.operator.kube import Connection, Kube
 from kubetune.operator.leader import LeaderElector
 from kubetune.operator.settings import OperatorSettings
 
@@ -22,7 +22,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)  # not a line per handled event; errors stay
     # Workers, the progress ticker's threads and the Lease renewal share the pool.
-    kube = Kube(load_client(connections=2 * settings.workers + 2))
+    kube = Kube(Connection(login, connections=2 * settings.workers + 2))
     elector = (LeaderElector(kube, settings.lease_namespace, settings.lease_name, settings.lease_duration_seconds,
                              settings.identity) if settings.leader_election else None)
     health = Health(elector)

@@ -1,4 +1,4 @@
-"""The operator's error kinds (kopf's, without importing kopf here: handlers.py maps them).
+"""The operator's error kinds (kopf's, without importing kopf here: handlers.py maps them), and the API server's.
 
 An error the operator can name is written to the status first, then raised as one of these: a permanent one
 stops the retries until the FineTuneJob changes, a temporary one retries after a delay. Anything else is a bug
@@ -6,10 +6,17 @@ or an outage, and kopf's backoff retries it.
 """
 import json
 
-from kubernetes.client import ApiException
 from urllib3.exceptions import HTTPError
 
 TRANSIENT_DELAY_SECONDS = 5.0
+
+
+class ApiError(Exception):
+    """The API server answered with an error: `status` (HTTP), `reason` and `body` (its Status object)."""
+
+    def __init__(self, status: int, reason: str = "", body: str | None = None):
+        super().__init__(f"{status} {reason}: {body or ''}"[:2000])
+        self.status, self.reason, self.body = status, reason, body
 
 
 class PermanentFailure(Exception):
@@ -22,7 +29,7 @@ class RetryLater(Exception):
         self.delay = delay
 
 
-def api_message(exc: ApiException) -> str:
+def api_message(exc: ApiError) -> str:
     """The API server's own message (it names the field, the quota or the missing object)."""
     try:
         return json.loads(exc.body or "{}").get("message") or exc.reason or str(exc.status)
@@ -32,6 +39,6 @@ def api_message(exc: ApiException) -> str:
 
 def is_transient(exc: BaseException) -> bool:
     """Overload, timeouts, a restarting API server: the same request may well succeed in a moment."""
-    if isinstance(exc, ApiException):
+    if isinstance(exc, ApiError):
         return exc.status in (0, 408, 429) or exc.status >= 500
     return isinstance(exc, (HTTPError, OSError))

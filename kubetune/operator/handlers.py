@@ -5,7 +5,9 @@ Scale: the API server filters every child watch by our label (settings.watching.
 FineTuneJobs and their children in in-memory indexes, and a reconcile reads those (IndexSource), so it costs no
 read request; it writes only what changed.
 """
+import dataclasses
 import logging
+import os
 import threading
 
 import kopf
@@ -22,6 +24,25 @@ from kubetune.operator.sources import LABEL_CONTROLLER_UID
 RETRY_SECONDS = 5
 log = logging.getLogger("kubetune.operator")
 CHILD_RESOURCES = {"Job": ("batch", "v1", "jobs"), "ConfigMap": ("v1", "configmaps"), "Service": ("v1", "services")}
+
+
+def login(**_) -> kopf.ConnectionInfo:
+    """Credentials for kopf and for kube.Connection alike: the pod's service account (the API server at
+    $KUBERNETES_SERVICE_HOST:PORT, as client-go's in-cluster config, where kopf's own guess is the DNS name
+    kubernetes.default.svc), else $KUBECONFIG or ~/.kube/config (certificates, tokens; not exec plugins).
+    kopf's own login functions, so that no Kubernetes client library is imported (kopf's default login
+    imports the `kubernetes` package when it is installed)."""
+    settings = kopf.OperatorSettings()
+    info = kopf.login_with_service_account(settings=settings)
+    host = os.environ.get("KUBERNETES_SERVICE_HOST")
+    if info is not None and host:
+        host = f"[{host}]" if ":" in host else host
+        info = dataclasses.replace(info, server=f"https://{host}:{os.environ.get('KUBERNETES_SERVICE_PORT', '443')}")
+    info = info or kopf.login_with_kubeconfig(settings=settings)
+    if info is None:
+        raise kopf.LoginError("no Kubernetes credentials: no service account token in this pod, and neither "
+                              "$KUBECONFIG nor ~/.kube/config")
+    return info
 
 
 def drop_managed_fields_at_ingest() -> None:
@@ -110,7 +131,7 @@ def register(settings: OperatorSettings, kube: Kube, may_act=lambda: True) -> ko
             settings.watching.label_selectors[resource[0], resource[-1]] = LABEL_FINETUNEJOB
         settings.execution.max_workers = settings_workers
 
-    kopf.on.login(registry=registry)(kopf.login_via_client)
+    kopf.on.login(registry=registry)(login)
 
     # No stateful kopf handlers (on.create/update/resume, timers): they keep their state in annotations and a
     # finalizer on every object, several writes per job. Level-based, every event just triggers a reconcile, and

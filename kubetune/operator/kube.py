@@ -1,79 +1,107 @@
-"""The one module that talks to the Kubernetes API server. Objects go in and out as plain wire dicts (camelCase
-JSON), the shape the pure builders and the status function use."""
+"""The one module that talks to the Kubernetes API server: JSON over HTTPS (urllib3's pool), objects in and out
+as plain wire dicts (camelCase JSON), the shape the pure builders and the status function use.
+
+No Kubernetes client library: the operator needs a dozen REST calls on dicts, and the `kubernetes` package was 42
+of the operator's 96 MB of imports (docs/operator-scale.md). Credentials come from kopf's login functions
+(handlers.login), so the operator and kopf authenticate the same way.
+"""
 import json
 import socket
+import threading
 from datetime import datetime, timezone
+from typing import Any, Callable
+from urllib.parse import urlencode
 
-import kubernetes
-from kubernetes.client import ApiException
+import urllib3
 
 from kubetune.api import GROUP, PLURAL, VERSION
 from kubetune.operator import kueue
-
-
-def load_client(connections: int | None = None) -> kubernetes.client.ApiClient:
-    """In-cluster credentials in a pod, else KUBECONFIG / ~/.kube/config. `connections`: the HTTP pool's size,
-    at least the reconciles running at once (the default, 5 per CPU, makes busy workers open and drop
-    connections: urllib3's "Connection pool is full" under load)."""
-    try:
-        kubernetes.config.load_incluster_config()
-    except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config()
-    config = kubernetes.client.Configuration.get_default_copy()
-    if connections:
-        config.connection_pool_maxsize = max(config.connection_pool_maxsize, connections)
-    return kubernetes.client.ApiClient(config)
-
+from kubetune.operator.errors import ApiError
 
 # Every request has a deadline (client-go's default is none for watches but a timeout on each call): a hung
 # connection must not hold a worker, or the Lease renewal, forever. (connect, read) seconds.
 REQUEST_TIMEOUT = (5, 20)
 
+# kind -> (API path prefix, plural)
+RESOURCES = {
+    "FineTuneJob": (f"/apis/{GROUP}/{VERSION}", PLURAL),
+    "Job": ("/apis/batch/v1", "jobs"),
+    "ConfigMap": ("/api/v1", "configmaps"),
+    "Service": ("/api/v1", "services"),
+    "Pod": ("/api/v1", "pods"),
+    "Event": ("/api/v1", "events"),
+    "Lease": ("/apis/coordination.k8s.io/v1", "leases"),
+    "Workload": (f"/apis/{kueue.GROUP}/{kueue.VERSION}", kueue.PLURAL),
+}
+MERGE_PATCH = "application/merge-patch+json"
+
+
+def path(kind: str, namespace: str, name: str | None = None, subresource: str | None = None) -> str:
+    prefix, plural = RESOURCES[kind]
+    return "/".join([f"{prefix}/namespaces/{namespace}/{plural}", *filter(None, [name, subresource])])
+
+
+class Connection:
+    """A pool of HTTPS connections to the API server. `login` returns credentials (kopf.ConnectionInfo: server,
+    as_ssl_context(), as_http_headers()); on a 401 they are fetched again once, since the kubelet rotates a
+    service account's token. `connections`: at least the requests in flight at once (reconcile workers, the
+    progress ticker, the Lease), or busy workers open and drop connections."""
+
+    def __init__(self, login: Callable[[], Any], connections: int = 10,
+                 timeout: tuple[float, float] = REQUEST_TIMEOUT):
+        self._login, self._size, self._lock = login, connections, threading.Lock()
+        self.timeout = urllib3.Timeout(connect=timeout[0], read=timeout[1])
+        self._connect()
+
+    def _connect(self) -> None:
+        info = self._login()
+        self.server = info.server.rstrip("/")
+        self.headers = {"Accept": "application/json", "User-Agent": "kubetune-operator", **info.as_http_headers()}
+        self.pool = urllib3.PoolManager(maxsize=self._size, ssl_context=info.as_ssl_context(), retries=False)
+
+    def request(self, method: str, url_path: str, body: Any = None, params: dict | None = None,
+                content_type: str = "application/json") -> dict:
+        """The decoded JSON answer; ApiError for any answer >= 400. Connection failures raise urllib3's errors."""
+        url = self.server + url_path + (f"?{urlencode(params)}" if params else "")
+        data = None if body is None else json.dumps(body).encode()
+        for attempt in (1, 2):
+            pool, headers = self.pool, {**self.headers, "Content-Type": content_type}
+            response = pool.request(method, url, body=data, headers=headers, timeout=self.timeout)
+            if response.status == 401 and attempt == 1:
+                with self._lock:
+                    if self.pool is pool:  # not already renewed by another thread
+                        self._connect()
+                continue
+            if response.status >= 400:
+                raise ApiError(response.status, response.reason or "", response.data.decode(errors="replace"))
+            return json.loads(response.data) if response.data else {}
+        raise AssertionError("unreachable")
+
 
 class Kube:
-    def __init__(self, client: kubernetes.client.ApiClient | None = None, timeout: tuple[float, float] = REQUEST_TIMEOUT):
-        self.client = client or load_client()
-        self.timeout = timeout
-        self.custom = kubernetes.client.CustomObjectsApi(self.client)
-        self.batch = kubernetes.client.BatchV1Api(self.client)
-        self.core = kubernetes.client.CoreV1Api(self.client)
-        self.coordination = kubernetes.client.CoordinationV1Api(self.client)
+    def __init__(self, connection: Connection):
+        self.api = connection
 
-    @staticmethod
-    def _json(response) -> dict:
-        return json.loads(response.data)
-
-    def get_finetunejob(self, namespace: str, name: str) -> dict | None:
+    def _read(self, kind: str, namespace: str, name: str) -> dict | None:
         try:
-            return self._json(self.custom.get_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, name, _preload_content=False, _request_timeout=self.timeout))
-        except ApiException as exc:
+            return self.api.request("GET", path(kind, namespace, name))
+        except ApiError as exc:
             if exc.status == 404:
                 return None
             raise
 
+    def get_finetunejob(self, namespace: str, name: str) -> dict | None:
+        return self._read("FineTuneJob", namespace, name)
+
     def patch_status(self, namespace: str, name: str, status: dict) -> dict:
         """One merge patch of the status subresource (lists such as conditions are replaced whole); returns the
         object as written."""
-        return self._json(self.custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, namespace, PLURAL, name, {"status": status}, _preload_content=False,
-            _request_timeout=self.timeout))
-
-    def _api(self, kind: str):
-        """(create, read, delete, list) of a child kind."""
-        b, c = self.batch, self.core
-        return {"Job": (b.create_namespaced_job, b.read_namespaced_job, b.delete_namespaced_job,
-                        b.list_namespaced_job),
-                "ConfigMap": (c.create_namespaced_config_map, c.read_namespaced_config_map,
-                              c.delete_namespaced_config_map, c.list_namespaced_config_map),
-                "Service": (c.create_namespaced_service, c.read_namespaced_service, c.delete_namespaced_service,
-                            c.list_namespaced_service),
-                "Pod": (None, None, None, c.list_namespaced_pod)}[kind]
+        return self.api.request("PATCH", path("FineTuneJob", namespace, name, "status"), {"status": status},
+                                content_type=MERGE_PATCH)
 
     def list_objects(self, kind: str, namespace: str, selector: str) -> list[dict]:
         """Server-side label selector: only the matching objects cross the wire."""
-        return self._json(self._api(kind)[3](namespace, label_selector=selector, _preload_content=False,
-                                             _request_timeout=self.timeout))["items"]
+        return self.api.request("GET", path(kind, namespace), params={"labelSelector": selector})["items"]
 
     def list_jobs(self, namespace: str, selector: str) -> list[dict]:
         return self.list_objects("Job", namespace, selector)
@@ -82,54 +110,44 @@ class Kube:
         return self.list_objects("Pod", namespace, selector)
 
     def read(self, kind: str, namespace: str, name: str) -> dict | None:
-        try:
-            return self._json(self._api(kind)[1](name, namespace, _preload_content=False,
-                                                 _request_timeout=self.timeout))
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
+        return self._read(kind, namespace, name)
 
     def create(self, obj: dict) -> dict:
         """Creates a child; when one with its name exists already (a restarted operator, a concurrent reconcile,
         or someone else's object) that one is returned, and the caller decides by its controller whether it
-        is ours. Other refusals raise ApiException."""
+        is ours. Other refusals raise ApiError."""
         namespace, kind = obj["metadata"]["namespace"], obj["kind"]
         try:
-            return self._json(self._api(kind)[0](namespace, obj, _preload_content=False,
-                                                 _request_timeout=self.timeout))
-        except ApiException as exc:
+            return self.api.request("POST", path(kind, namespace), obj)
+        except ApiError as exc:
             if exc.status != 409:
                 raise
         existing = self.read(kind, namespace, obj["metadata"]["name"])
         if existing is None:  # deleted in between: let the next reconcile create it
-            raise ApiException(status=409, reason=f"{kind} {obj['metadata']['name']} was being replaced")
+            raise ApiError(409, f"{kind} {obj['metadata']['name']} was being replaced")
         return existing
 
     def list_workloads(self, namespace: str, job_uid: str) -> list[dict]:
         """Kueue's Workloads of a Job; none where Kueue is not installed (404) or the operator may not read them
         (403): the status then says only that the run waits for its queue."""
         try:
-            return self._json(self.custom.list_namespaced_custom_object(
-                kueue.GROUP, kueue.VERSION, namespace, kueue.PLURAL, label_selector=f"{kueue.LABEL_JOB_UID}={job_uid}",
-                _preload_content=False, _request_timeout=self.timeout))["items"]
-        except ApiException as exc:
+            return self.list_objects("Workload", namespace, f"{kueue.LABEL_JOB_UID}={job_uid}")
+        except ApiError as exc:
             if exc.status in (403, 404):
                 return []
             raise
 
     def patch_workload(self, namespace: str, name: str, patch: dict) -> None:
-        self.custom.patch_namespaced_custom_object(kueue.GROUP, kueue.VERSION, namespace, kueue.PLURAL, name, patch,
-                                                   _request_timeout=self.timeout)
+        self.api.request("PATCH", path("Workload", namespace, name), patch, content_type=MERGE_PATCH)
 
     def patch_job(self, namespace: str, name: str, patch: dict) -> None:
-        self.batch.patch_namespaced_job(name, namespace, patch, _request_timeout=self.timeout)
+        self.api.request("PATCH", path("Job", namespace, name), patch, content_type=MERGE_PATCH)
 
     def delete(self, kind: str, namespace: str, name: str, propagation: str = "Background") -> None:
         """Background propagation: the garbage collector removes a Job's pods (SIGTERM, so they checkpoint)."""
         try:
-            self._api(kind)[2](name, namespace, propagation_policy=propagation, _request_timeout=self.timeout)
-        except ApiException as exc:
+            self.api.request("DELETE", path(kind, namespace, name), params={"propagationPolicy": propagation})
+        except ApiError as exc:
             if exc.status != 404:
                 raise
 
@@ -137,27 +155,21 @@ class Kube:
         self.delete("Job", namespace, name)
 
     def post_event(self, obj: dict, type_: str, reason: str, message: str, component: str) -> None:
-        meta = obj["metadata"]
-        now = datetime.now(timezone.utc)
-        event = kubernetes.client.CoreV1Event(
-            metadata=kubernetes.client.V1ObjectMeta(generate_name=f"{meta['name']}.", namespace=meta["namespace"]),
-            involved_object=kubernetes.client.V1ObjectReference(
-                api_version=obj["apiVersion"], kind=obj["kind"], name=meta["name"], namespace=meta["namespace"],
-                uid=meta["uid"], resource_version=meta.get("resourceVersion")),
-            type=type_, reason=reason, message=message[:1024], first_timestamp=now, last_timestamp=now, count=1,
-            source=kubernetes.client.V1EventSource(component=component, host=socket.gethostname()),
-            reporting_component=component, reporting_instance=socket.gethostname())
-        self.core.create_namespaced_event(meta["namespace"], event, _request_timeout=self.timeout)
+        meta, host = obj["metadata"], socket.gethostname()
+        now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        self.api.request("POST", path("Event", meta["namespace"]), {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {"apiVersion": obj["apiVersion"], "kind": obj["kind"], "name": meta["name"],
+                               "namespace": meta["namespace"], "uid": meta["uid"],
+                               **({"resourceVersion": meta["resourceVersion"]} if meta.get("resourceVersion") else {})},
+            "type": type_, "reason": reason, "message": message[:1024], "firstTimestamp": now, "lastTimestamp": now,
+            "count": 1, "source": {"component": component, "host": host},
+            "reportingComponent": component, "reportingInstance": host})
 
     # --- Leases (leader election) ---------------------------------------------------------------------
     def read_lease(self, namespace: str, name: str) -> dict | None:
-        try:
-            return self._json(self.coordination.read_namespaced_lease(
-                name, namespace, _preload_content=False, _request_timeout=self.timeout))
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
+        return self._read("Lease", namespace, name)
 
     def write_lease(self, namespace: str, name: str, spec: dict, resource_version: str | None) -> bool:
         """Creates or replaces the Lease; False when another replica changed it first (optimistic locking)."""
@@ -165,12 +177,12 @@ class Kube:
                 "metadata": {"name": name, "namespace": namespace}, "spec": spec}
         try:
             if resource_version is None:
-                self.coordination.create_namespaced_lease(namespace, body, _request_timeout=self.timeout)
+                self.api.request("POST", path("Lease", namespace), body)
             else:
                 body["metadata"]["resourceVersion"] = resource_version
-                self.coordination.replace_namespaced_lease(name, namespace, body, _request_timeout=self.timeout)
+                self.api.request("PUT", path("Lease", namespace, name), body)
             return True
-        except ApiException as exc:
+        except ApiError as exc:
             if exc.status in (409, 422):
                 return False
             raise

@@ -9,14 +9,13 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from kubernetes.client import ApiException
 from pydantic import ValidationError
 
 from kubetune.api import FineTuneJobStatus, Reason
 from kubetune.api.validate import validate_manifest
 from kubetune.operator import kueue, metrics, progress
 from kubetune.operator.children import LABEL_KUEUE_QUEUE, controlled_by
-from kubetune.operator.errors import PermanentFailure, RetryLater, api_message, is_transient
+from kubetune.operator.errors import ApiError, PermanentFailure, RetryLater, api_message, is_transient
 from kubetune.operator.kube import Kube
 from kubetune.operator.plan import Action, conflict_message, job_failed, job_finished, plan
 from kubetune.operator.settings import OperatorSettings
@@ -145,7 +144,7 @@ def _reconcile(kube: Kube, settings: OperatorSettings, namespace: str, name: str
             break
         try:
             result = act(kube, namespace, action)
-        except ApiException as exc:
+        except ApiError as exc:
             if is_transient(exc):
                 raise RetryLater(f"{action.verb} {action.kind} {action.name}: {api_message(exc)}") from exc
             problem, retry = refusal(action, exc, settings.retry_delay_seconds)
@@ -215,7 +214,7 @@ def act(kube: Kube, namespace: str, action: Action) -> dict | None:
     return None
 
 
-def refusal(action: Action, exc: ApiException, delay: float) -> tuple[State, Exception]:
+def refusal(action: Action, exc: ApiError, delay: float) -> tuple[State, Exception]:
     """A child the API server refused, as the status shows it and the way to retry: invalid (422, 400) is
     permanent until the spec changes; forbidden or missing (403 quota, 404 PriorityClass...) may clear up."""
     message = f"the API server refused to {action.verb} {action.kind} {action.name}: {api_message(exc)}"[:1000]
