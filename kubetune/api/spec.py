@@ -68,7 +68,9 @@ class Dataset(APIModel):
     long_sequences: Literal["truncate", "drop"] = "truncate"
     """What to do with an example longer than maxSeqLength: truncate it, or drop it (both are counted)."""
     packing: bool = False
-    """Pack several short examples into each sequence (attention never crosses examples)."""
+    """Pack several short examples into each sequence (attention never crosses examples). batchSize and
+    microBatchSize then count packed sequences of up to maxSeqLength tokens, so a step trains on more examples
+    than without packing: compare runs by trained tokens (summary.json trainTokens), not steps."""
     mask_prompt: bool = True
     """Causal LM: compute the loss on assistant/completion tokens only."""
     max_samples: int | None = Field(None, ge=1)
