@@ -309,7 +309,7 @@ def progress_numbers(recorder: Recorder, trainers: "Trainers | None", log: Path)
 
 
 def run(n: int, run_seconds: float, kill: bool, timeout: float, serve_metrics: bool = False,
-        progress_seconds: float = 10.0, step_seconds: float = 1.0) -> dict:
+        progress_seconds: float = 10.0, step_seconds: float = 1.0, kill_at: float | None = None) -> dict:
     e = read_env()
     trainers = Trainers(step_seconds, int(run_seconds / step_seconds)) if serve_metrics else None
     namespace = f"bench-{os.getpid()}"
@@ -326,7 +326,8 @@ def run(n: int, run_seconds: float, kill: bool, timeout: float, serve_metrics: b
     killed_at = None
     try:
         started = time.monotonic()
-        kill_after = random.uniform(2, max(3.0, min(30.0, run_seconds))) if kill else None
+        kill_after = (kill_at if kill_at is not None else random.uniform(2, max(3.0, min(30.0, run_seconds)))
+                      ) if kill or kill_at is not None else None
         applier = threading.Thread(target=kubectl, args=(e, "apply", "-n", namespace, "-f", "-"), kwargs={
             "input": json.dumps({"apiVersion": "v1", "kind": "List", "items": manifests(n, run_seconds)})})
         applier.start()
@@ -414,6 +415,8 @@ def main() -> None:
     parser.add_argument("n", type=int, nargs="?", default=100)
     parser.add_argument("--run-seconds", type=float, default=60)
     parser.add_argument("--kill", action="store_true", help="SIGKILL the operator mid-load and restart it")
+    parser.add_argument("--kill-at", type=float, help="SIGKILL it this many seconds after the apply starts "
+                        "(comparable runs; the restart's peak memory depends on the moment)")
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--json", type=Path, help="also write the raw numbers here")
     parser.add_argument("--serve-metrics", action="store_true",
@@ -422,7 +425,7 @@ def main() -> None:
     parser.add_argument("--step-seconds", type=float, default=1.0, help="a stand-in trainer's time per step")
     args = parser.parse_args()
     result = run(args.n, args.run_seconds, args.kill, args.timeout, args.serve_metrics, args.progress_seconds,
-                 args.step_seconds)
+                 args.step_seconds, args.kill_at)
     print(table(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
