@@ -7,10 +7,6 @@ traced total reaches a new high (+5 %), rewrites FILE.<pid> with the top allocat
 import os
 import runpy
 import sys
-
-# The operator's image has no `kubernetes` package; this venv has it (the tests use it), and kopf imports it
-# whenever it can. Make it missing, so that the bench measures the process the image runs.
-sys.modules["kubernetes"] = None  # noqa: E402
 import threading
 import time
 import tracemalloc
@@ -20,6 +16,11 @@ import aiohttp
 from prometheus_client import Counter
 
 from kubetune.operator import kube
+
+# The operator's image has no `kubernetes` package; this venv has it (the tests use it), and kopf imports it
+# whenever it can (the operator is imported below, by runpy). Make it missing, so that the bench measures the
+# process the image runs.
+sys.modules["kubernetes"] = None
 
 REQUESTS = Counter("kubetune_bench_api_requests_total", "API requests made by the operator process",
                    ["client", "verb", "resource"])

@@ -326,8 +326,9 @@ def run(n: int, run_seconds: float, kill: bool, timeout: float, serve_metrics: b
     killed_at = None
     try:
         started = time.monotonic()
-        kill_after = (kill_at if kill_at is not None else random.uniform(2, max(3.0, min(30.0, run_seconds)))
-                      ) if kill or kill_at is not None else None
+        kill_after = kill_at
+        if kill and kill_after is None:
+            kill_after = random.uniform(2, max(3.0, min(30.0, run_seconds)))
         applier = threading.Thread(target=kubectl, args=(e, "apply", "-n", namespace, "-f", "-"), kwargs={
             "input": json.dumps({"apiVersion": "v1", "kind": "List", "items": manifests(n, run_seconds)})})
         applier.start()

@@ -54,35 +54,44 @@ class Connection:
         self._connect()
 
     def _connect(self) -> None:
+        """(server, headers, pool) replaced in one assignment: a request never pairs a new pool with old headers."""
         info = self._login()
-        self.server = info.server.rstrip("/")
-        self.headers = {"Accept": "application/json", "User-Agent": "kubetune-operator", **info.as_http_headers()}
-        self.pool = urllib3.PoolManager(maxsize=self._size, ssl_context=info.as_ssl_context(), retries=False)
+        headers = {"Accept": "application/json", "User-Agent": "kubetune-operator", **info.as_http_headers()}
+        self._session = (info.server.rstrip("/"), headers,
+                         urllib3.PoolManager(maxsize=self._size, ssl_context=info.as_ssl_context(), retries=False))
+
+    @property
+    def pool(self) -> urllib3.PoolManager:
+        return self._session[2]
+
+    def _send(self, session: tuple, method: str, url_path: str, data: bytes | None, content_type: str):
+        server, headers, pool = session
+        return pool.request(method, server + url_path, body=data, headers={**headers, "Content-Type": content_type},
+                            timeout=self.timeout)
 
     def request(self, method: str, url_path: str, body: Any = None, params: dict | None = None,
                 content_type: str = "application/json") -> dict:
         """The decoded JSON answer; ApiError for any answer >= 400. Connection failures raise urllib3's errors."""
-        url = self.server + url_path + (f"?{urlencode(params)}" if params else "")
+        url_path += f"?{urlencode(params)}" if params else ""
         data = None if body is None else json.dumps(body).encode()
-        for attempt in (1, 2):
-            pool, headers = self.pool, {**self.headers, "Content-Type": content_type}
-            response = pool.request(method, url, body=data, headers=headers, timeout=self.timeout)
-            if response.status == 401 and attempt == 1:
-                with self._lock:
-                    if self.pool is pool:  # not already renewed by another thread
-                        self._connect()
-                continue
-            if response.status >= 400:
-                raise ApiError(response.status, response.reason or "", response.data.decode(errors="replace"))
-            return json.loads(response.data) if response.data else {}
-        raise AssertionError("unreachable")
+        session = self._session
+        response = self._send(session, method, url_path, data, content_type)
+        if response.status == 401:  # a rotated token: log in again, once
+            with self._lock:
+                if self._session is session:  # not already renewed by another thread
+                    self._connect()
+            response = self._send(self._session, method, url_path, data, content_type)
+        if response.status >= 400:
+            raise ApiError(response.status, response.reason or "", response.data.decode(errors="replace"))
+        return json.loads(response.data) if response.data else {}
 
 
 class Kube:
     def __init__(self, connection: Connection):
         self.api = connection
 
-    def _read(self, kind: str, namespace: str, name: str) -> dict | None:
+    def read(self, kind: str, namespace: str, name: str) -> dict | None:
+        """The object, or None when there is none."""
         try:
             return self.api.request("GET", path(kind, namespace, name))
         except ApiError as exc:
@@ -91,7 +100,7 @@ class Kube:
             raise
 
     def get_finetunejob(self, namespace: str, name: str) -> dict | None:
-        return self._read("FineTuneJob", namespace, name)
+        return self.read("FineTuneJob", namespace, name)
 
     def patch_status(self, namespace: str, name: str, status: dict) -> dict:
         """One merge patch of the status subresource (lists such as conditions are replaced whole); returns the
@@ -108,9 +117,6 @@ class Kube:
 
     def list_pods(self, namespace: str, selector: str) -> list[dict]:
         return self.list_objects("Pod", namespace, selector)
-
-    def read(self, kind: str, namespace: str, name: str) -> dict | None:
-        return self._read(kind, namespace, name)
 
     def create(self, obj: dict) -> dict:
         """Creates a child; when one with its name exists already (a restarted operator, a concurrent reconcile,
@@ -169,7 +175,7 @@ class Kube:
 
     # --- Leases (leader election) ---------------------------------------------------------------------
     def read_lease(self, namespace: str, name: str) -> dict | None:
-        return self._read("Lease", namespace, name)
+        return self.read("Lease", namespace, name)
 
     def write_lease(self, namespace: str, name: str, spec: dict, resource_version: str | None) -> bool:
         """Creates or replaces the Lease; False when another replica changed it first (optimistic locking)."""

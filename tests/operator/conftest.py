@@ -98,8 +98,6 @@ def manifest(name: str, spec: dict | None = None, annotations: dict | None = Non
     return json.dumps(doc)
 
 
-
-
 def gpu_and_queue_state(cluster) -> str:
     """Who holds the kwok GPU nodes and the ClusterQueue's quota: printed beside a failed Kueue or gang test, whose
     usual suspect is another test's pods or Workloads that have not gone yet."""
@@ -116,7 +114,7 @@ def gpu_and_queue_state(cluster) -> str:
         conditions = ", ".join(f"{c['type']}={c['status']}({c.get('reason')})" for c in
                                (w.get("status") or {}).get("conditions") or [])
         lines.append(f"  {w['metadata']['namespace']}/{w['metadata']['name']}: {conditions}")
-    queue = cluster.kubectl_json("get", "clusterqueues", "-o", "json")["items"]
+    queue = cluster.kubectl_json("get", "clusterqueues")["items"]
     lines += [f"clusterqueue {q['metadata']['name']}: {json.dumps((q.get('status') or {}).get('flavorsUsage'))}"
               for q in queue]
     return "\n".join(lines)
