@@ -134,16 +134,26 @@ def current_run(job: FineTuneJob, owned_jobs: list[dict] = ()) -> Run:
         generation = job.metadata.generation or 1
     run_id = contract.run_id(generation, job.metadata.uid or "")
     job_name, attempt = None, None
-    if status and status.run_id == run_id and status.job_name and status.phase in TERMINAL:
+    ours = status is not None and status.run_id == run_id and bool(status.job_name)
+    if ours and status.phase in TERMINAL:
         job_name = status.job_name  # an ended run stays as it ended
     for child in same:
         if (child["metadata"].get("annotations") or {}).get(ANNOTATION_TEMPLATE_HASH, template) == template:
             job_name = job_name or child["metadata"]["name"]
             if child["metadata"]["name"] == job_name and attempt is None:
                 attempt = child
+    if job_name is None and ours and status.observed_generation == job.metadata.generation:
+        # No Job of the run in view (a watch gap, a deletion indexed before the next attempt's creation): the
+        # status, written for this very spec, still names the run's Job and attempt. A fresh `-g<gen>` attempt 1
+        # here would start a second gang of the run and reset its failure count.
+        job_name = status.job_name
+    counts = ((_annotation_int(attempt, ANNOTATION_ATTEMPT, 1), _annotation_int(attempt, ANNOTATION_FAILURES, 0))
+              if attempt else (1, 0))
+    if attempt is None and ours and status.job_name == job_name and job.spec.nodes > 1:
+        # The Job that records them is out of view: a gang's status counts its attempts and failures too.
+        counts = (max(1, status.attempts), status.failures)
     return Run(generation, run_id, spec_hash, job_name or f"{job.metadata.name}-g{job.metadata.generation or 1}",
-               template, *((_annotation_int(attempt, ANNOTATION_ATTEMPT, 1),
-                            _annotation_int(attempt, ANNOTATION_FAILURES, 0)) if attempt else ()))
+               template, *counts)
 
 
 def labels(job: FineTuneJob, run: Run) -> dict[str, str]:
