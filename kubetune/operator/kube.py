@@ -102,10 +102,13 @@ class Kube:
     def get_finetunejob(self, namespace: str, name: str) -> dict | None:
         return self.read("FineTuneJob", namespace, name)
 
-    def patch_status(self, namespace: str, name: str, status: dict) -> dict:
+    def patch_status(self, namespace: str, name: str, status: dict, resource_version: str | None = None) -> dict:
         """One merge patch of the status subresource (lists such as conditions are replaced whole); returns the
-        object as written."""
-        return self.api.request("PATCH", path("FineTuneJob", namespace, name, "status"), {"status": status},
+        object as written. With `resource_version` the API server refuses it (409) once the object has changed."""
+        body: dict = {"status": status}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
+        return self.api.request("PATCH", path("FineTuneJob", namespace, name, "status"), body,
                                 content_type=MERGE_PATCH)
 
     def list_objects(self, kind: str, namespace: str, selector: str) -> list[dict]:

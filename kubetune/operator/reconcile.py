@@ -23,6 +23,11 @@ from kubetune.operator.sources import ApiSource, newer
 from kubetune.operator.status import Event, State, compute_status, conditions, parse_time
 
 COMPONENT = "kubetune-operator"
+STATUS_CONFLICT_RETRIES = 3
+
+
+class StatusConflict(Exception):
+    """The status write was refused (409): the object changed since the copy the status was computed from."""
 _locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
 _waiting: defaultdict[tuple[str, str], int] = defaultdict(int)  # reconciles queued on each object's lock
 _waiting_lock = threading.Lock()
@@ -97,7 +102,19 @@ def reconcile(kube: Kube, settings: OperatorSettings, namespace: str, name: str,
             _waiting[key] -= 1
         started = time.monotonic()
         try:
-            return _reconcile(kube, settings, namespace, name, sample, source or ApiSource(kube))
+            source = source or ApiSource(kube)
+            for _ in range(STATUS_CONFLICT_RETRIES):
+                try:
+                    return _reconcile(kube, settings, namespace, name, sample, source)
+                except StatusConflict:
+                    # Someone wrote the object since the copy this plan was made from: plan again from the
+                    # object as it is now (read once; the index catches up later).
+                    fresh = kube.get_finetunejob(namespace, name)
+                    if fresh is None:
+                        return Outcome(None, False, [], [])
+                    fresh["metadata"].pop("managedFields", None)
+                    _written[key] = fresh
+            raise RetryLater(f"the status kept changing under {STATUS_CONFLICT_RETRIES} reconciles", delay=1)
         except Exception as exc:
             cause = exc.__cause__ if isinstance(exc, RetryLater) and exc.__cause__ else exc
             metrics.RECONCILE_ERRORS.labels(type(cause).__name__).inc()
@@ -174,6 +191,14 @@ def _reconcile(kube: Kube, settings: OperatorSettings, namespace: str, name: str
     wrote = write_status(kube, obj, status)
     for event in events:  # only after the status write succeeded
         kube.post_event(obj, event.type, event.reason, event.message, COMPONENT)
+    if status.phase == "Failed" and child is not None and not job_finished(child) and prior_phase(job) != "Failed":
+        # The operator has just failed the run itself (a kernel OOM kill): hold its Job now, in this reconcile.
+        # Waiting for the next event would let the Job controller start a replacement pod first.
+        failed = job.model_copy(update={"status": status})
+        held = plan(failed, {**observed, "Workload": held_workloads(kube, failed, observed["Job"])}, settings)
+        for action in held.actions:
+            if action.verb == "patch":
+                act(kube, namespace, action)
     metrics.observe(namespace, name, prior, status, child)
     if retry is not None:
         raise retry
@@ -188,6 +213,10 @@ def _reconcile(kube: Kube, settings: OperatorSettings, namespace: str, name: str
         raise RetryLater("Kueue holds the run", delay=2 if young and not kueue.condition(
             workload or {}, "QuotaReserved") else settings.resync_seconds)
     return Outcome(status, wrote, created, deleted)
+
+
+def prior_phase(job) -> str | None:
+    return job.status.phase if job.status else None
 
 
 def held_workloads(kube: Kube, job, owned_jobs: list[dict]) -> list[dict]:
@@ -233,7 +262,15 @@ def write_status(kube: Kube, obj: dict, status: FineTuneJobStatus) -> bool:
         unchanged = False
     if not unchanged:
         meta = obj["metadata"]
-        written = kube.patch_status(meta["namespace"], meta["name"], merge_patch(observed, status.to_wire()))
+        # The patch is a diff against `obj`; with its resourceVersion as a precondition, a copy someone else has
+        # since replaced (another writer, a stale index) is refused instead of silently mixed with theirs.
+        try:
+            written = kube.patch_status(meta["namespace"], meta["name"], merge_patch(observed, status.to_wire()),
+                                        resource_version=meta.get("resourceVersion"))
+        except ApiError as exc:
+            if exc.status == 409:
+                raise StatusConflict(api_message(exc)) from exc
+            raise
         written["metadata"].pop("managedFields", None)
         _written[(meta["namespace"], meta["name"])] = written
     return not unchanged

@@ -243,6 +243,17 @@ def archive(previous: FineTuneJobStatus) -> RunRecord:
                      artifacts_uri=previous.artifacts.uri if previous.artifacts else None)
 
 
+def ended(prior: FineTuneJobStatus) -> State | None:
+    """A run that ended stays as it ended. Its verdict may rest on evidence that goes (an OOM-killed pod that PodGC
+    or a person removes, the Job's TTL): the pods and the Job seen later must not turn it back into a held,
+    queued or running run, which plan.py would then release."""
+    if prior.phase not in TERMINAL:
+        return None
+    said = next((c for c in prior.conditions if c.type == prior.phase), None) or next(
+        (c for c in prior.conditions if c.type == ConditionType.READY), None)
+    return State(prior.phase, said.reason if said else prior.phase, said.message if said else "")
+
+
 def compute_status(job: FineTuneJob, run: Run, child: dict | None, pods: list[dict], sample: dict | None,
                    now: datetime, max_runs: int = 10, problem: State | None = None, workload: dict | None = None
                    ) -> tuple[FineTuneJobStatus, list[Event]]:
@@ -267,7 +278,7 @@ def compute_status(job: FineTuneJob, run: Run, child: dict | None, pods: list[di
             c.model_copy(update={"observed_generation": generation}) for c in prior.conditions]}), []
 
     summary = next((s for s in map(termination_json, pods) if s and "stopReason" in s), None)
-    state = problem or observe(job, child, pods, summary, workload)
+    state = problem or (ended(prior) if same_run else None) or observe(job, child, pods, summary, workload)
     if run.attempt > 1 and state.reason in (Reason.PENDING, Reason.CREATED):
         # a gang's next attempt whose pods have not started yet: still the run restarting, not a new start
         why = ((child or {}).get("metadata", {}).get("annotations") or {}).get(ANNOTATION_RESTART_REASON)
