@@ -52,6 +52,18 @@ class Reason:
     CHILD_FORBIDDEN = "ChildForbidden"
     """The API server refused a child for now (a ResourceQuota, a missing PriorityClass...): retried."""
     SPEC_CHANGED = "SpecChanged"
+    # While Kueue holds a queued run (kueue.x-k8s.io Workload conditions, passed on with the queue's name).
+    ADMITTED = "Admitted"
+    QUOTA_RESERVED = "QuotaReserved"
+    INADMISSIBLE = "Inadmissible"
+    EVICTED = "Evicted"
+    DEACTIVATED = "Deactivated"
+    KUEUE_UNAVAILABLE = "KueueUnavailable"
+    """The API server serves no Kueue Workloads (Kueue absent, or another API version): nothing will admit the run."""
+    KUEUE_FORBIDDEN = "KueueForbidden"
+    """The operator may not read Kueue's Workloads (RBAC), so it cannot tell why the run waits."""
+    NO_WORKLOAD = "NoWorkload"
+    """Kueue made no Workload for the run's Job in time: its namespace is not one Kueue manages, or Kueue is down."""
 
 
 Phase = Literal["Pending", "Queued", "Suspended", "Running", "Succeeded", "Failed"]

@@ -5,11 +5,13 @@ unsuspends the Job and adds the ResourceFlavor's node labels to its pod template
 a stopped queue, a deactivated Workload) suspends it again, and the trainer checkpoints on the SIGTERM. The
 Workload's conditions say why a run waits; the FineTuneJob's status repeats them with the queue's name.
 """
+from kubetune.api import Reason
+
 GROUP, VERSION, PLURAL = "kueue.x-k8s.io", "v1beta2", "workloads"
 LABEL_JOB_UID = "kueue.x-k8s.io/job-uid"
 # Kueue's reasons for the Workload's Evicted condition (apis/kueue/v1beta2/workload_types.go) that the status
 # passes on: Preempted, PodsReadyTimeout, AdmissionCheck, ClusterQueueStopped, LocalQueueStopped, Deactivated...
-DEACTIVATED = "Deactivated"
+DEACTIVATED = Reason.DEACTIVATED
 
 
 def condition(workload: dict, kind: str) -> dict | None:
@@ -20,30 +22,50 @@ def holds(workload: dict, kind: str) -> bool:
     return (condition(workload, kind) or {}).get("status") == "True"
 
 
-def waiting(queue: str, workload: dict | None) -> tuple[str, str, str]:
-    """(phase, reason, message) of a run whose Job Kueue holds suspended."""
-    if workload is None:  # not created yet, or Kueue is not installed (then nothing will admit the run)
-        return "Queued", "Queued", f"waiting for admission by Kueue queue {queue}"
+def unavailable(status: int, message: str) -> tuple[str, str]:
+    """(reason, message) when the API server refused to list Workloads: 404 or 403."""
+    if status == 403:
+        return Reason.KUEUE_FORBIDDEN, (f"the operator may not list Kueue Workloads ({message}); grant it get/list "
+                                        f"on workloads.{GROUP} to see why the run waits")
+    return Reason.KUEUE_UNAVAILABLE, (f"the API server serves no {GROUP}/{VERSION} Workloads ({message}): Kueue is "
+                                      f"not installed, or serves another version; nothing will admit the run")
+
+
+def missing(queue: str, waited_seconds: float) -> tuple[str, str]:
+    """(reason, message) when Kueue has made no Workload for a queued Job in time (it does within a second when
+    it manages the namespace)."""
+    return Reason.NO_WORKLOAD, (
+        f"Kueue made no Workload for the run's Job in {int(waited_seconds)} s: is its namespace one that Kueue "
+        f"manages (managedJobsNamespaceSelector), and is Kueue running? Queue {queue}")
+
+
+def waiting(queue: str, workload: dict | None, problem: tuple[str, str] | None = None) -> tuple[str, str, str]:
+    """(phase, reason, message) of a run whose Job Kueue holds suspended; `problem`: why it has no Workload
+    (`unavailable`, `missing`)."""
+    if workload is None and problem is not None:
+        return "Queued", *problem
+    if workload is None:  # not created yet
+        return "Queued", Reason.QUEUED, f"waiting for admission by Kueue queue {queue}"
     evicted = condition(workload, "Evicted") if holds(workload, "Evicted") else None
     if (workload.get("spec") or {}).get("active") is False:
         message = (evicted or {}).get("message") or "the Workload is deactivated"
-        return "Suspended", DEACTIVATED, f"Kueue deactivated the run's Workload ({message}); queue {queue}"
+        return "Suspended", Reason.DEACTIVATED, f"Kueue deactivated the run's Workload ({message}); queue {queue}"
     if evicted:
         preempted = condition(workload, "Preempted") if holds(workload, "Preempted") else None
         detail = evicted.get("message") or (preempted or {}).get("message") or ""
-        return "Queued", evicted.get("reason") or "Evicted", (
+        return "Queued", evicted.get("reason") or Reason.EVICTED, (
             f"evicted by Kueue ({detail}); waiting in queue {queue} to resume from the last checkpoint")
     if holds(workload, "Admitted"):
-        return "Queued", "Admitted", f"admitted by Kueue queue {queue}; starting"
+        return "Queued", Reason.ADMITTED, f"admitted by Kueue queue {queue}; starting"
     reserved = condition(workload, "QuotaReserved")
     if holds(workload, "QuotaReserved"):
-        return "Queued", "QuotaReserved", f"quota reserved in Kueue queue {queue}; waiting for admission checks"
+        return "Queued", Reason.QUOTA_RESERVED, f"quota reserved in Kueue queue {queue}; waiting for admission checks"
     reason = (reserved or {}).get("reason")
     message = f"waiting for admission by Kueue queue {queue}"
     if reserved and reserved.get("message"):
         message += f": {reserved['message']}"
     # Inadmissible: the LocalQueue or its ClusterQueue is missing or stopped, or the run can never fit.
-    return "Queued", "Inadmissible" if reason == "Inadmissible" else "Queued", message
+    return "Queued", Reason.INADMISSIBLE if reason == Reason.INADMISSIBLE else Reason.QUEUED, message
 
 
 ANNOTATION_DEACTIVATED = "kubetune.io/deactivated"

@@ -149,7 +149,12 @@ def _reconcile(kube: Kube, settings: OperatorSettings, namespace: str, name: str
     # A gang's failed attempt is judged by its pods (exit codes, OOMKilled): only failed Jobs' pods are read.
     observed["Pod"] = [pod for j in observed["Job"] if job.spec.nodes > 1 and job_failed(j)
                        for pod in source.pods(namespace, j["metadata"]["uid"])]
-    observed["Workload"] = held_workloads(kube, job, observed["Job"])
+    try:
+        observed["Workload"], kueue_problem = held_workloads(kube, job, observed["Job"]), None
+    except ApiError as exc:
+        if exc.status not in (403, 404):
+            raise
+        observed["Workload"], kueue_problem = [], kueue.unavailable(exc.status, api_message(exc))
     p = plan(job, observed, settings)
     problem, retry = None, None
     if p.conflict:  # retried: whoever owns that object may delete it
@@ -181,12 +186,18 @@ def _reconcile(kube: Kube, settings: OperatorSettings, namespace: str, name: str
         elif action.verb == "patch" and action.kind == "Job":  # a new dict: the observed one may be shared
             child = {**child, "spec": {**child.get("spec", {}), **action.body["spec"]}}
 
+    workload = kueue.workload_of(observed["Workload"], child) if child else None
+    if kueue_problem is None and workload is None and child is not None and job.spec.scheduling.queue_name \
+            and child.get("spec", {}).get("suspend") and not job_finished(child):
+        waited = job_age_seconds(child)
+        if waited >= settings.kueue_workload_timeout_seconds:
+            kueue_problem = kueue.missing(job.spec.scheduling.queue_name, waited)
     pods = source.pods(namespace, child["metadata"]["uid"]) if child else []
     sample = sample if problem is None and child is not None else None
     prior = job.status
     status, transitions = compute_status(job, p.run, child, pods, sample, now(), settings.max_runs_kept,
                                          problem or p.state,
-                                         workload=kueue.workload_of(observed["Workload"], child) if child else None)
+                                         workload=workload, kueue_problem=kueue_problem)
     events += transitions
     wrote = write_status(kube, obj, status)
     for event in events:  # only after the status write succeeded
@@ -195,7 +206,8 @@ def _reconcile(kube: Kube, settings: OperatorSettings, namespace: str, name: str
         # The operator has just failed the run itself (a kernel OOM kill): hold its Job now, in this reconcile.
         # Waiting for the next event would let the Job controller start a replacement pod first.
         failed = job.model_copy(update={"status": status})
-        held = plan(failed, {**observed, "Workload": held_workloads(kube, failed, observed["Job"])}, settings)
+        held = plan(failed, {**observed, "Workload": [] if kueue_problem else held_workloads(
+            kube, failed, observed["Job"])}, settings)
         for action in held.actions:
             if action.verb == "patch":
                 act(kube, namespace, action)
@@ -207,12 +219,15 @@ def _reconcile(kube: Kube, settings: OperatorSettings, namespace: str, name: str
     if status.phase == "Queued" and job.spec.scheduling.queue_name:
         # The operator watches no Workloads (Kueue's changes to them send it no event): look again, within
         # seconds while Kueue has not yet said why a new Job waits, then at the resync interval.
-        workload = kueue.workload_of(observed["Workload"], child) if child else None
-        born = parse_time((child or {}).get("metadata", {}).get("creationTimestamp"))
-        young = born is not None and (now() - born).total_seconds() < 60
+        young = child is not None and job_age_seconds(child) < max(60, settings.kueue_workload_timeout_seconds + 2)
         raise RetryLater("Kueue holds the run", delay=2 if young and not kueue.condition(
             workload or {}, "QuotaReserved") else settings.resync_seconds)
     return Outcome(status, wrote, created, deleted)
+
+
+def job_age_seconds(child: dict) -> float:
+    born = parse_time(child["metadata"].get("creationTimestamp"))
+    return (now() - born).total_seconds() if born else 0.0
 
 
 def prior_phase(job) -> str | None:

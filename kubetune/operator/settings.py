@@ -22,6 +22,9 @@ class OperatorSettings(BaseSettings):
     """Reconciles running at once (kopf's thread pool); each holds only its own object's lock."""
     retry_delay_seconds: float = Field(30.0, gt=0)
     """How soon a run held up by a refused child (a ResourceQuota...) or a conflicting one is tried again."""
+    kueue_workload_timeout_seconds: float = Field(60.0, gt=0)
+    """How long a queued Job may be without a Kueue Workload before the status says why (Kueue makes one within a
+    second in a namespace it manages)."""
     metrics_port: int = Field(8080, ge=0, le=65535)
     """The operator's own Prometheus endpoint (0: off)."""
     health_port: int = Field(8081, ge=0, le=65535)

@@ -106,8 +106,9 @@ def pending_state(pods: list[dict]) -> State:
 
 
 def observe(job: FineTuneJob, child: dict | None, pods: list[dict], summary: dict | None,
-            workload: dict | None = None) -> State:
-    """`workload`: Kueue's Workload for the Job, when the run is queued and Kueue has made one."""
+            workload: dict | None = None, kueue_problem: tuple[str, str] | None = None) -> State:
+    """`workload`: Kueue's Workload for the Job, when the run is queued and Kueue has made one; `kueue_problem`:
+    why there is none (kueue.unavailable, kueue.missing)."""
     spec = job.spec
     if child is None:
         return State("Pending", Reason.CREATED, "creating the trainer Job")
@@ -132,7 +133,7 @@ def observe(job: FineTuneJob, child: dict | None, pods: list[dict], summary: dic
         if spec.suspend:
             return State("Suspended", Reason.SUSPENDED, "spec.suspend is true")
         if spec.scheduling.queue_name:
-            return State(*kueue.waiting(spec.scheduling.queue_name, workload))
+            return State(*kueue.waiting(spec.scheduling.queue_name, workload, kueue_problem))
         return State("Queued", Reason.QUEUED, "waiting for the Job to be resumed")
     if any(p.get("status", {}).get("phase") == "Running" for p in pods):
         return State("Running", Reason.RUNNING, "training")
@@ -255,8 +256,8 @@ def ended(prior: FineTuneJobStatus) -> State | None:
 
 
 def compute_status(job: FineTuneJob, run: Run, child: dict | None, pods: list[dict], sample: dict | None,
-                   now: datetime, max_runs: int = 10, problem: State | None = None, workload: dict | None = None
-                   ) -> tuple[FineTuneJobStatus, list[Event]]:
+                   now: datetime, max_runs: int = 10, problem: State | None = None, workload: dict | None = None,
+                   kueue_problem: tuple[str, str] | None = None) -> tuple[FineTuneJobStatus, list[Event]]:
     """The status to write and the events to post (one per change of phase or reason). `problem` is what
     stopped the reconcile from carrying out its plan (a refused or conflicting child); it wins over what the
     Job says."""
@@ -278,7 +279,7 @@ def compute_status(job: FineTuneJob, run: Run, child: dict | None, pods: list[di
             c.model_copy(update={"observed_generation": generation}) for c in prior.conditions]}), []
 
     summary = next((s for s in map(termination_json, pods) if s and "stopReason" in s), None)
-    state = problem or (ended(prior) if same_run else None) or observe(job, child, pods, summary, workload)
+    state = problem or (ended(prior) if same_run else None) or observe(job, child, pods, summary, workload, kueue_problem)
     if run.attempt > 1 and state.reason in (Reason.PENDING, Reason.CREATED):
         # a gang's next attempt whose pods have not started yet: still the run restarting, not a new start
         why = ((child or {}).get("metadata", {}).get("annotations") or {}).get(ANNOTATION_RESTART_REASON)
@@ -317,8 +318,9 @@ def compute_status(job: FineTuneJob, run: Run, child: dict | None, pods: list[di
     was = next((c for c in prior.conditions if c.type == ConditionType.READY), None)
     if (not was or was.reason != state.reason or prior.phase != state.phase) and state.reason != Reason.PENDING:
         # (no event for the ordinary wait for a pod to start: JobCreated said it, and its problems have reasons)
-        warn = state.phase == "Failed" or state.stalled or state.reason in (Reason.UNSCHEDULABLE, Reason.IMAGE_PULL_BACK_OFF,
-                                                           Reason.RESTARTING)
+        warn = state.phase == "Failed" or state.stalled or state.reason in (
+            Reason.UNSCHEDULABLE, Reason.IMAGE_PULL_BACK_OFF, Reason.RESTARTING, Reason.KUEUE_UNAVAILABLE,
+            Reason.KUEUE_FORBIDDEN, Reason.NO_WORKLOAD)
         events.append(Event("Warning" if warn else "Normal", state.reason,
                             f"{state.phase}: {state.message}" if state.message else state.phase))
     return status, events

@@ -1,0 +1,101 @@
+"""The operator's own verdicts and its status writes hold when the world moves under them (issue 20, items 5 and
+7), on the real control plane with kwok's pods and real Kueue."""
+import json
+import re
+import urllib.request
+
+import pytest
+
+from kubetune.operator.handlers import login
+from kubetune.operator.kube import Connection, Kube
+from kubetune.operator.reconcile import reconcile
+from kubetune.operator.settings import OperatorSettings
+from kubetune.operator.sources import ApiSource
+from tests.operator.conftest import manifest, wait_for
+from tests.operator.test_kueue_cluster import queue  # noqa: F401  (fixture)
+from tests.operator.test_operator_cluster import ftj, jobs, kwok, status
+
+pytestmark = pytest.mark.cluster
+OOM = kwok(exit_code=137, reason="OOMKilled")
+
+
+def reconciles(operator) -> int:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5).read().decode()
+    return int(float(re.search(r"^kubetune_operator_reconcile_duration_seconds_count (\S+)$", text, re.M)[1]))
+
+
+def pods(cluster, namespace) -> list[dict]:
+    return cluster.kubectl_json("get", "pods", "-n", namespace)["items"]
+
+
+def assert_stays_failed_without_its_pod(cluster, namespace, operator, name: str) -> None:
+    wait_for("Failed with OOMKilled", lambda: (lambda s: s.get("phase") == "Failed" and s)(
+        status(cluster, namespace, name)), timeout=60)
+    [job] = jobs(cluster, namespace)
+    held = wait_for("the run's Job held", lambda: not pods(cluster, namespace) or all(
+        p["status"].get("phase") == "Failed" for p in pods(cluster, namespace)))
+    assert held
+    before = reconciles(operator)
+    cluster.kubectl("delete", "pods", "--all", "-n", namespace, "--wait=true")  # PodGC, a drain, a person
+    # The operator has seen the pod go once it reconciled after the Job controller counted it gone.
+    wait_for("the operator to reconcile the pod's deletion", lambda: reconciles(operator) >= before + 2
+             and not (cluster.kubectl_json("get", "job", job["metadata"]["name"], "-n", namespace)
+                      .get("status", {}).get("active")), timeout=60)
+    st = status(cluster, namespace, name)
+    failed = {c["type"]: c for c in st["conditions"]}["Failed"]
+    assert (st["phase"], failed["status"], failed["reason"]) == ("Failed", "True", "OOMKilled"), st
+    assert not pods(cluster, namespace), "a new trainer pod started for a run the status calls Failed"
+
+
+def test_an_oom_killed_run_stays_failed_and_held_when_its_pod_is_deleted(cluster, namespace, operator):
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest(
+        "oom", {"runPolicy": {"backoffLimit": 3}}, OOM))
+    assert_stays_failed_without_its_pod(cluster, namespace, operator, "oom")
+    [job] = jobs(cluster, namespace)
+    assert job["spec"]["suspend"] is True
+
+
+def test_under_kueue_an_oom_killed_run_stays_failed_when_its_pod_is_deleted(cluster, namespace, operator, queue):
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest(
+        "oom", {"runPolicy": {"backoffLimit": 3}, "scheduling": {"queueName": queue}}, OOM))
+    assert_stays_failed_without_its_pod(cluster, namespace, operator, "oom")
+    [workload] = cluster.kubectl_json("get", "workloads", "-n", namespace)["items"]
+    assert workload["spec"].get("active") is False
+
+
+def test_a_status_write_from_a_stale_copy_is_refused_and_planned_again(cluster, namespace, operators, monkeypatch):
+    """Two writers (a deposed leader, a lagging index): the copy a status was computed from has been replaced;
+    a blind merge patch would wipe what the other writer recorded (here: the record of an earlier run)."""
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest("stale", annotations=kwok(seconds=60)))
+    stale = ftj(cluster, namespace, "stale")
+    earlier = {"generation": 7, "jobName": "stale-g7", "phase": "Succeeded", "reason": "Completed"}
+    cluster.kubectl("patch", "ftj", "stale", "-n", namespace, "--subresource=status", "--type=merge",
+                    "-p", json.dumps({"status": {"runs": [earlier]}}))
+
+    class StaleIndex(ApiSource):
+        def finetunejob(self, namespace, name):
+            return stale
+
+    monkeypatch.setenv("KUBECONFIG", str(cluster.operator_kubeconfig))
+    kube = Kube(Connection(login))
+    reconcile(kube, OperatorSettings(namespaces=[namespace]), namespace, "stale", source=StaleIndex(kube))
+    st = status(cluster, namespace, "stale")
+    assert earlier in st["runs"], st
+
+
+def test_a_queue_in_a_namespace_kueue_does_not_manage_is_a_warning_not_a_silent_wait(cluster, namespace,
+                                                                                      operators):
+    """No Workload ever comes (the namespace lacks Kueue's managedJobsNamespaceSelector label): the status says
+    so, naming the cause, and a Warning event tells `kubectl describe` readers."""
+    operators.start(KUEUE_WORKLOAD_TIMEOUT_SECONDS="3")
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest(
+        "unmanaged", {"scheduling": {"queueName": "team-a"}}, kwok(seconds=1)))
+    suspended = wait_for("the NoWorkload reason", lambda: next(
+        (c for c in status(cluster, namespace, "unmanaged").get("conditions") or []
+         if c["type"] == "Suspended" and c["reason"] == "NoWorkload"), None), timeout=60)
+    assert "managedJobsNamespaceSelector" in suspended["message"]
+    assert status(cluster, namespace, "unmanaged")["phase"] == "Queued"
+    events = wait_for("a Warning event", lambda: [
+        e for e in cluster.kubectl_json("get", "events", "-n", namespace)["items"]
+        if e["reason"] == "NoWorkload" and e["type"] == "Warning"])
+    assert events[0]["involvedObject"]["name"] == "unmanaged"
