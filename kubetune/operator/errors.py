@@ -14,9 +14,11 @@ TRANSIENT_DELAY_SECONDS = 5.0
 class ApiError(Exception):
     """The API server answered with an error: `status` (HTTP), `reason` and `body` (its Status object)."""
 
-    def __init__(self, status: int, reason: str = "", body: str | None = None):
+    def __init__(self, status: int, reason: str = "", body: str | None = None, retry_after: float | None = None):
         super().__init__(f"{status} {reason}: {body or ''}"[:2000])
         self.status, self.reason, self.body = status, reason, body
+        self.retry_after = retry_after
+        """Seconds the API server asked us to wait (Retry-After), when it said."""
 
 
 class PermanentFailure(Exception):
@@ -38,7 +40,8 @@ def api_message(exc: ApiError) -> str:
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Overload, timeouts, a restarting API server: the same request may well succeed in a moment."""
+    """Overload, timeouts, a restarting API server, a conflict with a concurrent change (409: an object deleted
+    or replaced in between): the same request, or the next reconcile, may well succeed in a moment."""
     if isinstance(exc, ApiError):
-        return exc.status in (0, 408, 429) or exc.status >= 500
+        return exc.status in (0, 408, 409, 429) or exc.status >= 500
     return isinstance(exc, (HTTPError, OSError))

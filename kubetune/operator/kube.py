@@ -8,6 +8,7 @@ of the operator's 96 MB of imports (docs/operator-scale.md). Credentials come fr
 import json
 import socket
 import threading
+import time
 from datetime import datetime, timezone
 from typing import Any, Callable
 from urllib.parse import urlencode
@@ -34,6 +35,9 @@ RESOURCES = {
     "Workload": (f"/apis/{kueue.GROUP}/{kueue.VERSION}", kueue.PLURAL),
 }
 MERGE_PATCH = "application/merge-patch+json"
+TOKEN_REFRESH_SECONDS = 60.0
+THROTTLE_RETRIES = 3
+MAX_RETRY_AFTER_SECONDS = 10.0
 
 
 def path(kind: str, namespace: str, name: str | None = None, subresource: str | None = None) -> str:
@@ -43,47 +47,81 @@ def path(kind: str, namespace: str, name: str | None = None, subresource: str | 
 
 class Connection:
     """A pool of HTTPS connections to the API server. `login` returns credentials (kopf.ConnectionInfo: server,
-    as_ssl_context(), as_http_headers()); on a 401 they are fetched again once, since the kubelet rotates a
-    service account's token. `connections`: at least the requests in flight at once (reconcile workers, the
-    progress ticker, the Lease), or busy workers open and drop connections."""
+    as_ssl_context(), as_http_headers(), proxy_url); they are fetched again every `refresh_seconds` (client-go
+    re-reads a service account token every minute: the kubelet rotates it) and once after a 401. A 429 (API
+    Priority and Fairness) is retried after the server's Retry-After, `throttle_retries` times, as client-go
+    does. `connections`: at least the requests in flight at once (reconcile workers, the progress ticker, the
+    Lease), or busy workers open and drop connections."""
 
     def __init__(self, login: Callable[[], Any], connections: int = 10,
-                 timeout: tuple[float, float] = REQUEST_TIMEOUT):
+                 timeout: tuple[float, float] = REQUEST_TIMEOUT, refresh_seconds: float = TOKEN_REFRESH_SECONDS,
+                 throttle_retries: int = THROTTLE_RETRIES):
         self._login, self._size, self._lock = login, connections, threading.Lock()
         self.timeout = urllib3.Timeout(connect=timeout[0], read=timeout[1])
+        self.refresh_seconds, self.throttle_retries = refresh_seconds, throttle_retries
+        self._session: tuple | None = None
         self._connect()
 
     def _connect(self) -> None:
-        """(server, headers, pool) replaced in one assignment: a request never pairs a new pool with old headers."""
+        """(server, headers, pool) replaced in one assignment: a request never pairs a new pool with old headers.
+        The pool is kept while the server and proxy are the same (a token refresh keeps its connections)."""
         info = self._login()
         headers = {"Accept": "application/json", "User-Agent": "kubetune-operator", **info.as_http_headers()}
-        self._session = (info.server.rstrip("/"), headers,
-                         urllib3.PoolManager(maxsize=self._size, ssl_context=info.as_ssl_context(), retries=False))
+        server, proxy = info.server.rstrip("/"), info.proxy_url
+        old = self._session
+        if old is not None and (old[0], old[3]) == (server, proxy):
+            pool = old[2]
+        elif proxy:
+            pool = urllib3.ProxyManager(proxy, maxsize=self._size, ssl_context=info.as_ssl_context(), retries=False)
+        else:
+            pool = urllib3.PoolManager(maxsize=self._size, ssl_context=info.as_ssl_context(), retries=False)
+        self._session = (server, headers, pool, proxy, time.monotonic())
 
     @property
     def pool(self) -> urllib3.PoolManager:
         return self._session[2]
 
     def _send(self, session: tuple, method: str, url_path: str, data: bytes | None, content_type: str):
-        server, headers, pool = session
+        server, headers, pool = session[:3]
         return pool.request(method, server + url_path, body=data, headers={**headers, "Content-Type": content_type},
                             timeout=self.timeout)
+
+    def _renew(self, session: tuple) -> None:
+        with self._lock:
+            if self._session is session:  # not already renewed by another thread
+                self._connect()
 
     def request(self, method: str, url_path: str, body: Any = None, params: dict | None = None,
                 content_type: str = "application/json") -> dict:
         """The decoded JSON answer; ApiError for any answer >= 400. Connection failures raise urllib3's errors."""
         url_path += f"?{urlencode(params)}" if params else ""
         data = None if body is None else json.dumps(body).encode()
+        if time.monotonic() - self._session[4] >= self.refresh_seconds:
+            self._renew(self._session)
         session = self._session
         response = self._send(session, method, url_path, data, content_type)
         if response.status == 401:  # a rotated token: log in again, once
-            with self._lock:
-                if self._session is session:  # not already renewed by another thread
-                    self._connect()
+            self._renew(session)
+            response = self._send(self._session, method, url_path, data, content_type)
+        for _ in range(self.throttle_retries):
+            delay = retry_after(response)
+            if response.status != 429 or delay is None:
+                break
+            time.sleep(delay)
             response = self._send(self._session, method, url_path, data, content_type)
         if response.status >= 400:
-            raise ApiError(response.status, response.reason or "", response.data.decode(errors="replace"))
+            raise ApiError(response.status, response.reason or "", response.data.decode(errors="replace"),
+                           retry_after=retry_after(response))
         return json.loads(response.data) if response.data else {}
+
+
+def retry_after(response) -> float | None:
+    """The Retry-After of a 429 or 5xx answer, in seconds (capped: a worker waits it out), else None."""
+    value = response.headers.get("Retry-After") if response.status == 429 or response.status >= 500 else None
+    try:
+        return min(float(value), MAX_RETRY_AFTER_SECONDS) if value is not None else None
+    except ValueError:
+        return None
 
 
 class Kube:
@@ -147,13 +185,19 @@ class Kube:
     def patch_job(self, namespace: str, name: str, patch: dict) -> None:
         self.api.request("PATCH", path("Job", namespace, name), patch, content_type=MERGE_PATCH)
 
-    def delete(self, kind: str, namespace: str, name: str, propagation: str = "Background") -> None:
-        """Background propagation: the garbage collector removes a Job's pods (SIGTERM, so they checkpoint)."""
+    def delete(self, kind: str, namespace: str, name: str, propagation: str = "Background",
+               uid: str | None = None) -> None:
+        """Background propagation: the garbage collector removes a Job's pods (SIGTERM, so they checkpoint). With
+        `uid`, only that object: a same-named one created since (409 on the precondition) is left alone."""
+        options: dict = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": propagation}
+        if uid:
+            options["preconditions"] = {"uid": uid}
         try:
-            self.api.request("DELETE", path(kind, namespace, name), params={"propagationPolicy": propagation})
+            self.api.request("DELETE", path(kind, namespace, name), options)
         except ApiError as exc:
-            if exc.status != 404:
-                raise
+            if exc.status == 404 or (exc.status == 409 and uid):
+                return  # gone already, or the name is another object's now
+            raise
 
     def delete_job(self, namespace: str, name: str) -> None:
         self.delete("Job", namespace, name)

@@ -25,6 +25,8 @@ class Action:
     name: str
     body: dict | None = None
     propagation: str = "Background"
+    uid: str | None = None
+    """A delete's precondition: only the object observed, never a same-named successor created meanwhile."""
 
 
 @dataclass
@@ -127,7 +129,8 @@ def _plan(job: FineTuneJob, observed: dict[str, list[dict]], owned: dict[str, li
     # A Job whose pods have all stopped (Complete, Failed: an ended gang attempt) is no such risk.
     replaced = [j for j in owned["Job"] if _name(j) != run.job_name and not _stopped(j)
                 and (j["metadata"].get("annotations") or {}).get(ANNOTATION_GENERATION) == str(run.generation)]
-    deletes = [Action("delete", kind, _name(o), propagation="Foreground" if o in replaced else "Background")
+    deletes = [Action("delete", kind, _name(o), propagation="Foreground" if o in replaced else "Background",
+                      uid=o["metadata"].get("uid"))
                for kind in reversed(KINDS) for o in owned[kind]
                if _name(o) != run.job_name and not _terminating(o)]
     foreign = [f"{kind} {_name(o)}" for kind in reversed(KINDS) for o in observed.get(kind) or []
@@ -143,7 +146,7 @@ def _plan(job: FineTuneJob, observed: dict[str, list[dict]], owned: dict[str, li
     actions = [] if restart else list(deletes)
     if child is None and finished:
         # The Job's TTL removed it: its dependents follow (they are the FineTuneJob's, so nothing else would).
-        actions += [Action("delete", kind, _name(o)) for kind, o in current.items()
+        actions += [Action("delete", kind, _name(o), uid=o["metadata"].get("uid")) for kind, o in current.items()
                     if o is not None and kind != "Job" and not _terminating(o)]
         return Plan(run, None, actions)
     if terminating:

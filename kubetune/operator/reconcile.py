@@ -15,7 +15,8 @@ from kubetune.api import FineTuneJobStatus, Reason
 from kubetune.api.validate import validate_manifest
 from kubetune.operator import kueue, metrics, progress
 from kubetune.operator.children import LABEL_KUEUE_QUEUE, controlled_by
-from kubetune.operator.errors import ApiError, PermanentFailure, RetryLater, api_message, is_transient
+from kubetune.operator.errors import (TRANSIENT_DELAY_SECONDS, ApiError, PermanentFailure, RetryLater,
+                                       api_message, is_transient)
 from kubetune.operator.kube import Kube
 from kubetune.operator.plan import Action, conflict_message, job_failed, job_finished, plan
 from kubetune.operator.settings import OperatorSettings
@@ -24,6 +25,7 @@ from kubetune.operator.status import Event, State, compute_status, conditions, p
 
 COMPONENT = "kubetune-operator"
 STATUS_CONFLICT_RETRIES = 3
+SAMPLE_JOB_UID = "jobUid"  # which Job's pods a progress sample was read from
 
 
 class StatusConflict(Exception):
@@ -83,7 +85,16 @@ def read_progress(source, settings: OperatorSettings, namespace: str, name: str,
     job = next((j for j in source.children(namespace, name)["Job"] if j["metadata"]["name"] == job_name), None)
     if job is None:
         return None
-    return progress.scrape(source.pods(namespace, job["metadata"]["uid"]), settings.scrape_timeout_seconds)
+    sample = progress.scrape(source.pods(namespace, job["metadata"]["uid"]), settings.scrape_timeout_seconds)
+    return None if sample is None else {**sample, SAMPLE_JOB_UID: job["metadata"]["uid"]}
+
+
+def sample_for(sample: dict | None, child: dict | None) -> dict | None:
+    """The sample, when it was read from `child`'s pods: read outside the lock, it may come from a Job that the
+    reconcile holding the lock has replaced meanwhile (another run's step and loss)."""
+    if sample is None or child is None or sample.get(SAMPLE_JOB_UID) != child["metadata"].get("uid"):
+        return None
+    return sample
 
 
 def reconcile(kube: Kube, settings: OperatorSettings, namespace: str, name: str, sample: dict | None = None,
@@ -167,8 +178,9 @@ def _reconcile(kube: Kube, settings: OperatorSettings, namespace: str, name: str
         try:
             result = act(kube, namespace, action)
         except ApiError as exc:
-            if is_transient(exc):
-                raise RetryLater(f"{action.verb} {action.kind} {action.name}: {api_message(exc)}") from exc
+            if is_transient(exc):  # overload, a conflict with a concurrent change: the next reconcile settles it
+                raise RetryLater(f"{action.verb} {action.kind} {action.name}: {api_message(exc)}",
+                                 delay=exc.retry_after or TRANSIENT_DELAY_SECONDS) from exc
             problem, retry = refusal(action, exc, settings.retry_delay_seconds)
             break
         if action.verb == "create":
@@ -193,7 +205,7 @@ def _reconcile(kube: Kube, settings: OperatorSettings, namespace: str, name: str
         if waited >= settings.kueue_workload_timeout_seconds:
             kueue_problem = kueue.missing(job.spec.scheduling.queue_name, waited)
     pods = source.pods(namespace, child["metadata"]["uid"]) if child else []
-    sample = sample if problem is None and child is not None else None
+    sample = sample_for(sample, child) if problem is None else None
     prior = job.status
     status, transitions = compute_status(job, p.run, child, pods, sample, now(), settings.max_runs_kept,
                                          problem or p.state,
@@ -250,7 +262,7 @@ def act(kube: Kube, namespace: str, action: Action) -> dict | None:
     if action.verb == "create":
         return kube.create(action.body)
     if action.verb == "delete":
-        kube.delete(action.kind, namespace, action.name, action.propagation)
+        kube.delete(action.kind, namespace, action.name, action.propagation, uid=action.uid)
     elif action.verb == "patch" and action.kind == "Workload":
         kube.patch_workload(namespace, action.name, action.body)
     elif action.verb == "patch":

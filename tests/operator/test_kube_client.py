@@ -68,13 +68,15 @@ def test_a_401_logs_in_again_once_and_retries(server):
 def test_requests_carry_json_and_merge_patches_and_errors_name_the_status(server):
     kube = Kube(Connection(lambda: kopf.ConnectionInfo(server=server, token="rotated")))
     kube.patch_job("team-a", "run-g1", {"spec": {"suspend": True}})
-    kube.delete("Job", "team-a", "run-g1")
+    kube.delete("Job", "team-a", "run-g1", uid="uid-of-run-g1")
     assert kube.read_lease("kubetune-system", "missing") is None
     method, path, _, content_type, body = FakeApiServer.seen[0]
     assert (method, path, content_type, body) == (
         "PATCH", "/apis/batch/v1/namespaces/team-a/jobs/run-g1", "application/merge-patch+json",
         {"spec": {"suspend": True}})
-    assert FakeApiServer.seen[1][:2] == ("DELETE", "/apis/batch/v1/namespaces/team-a/jobs/run-g1?propagationPolicy=Background")
+    assert FakeApiServer.seen[1][:2] == ("DELETE", "/apis/batch/v1/namespaces/team-a/jobs/run-g1")
+    assert FakeApiServer.seen[1][4] == {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background",
+                                        "preconditions": {"uid": "uid-of-run-g1"}}
 
     FakeApiServer.valid_token = "another"  # every login now gives a token the server refuses
     try:

@@ -99,3 +99,18 @@ def test_a_queue_in_a_namespace_kueue_does_not_manage_is_a_warning_not_a_silent_
         e for e in cluster.kubectl_json("get", "events", "-n", namespace)["items"]
         if e["reason"] == "NoWorkload" and e["type"] == "Warning"])
     assert events[0]["involvedObject"]["name"] == "unmanaged"
+
+
+def test_a_delete_with_the_observed_uid_spares_a_same_named_successor(cluster, namespace, operators, monkeypatch):
+    """A delete planned from a stale view must not remove the object someone created under the name since."""
+    def configmap(data: str) -> str:
+        return json.dumps({"apiVersion": "v1", "kind": "ConfigMap", "data": {"v": data}, "metadata": {
+            "name": "spec", "namespace": namespace, "labels": {"kubetune.io/finetunejob": "x"}}})
+
+    cluster.kubectl("apply", "-f", "-", input=configmap("old"))
+    observed = cluster.kubectl_json("get", "configmap", "spec", "-n", namespace)["metadata"]["uid"]
+    cluster.kubectl("delete", "configmap", "spec", "-n", namespace)
+    cluster.kubectl("apply", "-f", "-", input=configmap("new"))
+    monkeypatch.setenv("KUBECONFIG", str(cluster.operator_kubeconfig))
+    Kube(Connection(login)).delete("ConfigMap", namespace, "spec", uid=observed)
+    assert cluster.kubectl_json("get", "configmap", "spec", "-n", namespace)["data"] == {"v": "new"}

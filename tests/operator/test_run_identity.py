@@ -46,3 +46,22 @@ def test_a_new_generation_with_a_new_pod_template_still_names_a_new_job():
               status=status)
     p = plan(job, {}, SETTINGS)
     assert p.run.run_id == status["runId"] and p.run.job_name == "chat-g2"
+
+
+def test_a_progress_sample_read_from_a_replaced_job_is_not_the_current_runs():
+    from kubetune.operator.reconcile import SAMPLE_JOB_UID, sample_for
+    sample = {"step": 30, "train_loss": 1.5, SAMPLE_JOB_UID: "uid-of-chat-g1"}
+    assert sample_for(sample, {"metadata": {"uid": "uid-of-chat-g1"}}) == sample
+    assert sample_for(sample, {"metadata": {"uid": "uid-of-chat-g2"}}) is None  # replaced while it was read
+    assert sample_for(sample, None) is None
+
+
+def test_deletes_name_the_uid_they_observed():
+    job = ftj(generation=2)
+    old = children.build_job(ftj(generation=1), children.current_run(ftj(generation=1)), SETTINGS)
+    old["metadata"].update(uid="uid-of-old", creationTimestamp="2026-11-22T11:00:00Z")
+    old["metadata"]["ownerReferences"][0]["uid"] = UID
+    old["metadata"]["annotations"][children.ANNOTATION_SPEC_HASH] = "another-run"
+    p = plan(job, {"Job": [old]}, SETTINGS)
+    [delete] = [a for a in p.actions if a.verb == "delete"]
+    assert (delete.name, delete.uid) == ("chat-g1", "uid-of-old")
