@@ -81,13 +81,14 @@ def _seconds_since(stamp: str | None, until: datetime) -> float | None:
     return (until - datetime.fromisoformat(stamp.replace("Z", "+00:00"))).total_seconds()
 
 
-def gpus_of(child: dict | None) -> int:
-    """GPUs a run's Job holds while it runs: the pod's GPU limits times its parallel pods (nodes)."""
+def gpus_of(child: dict | None, resource: str = GPU) -> int:
+    """GPUs a run's Job holds while it runs: the pod's limits of `resource` (spec.resources.gpuResourceName: AMD's,
+    a MIG slice...) times its parallel pods (nodes)."""
     if not child:
         return 0
     spec = child.get("spec", {})
     pod = spec.get("template", {}).get("spec", {})
-    per_pod = sum(int((c.get("resources", {}).get("limits") or {}).get(GPU, 0)) for c in pod.get("containers", []))
+    per_pod = sum(int((c.get("resources", {}).get("limits") or {}).get(resource, 0)) for c in pod.get("containers", []))
     return per_pod * int(spec.get("parallelism") or 1)
 
 
@@ -98,7 +99,8 @@ def _stop_counting(key: tuple[str, str], until: datetime) -> None:
         GPU_SECONDS.labels(key[0]).inc(max((until - since).total_seconds(), 0.0) * gpus)
 
 
-def _count_gpu_time(key: tuple[str, str], status: FineTuneJobStatus, child: dict | None, now: datetime) -> None:
+def _count_gpu_time(key: tuple[str, str], status: FineTuneJobStatus, child: dict | None, now: datetime,
+                    resource: str) -> None:
     """Adds GPU-seconds since the last observation while a run is Running; a run that ended is counted up to its
     completion time. Time while the operator was down (or on standby) before a restart is not counted."""
     tracked = _running.get(key)
@@ -107,7 +109,7 @@ def _count_gpu_time(key: tuple[str, str], status: FineTuneJobStatus, child: dict
         _stop_counting(key, min(end, now))
         tracked = None
     if status.phase == "Running":
-        gpus = gpus_of(child)
+        gpus = gpus_of(child, resource)
         if tracked:
             GPU_SECONDS.labels(key[0]).inc(max((now - tracked[1]).total_seconds(), 0.0) * tracked[2])
         else:
@@ -116,14 +118,14 @@ def _count_gpu_time(key: tuple[str, str], status: FineTuneJobStatus, child: dict
 
 
 def observe(namespace: str, name: str, prior: FineTuneJobStatus | None, status: FineTuneJobStatus,
-            child: dict | None) -> None:
+            child: dict | None, gpu_resource: str = GPU) -> None:
     now = datetime.now(timezone.utc)
     ready = next((c for c in status.conditions if c.type == "Ready"), None)
     key = (namespace, name)
     with _lock:
         _phases[key] = status.phase or "Pending"
         _set_phase(namespace, name, status.phase or "Pending", ready.reason if ready else "")
-        _count_gpu_time(key, status, child, now)
+        _count_gpu_time(key, status, child, now, gpu_resource)
         _publish()
         # The phase before this reconcile: what this process saw last (the object `prior` comes from may be a cache
         # a status write has not reached yet), else, after a restart, the stored status.

@@ -223,7 +223,7 @@ def _reconcile(kube: Kube, settings: OperatorSettings, namespace: str, name: str
         for action in held.actions:
             if action.verb == "patch":
                 act(kube, namespace, action)
-    metrics.observe(namespace, name, prior, status, child)
+    metrics.observe(namespace, name, prior, status, child, job.spec.resources.gpu_resource_name)
     if retry is not None:
         raise retry
     if p.waiting:
