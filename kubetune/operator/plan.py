@@ -173,9 +173,13 @@ def _plan(job: FineTuneJob, observed: dict[str, list[dict]], owned: dict[str, li
             actions.append(Action("patch", "Job", run.job_name, {"spec": {"suspend": True}}))
         return Plan(run, child, actions)
     wanted = ("ConfigMap", "Service", "Job") if job.spec.nodes > 1 else ("ConfigMap", "Job")
+    if job.spec.suspend and job.spec.scheduling.queue_name and current["Job"] is None:
+        # A queued Job is created suspended, but Kueue admits it by unsuspending it, before the operator could
+        # deactivate its Workload: a suspended run waits without a Job until it is resumed.
+        wanted = tuple(kind for kind in wanted if kind != "Job")
     if any(current[kind] is None for kind in wanted):  # build only when something is missing (most passes: no)
         for obj in [*children.build_dependents(job, run, settings), children.build_job(job, run, settings)]:
-            if current[obj["kind"]] is None:
+            if current[obj["kind"]] is None and obj["kind"] in wanted:
                 obj = gang.annotate(obj, restart) if restart and obj["kind"] == "Job" else obj
                 actions.append(Action("create", obj["kind"], _name(obj), obj))
     if restart:

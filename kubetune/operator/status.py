@@ -110,6 +110,9 @@ def observe(job: FineTuneJob, child: dict | None, pods: list[dict], summary: dic
     """`workload`: Kueue's Workload for the Job, when the run is queued and Kueue has made one; `kueue_problem`:
     why there is none (kueue.unavailable, kueue.missing)."""
     spec = job.spec
+    if child is None and spec.suspend and spec.scheduling.queue_name:
+        return State("Suspended", Reason.SUSPENDED, "spec.suspend is true: the run's Job is created, and queued in "
+                                                    f"Kueue queue {spec.scheduling.queue_name}, once it is false")
     if child is None:
         return State("Pending", Reason.CREATED, "creating the trainer Job")
     if job_condition(child, "Complete") or job_condition(child, "SuccessCriteriaMet"):

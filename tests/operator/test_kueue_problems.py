@@ -40,3 +40,15 @@ def test_workloads_the_api_server_does_not_serve_or_forbids_are_named_at_once():
         got, message = reason_and_message(status)
         assert got == reason and fragment in message and "the server said no" in message
         assert [(e.type, e.reason) for e in events] == [("Warning", reason)]
+
+
+def test_a_suspended_queued_run_waits_without_a_job_kueue_could_admit():
+    from tests.operator.test_children import SETTINGS
+    from kubetune.operator.plan import plan
+    job = ftj({"spec": {"suspend": True, "scheduling": {"queueName": "team-a"}}})
+    p = plan(job, {}, SETTINGS)
+    assert [(a.verb, a.kind) for a in p.actions] == [("create", "ConfigMap")]
+    status, _ = compute_status(job, p.run, None, [], None, NOW)
+    assert status.phase == "Suspended"
+    resumed = ftj({"spec": {"scheduling": {"queueName": "team-a"}}}, generation=2)
+    assert ("create", "Job") in [(a.verb, a.kind) for a in plan(resumed, {}, SETTINGS).actions]

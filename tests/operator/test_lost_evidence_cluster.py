@@ -114,3 +114,15 @@ def test_a_delete_with_the_observed_uid_spares_a_same_named_successor(cluster, n
     monkeypatch.setenv("KUBECONFIG", str(cluster.operator_kubeconfig))
     Kube(Connection(login)).delete("ConfigMap", namespace, "spec", uid=observed)
     assert cluster.kubectl_json("get", "configmap", "spec", "-n", namespace)["data"] == {"v": "new"}
+
+
+def test_a_run_applied_suspended_with_a_queue_starts_nothing_until_resumed(cluster, namespace, operator, queue):
+    """Kueue admits a queued Job by unsuspending it: a Job made for a suspended run would start its pods before
+    the operator could deactivate the Workload Kueue makes for it."""
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest(
+        "later", {"suspend": True, "scheduling": {"queueName": queue}}, kwok(seconds=1)))
+    wait_for("Suspended", lambda: status(cluster, namespace, "later").get("phase") == "Suspended")
+    assert not jobs(cluster, namespace) and not pods(cluster, namespace)
+    assert not cluster.kubectl_json("get", "workloads", "-n", namespace)["items"]
+    cluster.kubectl("patch", "ftj", "later", "-n", namespace, "--type=merge", "-p", '{"spec":{"suspend":false}}')
+    cluster.kubectl("wait", "--for=condition=Succeeded", "ftj/later", "-n", namespace, "--timeout=120s")
