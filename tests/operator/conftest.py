@@ -55,7 +55,7 @@ class Operators:
     lease: str = field(default_factory=lambda: f"kubetune-test-{secrets.token_hex(3)}")
     started: list[Operator] = field(default_factory=list)
 
-    def start(self, **env: str) -> Operator:
+    def start(self, kubeconfig: Path | None = None, **env: str) -> Operator:
         identity = f"replica-{len(self.started)}"
         metrics_port, health_port = free_port(), free_port()
         log = self.tmp / f"operator-{identity}.log"
@@ -63,7 +63,7 @@ class Operators:
                     "LEASE_DURATION_SECONDS": "4", "METRICS_PORT": str(metrics_port),
                     "HEALTH_PORT": str(health_port), "PROGRESS_INTERVAL_SECONDS": "1",
                     "POD_ANNOTATION_PREFIXES": "kwok.kubetune.io/", "TRAINER_IMAGE": "kubetune/trainer:test", **env}
-        environment = dict(os.environ, KUBECONFIG=str(self.cluster.operator_kubeconfig),
+        environment = dict(os.environ, KUBECONFIG=str(kubeconfig or self.cluster.operator_kubeconfig),
                            **{f"KUBETUNE_OPERATOR_{k}": v for k, v in settings.items()})
         proc = subprocess.Popen([sys.executable, "-m", "kubetune.operator"], cwd=ROOT, env=environment,
                                 stdout=log.open("w"), stderr=subprocess.STDOUT)
