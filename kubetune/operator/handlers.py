@@ -14,6 +14,7 @@ import kopf
 
 from kubetune.api import GROUP, PLURAL, VERSION
 from kubetune.operator.children import LABEL_FINETUNEJOB
+from kubetune.operator.credentials import login_with_exec_plugin
 from kubetune.operator.errors import PermanentFailure, RetryLater
 from kubetune.operator.ticker import Ticker
 from kubetune.operator.kube import Kube
@@ -38,7 +39,7 @@ def login(**_) -> kopf.ConnectionInfo:
     if info is not None and host:
         host = f"[{host}]" if ":" in host else host
         info = dataclasses.replace(info, server=f"https://{host}:{os.environ.get('KUBERNETES_SERVICE_PORT', '443')}")
-    info = info or kopf.login_with_kubeconfig(settings=settings)
+    info = info or login_with_exec_plugin() or kopf.login_with_kubeconfig(settings=settings)
     if info is None:
         raise kopf.LoginError("no Kubernetes credentials: no service account token in this pod, and neither "
                               "$KUBECONFIG nor ~/.kube/config")
