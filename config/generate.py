@@ -18,6 +18,7 @@ HEADER = "# Generated from charts/kubetune by `python config/generate.py`; do no
 LAYOUT = {
     "serviceaccount.yaml": "rbac/service_account.yaml",
     "rbac.yaml": "rbac/role.yaml",
+    "flowschema.yaml": "rbac/flowschema.yaml",
     "admissionpolicy.yaml": "admission/trainer_jobs_policy.yaml",
     "deployment.yaml": "manager/operator.yaml",
     "pdb.yaml": "manager/operator.yaml",

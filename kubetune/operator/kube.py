@@ -16,7 +16,7 @@ from urllib.parse import urlencode
 import urllib3
 
 from kubetune.api import GROUP, PLURAL, VERSION
-from kubetune.operator import kueue
+from kubetune.operator import kueue, metrics
 from kubetune.operator.errors import ApiError
 
 # Every request has a deadline (client-go's default is none for watches but a timeout on each call): a hung
@@ -107,8 +107,11 @@ class Connection:
             delay = retry_after(response)
             if response.status != 429 or delay is None:
                 break
+            metrics.API_THROTTLED.inc()
             time.sleep(delay)
             response = self._send(self._session, method, url_path, data, content_type)
+        if response.status == 429:
+            metrics.API_THROTTLED.inc()
         if response.status >= 400:
             raise ApiError(response.status, response.reason or "", response.data.decode(errors="replace"),
                            retry_after=retry_after(response))

@@ -26,6 +26,8 @@ GPU_SECONDS = Counter("kubetune_operator_gpu_seconds_total",
                       ["namespace"])
 GPUS_RUNNING = Gauge("kubetune_operator_gpus_running", "GPUs requested by Running runs", ["namespace"])
 RECONCILE_SECONDS = Histogram("kubetune_operator_reconcile_duration_seconds", "Duration of one reconcile")
+API_THROTTLED = Counter("kubetune_operator_api_throttled_total",
+                        "API requests the API server answered 429 (API Priority and Fairness), each retry counted")
 RECONCILE_ERRORS = Counter("kubetune_operator_reconcile_errors_total", "Reconciles that raised", ["error"])
 TIME_TO_RUNNING = Histogram("kubetune_operator_time_to_running_seconds",
                             "From a run's Job creation to its trainer running", buckets=WAIT_BUCKETS)
