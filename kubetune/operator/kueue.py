@@ -68,6 +68,15 @@ def waiting(queue: str, workload: dict | None, problem: tuple[str, str] | None =
     return "Queued", Reason.INADMISSIBLE if reason == Reason.INADMISSIBLE else Reason.QUEUED, message
 
 
+def look_again_seconds(workload: dict | None, job_age_seconds: float | None, no_workload_seconds: float,
+                       resync_seconds: float) -> float:
+    """When to read a queued run's Workload again. The operator watches no Workloads (Kueue's changes to them
+    send it no event): within seconds while a new Job waits for Kueue to say why (or for the NoWorkload bound to
+    pass), then at the resync interval."""
+    young = job_age_seconds is not None and job_age_seconds < max(60.0, no_workload_seconds + 2)
+    return 2.0 if young and not condition(workload or {}, "QuotaReserved") else resync_seconds
+
+
 ANNOTATION_DEACTIVATED = "kubetune.io/deactivated"
 """On a Workload the operator deactivated for spec.suspend: only such a Workload is reactivated by it."""
 

@@ -229,11 +229,9 @@ def _reconcile(kube: Kube, settings: OperatorSettings, namespace: str, name: str
     if p.waiting:
         raise RetryLater(p.waiting, delay=2)
     if status.phase == "Queued" and job.spec.scheduling.queue_name:
-        # The operator watches no Workloads (Kueue's changes to them send it no event): look again, within
-        # seconds while Kueue has not yet said why a new Job waits, then at the resync interval.
-        young = child is not None and job_age_seconds(child) < max(60, settings.kueue_workload_timeout_seconds + 2)
-        raise RetryLater("Kueue holds the run", delay=2 if young and not kueue.condition(
-            workload or {}, "QuotaReserved") else settings.resync_seconds)
+        raise RetryLater("Kueue holds the run", delay=kueue.look_again_seconds(
+            workload, job_age_seconds(child) if child else None, settings.kueue_workload_timeout_seconds,
+            settings.resync_seconds))
     return Outcome(status, wrote, created, deleted)
 
 

@@ -52,3 +52,11 @@ def test_a_suspended_queued_run_waits_without_a_job_kueue_could_admit():
     assert status.phase == "Suspended"
     resumed = ftj({"spec": {"scheduling": {"queueName": "team-a"}}}, generation=2)
     assert ("create", "Job") in [(a.verb, a.kind) for a in plan(resumed, {}, SETTINGS).actions]
+
+
+def test_a_queued_run_is_looked_at_again_soon_while_young_then_at_the_resync_interval():
+    reserved = {"status": {"conditions": [{"type": "QuotaReserved", "status": "True"}]}}
+    assert kueue.look_again_seconds(None, 5, 60, 300) == 2.0  # Kueue has not said why yet
+    assert kueue.look_again_seconds(reserved, 5, 60, 300) == 300  # it has: admission checks take their time
+    assert kueue.look_again_seconds(None, 61, 60, 300) == 2.0  # just past NoWorkload's bound: say it now
+    assert kueue.look_again_seconds(None, 600, 60, 300) == 300
