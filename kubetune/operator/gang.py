@@ -11,11 +11,10 @@ import re
 from dataclasses import dataclass
 
 from kubetune.api import Reason
-from kubetune.operator.children import ANNOTATION_RESTART_REASON, Run
+from kubetune.operator.labels import ANNOTATION_RESTART_REASON, INDEX_ANNOTATION
+from kubetune.operator.runs import Run
 from kubetune.operator.status import State, failure_of, fatal_failure, job_condition, terminated
 
-INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
-LABEL_CONTROLLER_UID = "batch.kubernetes.io/controller-uid"  # the Job controller's label on its pods
 _RULE = re.compile(r"matching FailJob rule at index (\d+)")
 _ATTEMPT_SUFFIX = re.compile(r"-a\d+$")
 

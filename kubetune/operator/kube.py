@@ -16,7 +16,7 @@ from urllib.parse import urlencode
 import urllib3
 
 from kubetune.api import GROUP, PLURAL, VERSION
-from kubetune.operator import kueue, metrics
+from kubetune.operator import kueue, labels, metrics
 from kubetune.operator.errors import ApiError
 
 # Every request has a deadline (client-go's default is none for watches but a timeout on each call): a hung
@@ -180,7 +180,7 @@ class Kube:
     def list_workloads(self, namespace: str, job_uid: str) -> list[dict]:
         """Kueue's Workloads of a Job. ApiError 404 where Kueue is not installed (or serves another version), 403
         where the operator may not read them: the caller says so on the status."""
-        return self.list_objects("Workload", namespace, f"{kueue.LABEL_JOB_UID}={job_uid}")
+        return self.list_objects("Workload", namespace, f"{labels.LABEL_KUEUE_JOB_UID}={job_uid}")
 
     def patch_workload(self, namespace: str, name: str, patch: dict) -> None:
         self.api.request("PATCH", path("Workload", namespace, name), patch, content_type=MERGE_PATCH)

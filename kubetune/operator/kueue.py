@@ -6,9 +6,9 @@ a stopped queue, a deactivated Workload) suspends it again, and the trainer chec
 Workload's conditions say why a run waits; the FineTuneJob's status repeats them with the queue's name.
 """
 from kubetune.api import Reason
+from kubetune.operator.labels import ANNOTATION_DEACTIVATED, LABEL_KUEUE_JOB_UID
 
 GROUP, VERSION, PLURAL = "kueue.x-k8s.io", "v1beta2", "workloads"
-LABEL_JOB_UID = "kueue.x-k8s.io/job-uid"
 # Kueue's reasons for the Workload's Evicted condition (apis/kueue/v1beta2/workload_types.go) that the status
 # passes on: Preempted, PodsReadyTimeout, AdmissionCheck, ClusterQueueStopped, LocalQueueStopped, Deactivated...
 DEACTIVATED = Reason.DEACTIVATED
@@ -77,14 +77,12 @@ def look_again_seconds(workload: dict | None, job_age_seconds: float | None, no_
     return 2.0 if young and not condition(workload or {}, "QuotaReserved") else resync_seconds
 
 
-ANNOTATION_DEACTIVATED = "kubetune.io/deactivated"
-"""On a Workload the operator deactivated for spec.suspend: only such a Workload is reactivated by it."""
 
 
 def workload_of(workloads: list[dict], job: dict) -> dict | None:
     """The newest Workload of a Job (Kueue keeps one per Job; a changed pod set may briefly leave two)."""
     uid = job["metadata"].get("uid")
-    mine = [w for w in workloads if (w["metadata"].get("labels") or {}).get(LABEL_JOB_UID) == uid]
+    mine = [w for w in workloads if (w["metadata"].get("labels") or {}).get(LABEL_KUEUE_JOB_UID) == uid]
     return max(mine, key=lambda w: w["metadata"].get("creationTimestamp") or "", default=None)
 
 

@@ -9,8 +9,10 @@ anyone else is a conflict to report, never adopted (metav1.IsControlledBy).
 from dataclasses import dataclass, field, replace
 
 from kubetune.api import FineTuneJob
-from kubetune.operator import children, gang, kueue
-from kubetune.operator.children import ANNOTATION_GENERATION, TERMINAL, Run, controlled_by
+from kubetune.operator import children, gang, kueue, labels, runs
+from kubetune.operator.children import controlled_by
+from kubetune.operator.labels import ANNOTATION_GENERATION
+from kubetune.operator.runs import TERMINAL, Run
 from kubetune.operator.settings import OperatorSettings
 from kubetune.operator.status import State
 
@@ -75,7 +77,7 @@ def plan(job: FineTuneJob, observed: dict[str, list[dict]], settings: OperatorSe
     its queued Jobs (reconcile.held_workloads)."""
     uid = job.metadata.uid
     owned = {kind: [o for o in observed.get(kind) or [] if controlled_by(o, uid)] for kind in KINDS}
-    run = children.current_run(job, owned["Job"])
+    run = runs.current_run(job, owned["Job"])
     ended = _gang_verdict(job, run, owned["Job"], observed.get("Pod") or [])
     if ended is not None and ended.restart and ended.stopped:
         return _plan(job, observed, owned, settings, gang.next_run(run, ended), ended)
@@ -113,7 +115,7 @@ def _gang_verdict(job: FineTuneJob, run: Run, jobs: list[dict], pods: list[dict]
     if current is None or job.spec.nodes == 1:
         return None
     uid = current["metadata"].get("uid")
-    mine = [p for p in pods if (p["metadata"].get("labels") or {}).get(gang.LABEL_CONTROLLER_UID) == uid]
+    mine = [p for p in pods if (p["metadata"].get("labels") or {}).get(labels.LABEL_CONTROLLER_UID) == uid]
     ended = gang.verdict(run, current, mine, job.spec.run_policy.backoff_limit)
     return None if ended is not None and ended.restart and _finished(job, run) else ended
 

@@ -14,7 +14,8 @@ from pydantic import ValidationError
 from kubetune.api import FineTuneJobStatus, Reason
 from kubetune.api.validate import validate_manifest
 from kubetune.operator import kueue, metrics, progress
-from kubetune.operator.children import LABEL_KUEUE_QUEUE, controlled_by
+from kubetune.operator.children import controlled_by
+from kubetune.operator.labels import LABEL_KUEUE_QUEUE
 from kubetune.operator.errors import (TRANSIENT_DELAY_SECONDS, ApiError, PermanentFailure, RetryLater,
                                        api_message, is_transient)
 from kubetune.operator.kube import Kube

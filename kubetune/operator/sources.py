@@ -4,9 +4,8 @@ ApiSource asks the API server every time (a GET and label-selected LISTs): simpl
 The running operator reads kopf's in-memory indexes instead (handlers.IndexSource), fed by watches that the API
 server filters by label, so a reconcile costs no read request at all. Both return plain wire dicts.
 """
-from kubetune.operator.children import LABEL_FINETUNEJOB
-from kubetune.operator.gang import LABEL_CONTROLLER_UID  # noqa: F401  (set by the Job controller: its pods, by uid)
 from kubetune.operator.kube import Kube
+from kubetune.operator.labels import LABEL_CONTROLLER_UID, LABEL_FINETUNEJOB
 from kubetune.operator.plan import KINDS
 
 

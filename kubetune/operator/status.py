@@ -11,7 +11,9 @@ from pydantic import ValidationError
 from kubetune.api import Condition, ConditionType, FineTuneJob, FineTuneJobStatus, Reason, contract
 from kubetune.api.status import Artifacts, BestMetric, Comparison, Metrics, Progress, RunRecord
 from kubetune.operator import kueue
-from kubetune.operator.children import ANNOTATION_RESTART_REASON, CONTAINER, Run
+from kubetune.operator.children import CONTAINER
+from kubetune.operator.labels import ANNOTATION_RESTART_REASON
+from kubetune.operator.runs import Run
 
 TERMINAL = ("Succeeded", "Failed")
 PULL_ERRORS = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverPull")

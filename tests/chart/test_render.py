@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from kubetune.api.crd import CRD_PATH
-from kubetune.operator import children
+from kubetune.operator import children, labels, runs
 from kubetune.operator.settings import OperatorSettings
 from tests.api.cases import make_job
 from tests.chart.conftest import CHART, ROOT
@@ -82,7 +82,7 @@ def test_two_replicas_with_pdb_probes_and_soft_anti_affinity(template):
     # The Service selects the operator pods and never trainer pods (labels from the operator's builder).
     service = docs.one("Service")
     assert service["spec"]["selector"].items() <= pod_labels.items()
-    run = children.current_run(make_job_model())
+    run = runs.current_run(make_job_model())
     assert not service["spec"]["selector"].items() <= children.labels(make_job_model(), run).items()
 
 
@@ -210,7 +210,7 @@ def test_monitors_scrape_the_ports_and_labels_the_operator_and_trainers_expose(t
     assert monitor["spec"]["endpoints"][0]["honorLabels"] is True  # the jobs' namespace label, not the operator's
     pod_monitor = docs.one("PodMonitor")
     job = make_job_model()
-    run = children.current_run(job)
+    run = runs.current_run(job)
     pod = children.build_job(job, run, OperatorSettings())["spec"]["template"]
     assert pod_monitor["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
     ports = {p["name"]: p["containerPort"] for p in pod["spec"]["containers"][0]["ports"]}
@@ -220,7 +220,7 @@ def test_monitors_scrape_the_ports_and_labels_the_operator_and_trainers_expose(t
     endpoint = pod_monitor["spec"]["podMetricsEndpoints"][0]
     relabeled = {r["targetLabel"]: r["sourceLabels"] for r in endpoint["relabelings"]}
     assert relabeled["finetunejob"] == ["__meta_kubernetes_pod_label_"
-                                        + children.LABEL_FINETUNEJOB.replace(".", "_").replace("/", "_")]
+                                        + labels.LABEL_FINETUNEJOB.replace(".", "_").replace("/", "_")]
 
 
 def test_network_policy_allows_the_api_server_trainer_metrics_and_scrapes(template):

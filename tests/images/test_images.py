@@ -12,7 +12,7 @@ import tomllib
 import pytest
 
 from kubetune.api import contract
-from kubetune.operator import children
+from kubetune.operator import children, runs
 from kubetune.operator.settings import OperatorSettings
 from tests.images.containerd import Containerd
 from tests.images.dockerfiles import ROOT
@@ -118,7 +118,7 @@ def test_trainer_image_runs_a_tiny_lora_job_as_the_operator_starts_it(containerd
         "resources": {"gpusPerNode": 0},
     })
     job.metadata.uid = "0c0ffee0-0000-4000-8000-000000000001"
-    run = children.current_run(job)
+    run = runs.current_run(job)
     pod = children.pod_spec(job, run, OperatorSettings())
     container, volumes = pod["containers"][0], {v["name"]: v for v in pod["volumes"]}
     (tmp_path / "spec").mkdir()

@@ -4,7 +4,7 @@ from datetime import datetime, timedelta
 
 from prometheus_client import REGISTRY
 
-from kubetune.operator import children, metrics
+from kubetune.operator import children, metrics, runs
 from kubetune.operator.status import compute_status
 from tests.operator.test_children import SETTINGS, ftj
 from tests.operator.test_status import NOW, k8s_job, pod
@@ -24,7 +24,7 @@ class Clock:
 def step(job, child_status: dict | None, pods: list[dict], at):
     """One reconcile's observation: the status computed at `at`, then metrics.observe as reconcile.py calls it."""
     Clock.at = at
-    run = children.current_run(job)
+    run = runs.current_run(job)
     child = children.build_job(job, run, SETTINGS)
     child["metadata"]["creationTimestamp"] = "2026-11-22T11:00:00Z"
     if child_status is not None:
@@ -74,7 +74,7 @@ def test_queue_wait_counted_once_even_before_the_job_controller_writes_start_tim
     job = ftj({"spec": {"scheduling": {"queueName": "team-a"}}})
     job = step(job, {}, [], NOW)  # created suspended: Queued
     assert job.status.phase == "Queued"
-    run = children.current_run(job)
+    run = runs.current_run(job)
     admitted = children.build_job(job, run, SETTINGS)  # Kueue unsuspended it; no startTime written yet
     admitted["metadata"]["creationTimestamp"] = "2026-11-22T11:59:00Z"
     admitted["spec"]["suspend"] = False

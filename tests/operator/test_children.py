@@ -5,7 +5,7 @@ import pytest
 
 from kubetune.api import FineTuneJob, contract
 from kubetune.api.status import FineTuneJobStatus
-from kubetune.operator import children
+from kubetune.operator import children, labels, runs
 from kubetune.operator.settings import OperatorSettings
 from tests.api.cases import make_job
 
@@ -23,7 +23,7 @@ def ftj(patch: dict | None = None, generation: int = 1, status: dict | None = No
 
 def built(patch: dict | None = None) -> tuple[dict, dict, list[dict]]:
     job = ftj(patch)
-    run = children.current_run(job)
+    run = runs.current_run(job)
     k8s_job = children.build_job(job, run, SETTINGS)
     return k8s_job, k8s_job["spec"]["template"]["spec"], children.build_dependents(job, run, SETTINGS)
 
@@ -36,7 +36,7 @@ def test_job_shape_single_gpu():
     assert job["metadata"]["ownerReferences"] == [{"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob",
                                                    "name": "chat", "uid": UID, "controller": True,
                                                    "blockOwnerDeletion": True}]
-    assert job["metadata"]["labels"][children.LABEL_RUN_ID] == "g1-0f1e2d3c"
+    assert job["metadata"]["labels"][labels.LABEL_RUN_ID] == "g1-0f1e2d3c"
     assert job["spec"]["suspend"] is False and job["spec"]["completions"] == 1
     assert "completionMode" not in job["spec"]
     c = pod["containers"][0]
@@ -74,7 +74,7 @@ def test_trainer_service_account_only_when_set_and_never_its_token():
     _, pod, _ = built()
     assert "serviceAccountName" not in pod and pod["automountServiceAccountToken"] is False
     job = ftj(None)
-    named = children.build_job(job, children.current_run(job), OperatorSettings(trainer_service_account="trainer"))
+    named = children.build_job(job, runs.current_run(job), OperatorSettings(trainer_service_account="trainer"))
     spec = named["spec"]["template"]["spec"]
     assert spec["serviceAccountName"] == "trainer" and spec["automountServiceAccountToken"] is False
 
@@ -123,14 +123,14 @@ def test_multi_node_indexed_job_with_headless_service():
     assert "--nnodes=3" in pod["containers"][0]["command"]
     service = deps[1]
     assert service["kind"] == "Service" and service["spec"]["clusterIP"] == "None"
-    assert service["spec"]["selector"] == {children.LABEL_JOB_NAME: "chat-g1"}
+    assert service["spec"]["selector"] == {labels.LABEL_JOB_NAME: "chat-g1"}
 
 
 def test_scheduling_and_kueue():
     job, pod, _ = built({"spec": {"scheduling": {
         "nodeSelector": {"pool": "a100"}, "priorityClassName": "training", "queueName": "team-a",
         "tolerations": [{"key": "spot", "operator": "Exists", "effect": "NoSchedule"}]}}})
-    assert job["metadata"]["labels"][children.LABEL_KUEUE_QUEUE] == "team-a"
+    assert job["metadata"]["labels"][labels.LABEL_KUEUE_QUEUE] == "team-a"
     assert job["spec"]["suspend"] is True  # Kueue admits by unsuspending
     assert pod["nodeSelector"] == {"pool": "a100"} and pod["priorityClassName"] == "training"
     assert {"key": "spot", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
@@ -158,27 +158,27 @@ def test_what_an_edit_does(patch, effect):
     """Fault 10: the run's identity decides the run id (artifacts prefix, checkpoints); the pod template
     decides the Job. docs/operator-fields.md has the table."""
     first = ftj(generation=1)
-    run = children.current_run(first)
+    run = runs.current_run(first)
     running = children.build_job(first, run, SETTINGS)
     status = FineTuneJobStatus(run_id=run.run_id, spec_hash=run.spec_hash, job_name=run.job_name,
                                phase="Running").to_wire()
     edited = FineTuneJob.model_validate({**make_job(patch, name="chat"), "status": status} | {
         "metadata": {**make_job(patch, name="chat")["metadata"], "namespace": "team-a", "uid": UID,
                      "generation": 2}})
-    again = children.current_run(edited, [running])
+    again = runs.current_run(edited, [running])
     assert (again.run_id == run.run_id, again.job_name) == {
         "in place": (True, "chat-g1"), "new job": (True, "chat-g2"), "new run": (False, "chat-g2")}[effect]
 
 
 def test_runs_started_by_an_older_operator_are_recognised():
     job = ftj()
-    old = children.current_run(job)
-    status = FineTuneJobStatus(run_id=old.run_id, spec_hash=children.legacy_training_hash(job),
+    old = runs.current_run(job)
+    status = FineTuneJobStatus(run_id=old.run_id, spec_hash=runs.legacy_training_hash(job),
                                job_name=old.job_name, phase="Running").to_wire()
     legacy = children.build_job(job, old, SETTINGS)
-    legacy["metadata"]["annotations"] = {children.ANNOTATION_SPEC_HASH: children.legacy_training_hash(job),
-                                         children.ANNOTATION_GENERATION: "1"}  # no template hash yet
-    again = children.current_run(ftj(status=status), [legacy])
+    legacy["metadata"]["annotations"] = {labels.ANNOTATION_SPEC_HASH: runs.legacy_training_hash(job),
+                                         labels.ANNOTATION_GENERATION: "1"}  # no template hash yet
+    again = runs.current_run(ftj(status=status), [legacy])
     assert (again.run_id, again.job_name) == (old.run_id, "chat-g1")
 
 
@@ -197,7 +197,7 @@ def test_in_place_patch():
 def test_configured_annotations_reach_the_pods():
     job = ftj({"metadata": {"annotations": {"sidecar.istio.io/inject": "false", "team": "nlp"}}})
     settings = OperatorSettings(pod_annotation_prefixes="sidecar.istio.io/")
-    template = children.build_job(job, children.current_run(job), settings)["spec"]["template"]
+    template = children.build_job(job, runs.current_run(job), settings)["spec"]["template"]
     assert template["metadata"]["annotations"] == {"sidecar.istio.io/inject": "false"}
-    assert "annotations" not in children.build_job(job, children.current_run(job), SETTINGS)["spec"]["template"][
+    assert "annotations" not in children.build_job(job, runs.current_run(job), SETTINGS)["spec"]["template"][
         "metadata"]

@@ -6,7 +6,7 @@ import secrets
 import pytest
 
 from kubetune.api import FineTuneJob
-from kubetune.operator import children
+from kubetune.operator import children, runs
 from kubetune.operator.settings import OperatorSettings
 from tests.operator.conftest import manifest, wait_for
 from tests.operator.test_operator_cluster import ftj, jobs, kwok, phase_is, status
@@ -72,7 +72,7 @@ def test_a_lost_status_write_then_an_edit_adopts_the_running_job(cluster, namesp
     """Fault 3: the operator created the Job and crashed before writing the status; then suspend was edited."""
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest("crash", annotations=kwok(seconds=60)))
     job = FineTuneJob.model_validate(ftj(cluster, namespace, "crash"))
-    run = children.current_run(job)
+    run = runs.current_run(job)
     settings = OperatorSettings(trainer_image="kubetune/trainer:test", pod_annotation_prefixes=["kwok.kubetune.io/"])
     for obj in [*children.build_dependents(job, run, settings), children.build_job(job, run, settings)]:
         cluster.kubectl("create", "-f", "-", input=json.dumps(obj))  # what the crashed operator had done

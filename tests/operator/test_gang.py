@@ -4,7 +4,7 @@ import dataclasses
 import pytest
 
 from kubetune.api import Reason
-from kubetune.operator import children, gang
+from kubetune.operator import children, labels, runs
 from kubetune.operator.plan import plan
 from kubetune.operator.status import compute_status
 from tests.operator import kstatus
@@ -23,7 +23,7 @@ def gang_job(patch: dict | None = None, **kw):
     return ftj({"spec": {**MULTI_NODE["spec"], **((patch or {}).get("spec") or {})}}, **kw)
 
 
-def attempt(job, run: children.Run, *conditions: tuple[str, tuple[str, str]], created="2026-11-22T11:00:00Z") -> dict:
+def attempt(job, run: runs.Run, *conditions: tuple[str, tuple[str, str]], created="2026-11-22T11:00:00Z") -> dict:
     """The Job of one attempt as the API server returns it, with `conditions` (type, (reason, message))."""
     k8s = children.build_job(job, run, SETTINGS)
     k8s["metadata"].update(uid=f"uid-{run.job_name}", creationTimestamp=created)
@@ -36,8 +36,8 @@ def gang_pod(k8s: dict, index: int, phase: str, exit_code: int | None = None, de
              disrupted: bool = False, reason: str | None = None) -> dict:
     p = pod(phase, exit_code=exit_code, reason=reason)
     p["metadata"] = {"name": f"{k8s['metadata']['name']}-{index}-abcde",
-                     "labels": {gang.LABEL_CONTROLLER_UID: k8s["metadata"].get("uid", "new")},
-                     "annotations": {gang.INDEX_ANNOTATION: str(index)},
+                     "labels": {labels.LABEL_CONTROLLER_UID: k8s["metadata"].get("uid", "new")},
+                     "annotations": {labels.INDEX_ANNOTATION: str(index)},
                      **({"deletionTimestamp": "2026-11-22T11:05:00Z"} if deleting else {})}
     if disrupted:
         p["status"]["conditions"] = [{"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler"}]
@@ -48,7 +48,7 @@ def observed(job, *jobs: dict, pods: list[dict] = ()) -> dict:
     """The children of the runs `jobs` execute (dependents named after each Job), and `pods`."""
     out: dict = {"Job": list(jobs), "Pod": list(pods)}
     for k8s in jobs:
-        run = dataclasses.replace(children.current_run(job), job_name=k8s["metadata"]["name"])
+        run = dataclasses.replace(runs.current_run(job), job_name=k8s["metadata"]["name"])
         for dep in children.build_dependents(job, run, SETTINGS):
             out.setdefault(dep["kind"], []).append(dep)
     return out
@@ -56,7 +56,7 @@ def observed(job, *jobs: dict, pods: list[dict] = ()) -> dict:
 
 def ended(job, *condition, pods=lambda k8s: []):
     """A first attempt that ended with `condition` (type, (reason, message)), and the plan for it."""
-    run = children.current_run(job)
+    run = runs.current_run(job)
     first = attempt(job, run, *condition)
     return run, first, plan(job, observed(job, first, pods=pods(first)), SETTINGS)
 
@@ -67,12 +67,12 @@ def test_a_gang_job_fails_whole_and_records_its_attempt():
     disruption, fatal = k8s["spec"]["podFailurePolicy"]["rules"]
     assert disruption["action"] == "FailJob" and disruption["onPodConditions"][0]["type"] == "DisruptionTarget"
     assert fatal["action"] == "FailJob" and fatal["onExitCodes"]["values"] == [64, 65]
-    assert k8s["metadata"]["annotations"][children.ANNOTATION_ATTEMPT] == "1"
-    assert k8s["metadata"]["annotations"][children.ANNOTATION_FAILURES] == "0"
+    assert k8s["metadata"]["annotations"][labels.ANNOTATION_ATTEMPT] == "1"
+    assert k8s["metadata"]["annotations"][labels.ANNOTATION_FAILURES] == "0"
     # one node keeps the Job's own retries: the pod is the whole gang
     single, _, _ = built({"spec": {"runPolicy": {"backoffLimit": 5}}})
     assert single["spec"]["backoffLimit"] == 5 and single["spec"]["podFailurePolicy"]["rules"][0]["action"] == "Ignore"
-    assert children.ANNOTATION_ATTEMPT not in single["metadata"]["annotations"]
+    assert labels.ANNOTATION_ATTEMPT not in single["metadata"]["annotations"]
 
 
 def test_one_failed_index_starts_the_next_attempt_of_the_same_run():
@@ -86,11 +86,11 @@ def test_one_failed_index_starts_the_next_attempt_of_the_same_run():
     assert {a.propagation for a in p.actions if a.verb == "delete"} == {"Background"}  # its pods have stopped
     new = p.actions[2].body
     notes = new["metadata"]["annotations"]
-    assert (notes[children.ANNOTATION_ATTEMPT], notes[children.ANNOTATION_FAILURES]) == ("2", "1")
-    assert "index 1 (chat-g1-1-abcde) failed" in notes[children.ANNOTATION_RESTART_REASON]
-    assert "exit code 1" in notes[children.ANNOTATION_RESTART_REASON]
+    assert (notes[labels.ANNOTATION_ATTEMPT], notes[labels.ANNOTATION_FAILURES]) == ("2", "1")
+    assert "index 1 (chat-g1-1-abcde) failed" in notes[labels.ANNOTATION_RESTART_REASON]
+    assert "exit code 1" in notes[labels.ANNOTATION_RESTART_REASON]
     env = {e["name"]: e.get("value") for e in new["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert env["KUBETUNE_RUN_ID"] == run.run_id and new["metadata"]["labels"][children.LABEL_RUN_ID] == run.run_id
+    assert env["KUBETUNE_RUN_ID"] == run.run_id and new["metadata"]["labels"][labels.LABEL_RUN_ID] == run.run_id
     assert env["MASTER_ADDR"] == "chat-g1-a2-0.chat-g1-a2"
     assert p.run.run_id == run.run_id and (p.run.attempt, p.run.failures) == (2, 1)
 
@@ -109,8 +109,8 @@ def test_a_disruption_restarts_the_gang_without_counting():
     _, _, p = ended(job, ("FailureTarget", DISRUPTED), ("Failed", DISRUPTED))  # the evicted pod is gone
     new = next(a.body for a in p.actions if a.verb == "create" and a.kind == "Job")
     assert new["metadata"]["name"] == "chat-g1-a2"
-    assert new["metadata"]["annotations"][children.ANNOTATION_FAILURES] == "0"
-    assert "DisruptionTarget" in new["metadata"]["annotations"][children.ANNOTATION_RESTART_REASON]
+    assert new["metadata"]["annotations"][labels.ANNOTATION_FAILURES] == "0"
+    assert "DisruptionTarget" in new["metadata"]["annotations"][labels.ANNOTATION_RESTART_REASON]
     # judged by the pod too, when it is still there and the policy's message says nothing
     _, _, p = ended(job, ("Failed", LOST), pods=lambda k8s: [gang_pod(k8s, 1, "Failed", 143, disrupted=True)])
     assert p.run.failures == 0 and p.run.attempt == 2
@@ -133,7 +133,7 @@ def test_bad_input_out_of_memory_and_the_deadline_fail_the_run_at_once(condition
 
 def test_failures_beyond_the_backoff_limit_fail_the_run():
     job = gang_job({"spec": {"runPolicy": {"backoffLimit": 2}}})
-    run = dataclasses.replace(children.current_run(job), job_name="chat-g1-a3", attempt=3, failures=2)
+    run = dataclasses.replace(runs.current_run(job), job_name="chat-g1-a3", attempt=3, failures=2)
     third = attempt(job, run, ("Failed", LOST))
     p = plan(job, observed(job, third, pods=[gang_pod(third, 0, "Failed", exit_code=1)]), SETTINGS)
     assert steps(p) == [] and (p.state.phase, p.state.reason) == ("Failed", Reason.BACKOFF_LIMIT_EXCEEDED)
@@ -147,7 +147,7 @@ def test_failures_beyond_the_backoff_limit_fail_the_run():
 
 def test_the_newest_attempt_is_the_runs_job_and_the_ended_one_goes():
     job = gang_job()
-    run = children.current_run(job)
+    run = runs.current_run(job)
     first = attempt(job, run, ("Failed", LOST))
     second_run = dataclasses.replace(run, job_name="chat-g1-a2", attempt=2, failures=1)
     second = attempt(job, second_run)  # created in the same second as the first: the attempt number decides
@@ -182,14 +182,14 @@ def test_status_of_a_gang_restarting_says_why_and_counts_attempts():
 def test_an_unrelated_uid_pod_does_not_judge_the_attempt():
     job = gang_job()
     _, _, p = ended(job, ("Failed", LOST), pods=lambda k8s: [
-        {**gang_pod(k8s, 1, "Failed", 64), "metadata": {"name": "x", "labels": {gang.LABEL_CONTROLLER_UID: "other"}}}])
+        {**gang_pod(k8s, 1, "Failed", 64), "metadata": {"name": "x", "labels": {labels.LABEL_CONTROLLER_UID: "other"}}}])
     assert p.run.attempt == 2 and p.run.failures == 1  # a counted failure, not bad input
 
 
 def test_a_gang_attempt_gets_its_ttl_only_once_the_run_has_ended():
     # the TTL controller would delete a failed attempt (and its count) before the next one starts
     job = gang_job({"spec": {"runPolicy": {"ttlSecondsAfterFinished": 0}}})
-    run = children.current_run(job)
+    run = runs.current_run(job)
     assert "ttlSecondsAfterFinished" not in children.build_job(job, run, SETTINGS)["spec"]
     running = attempt(job, run)
     assert steps(plan(job, observed(job, running), SETTINGS)) == []  # not patched in while it runs
@@ -204,7 +204,7 @@ def test_a_gang_attempt_gets_its_ttl_only_once_the_run_has_ended():
 
 def test_a_foreign_object_with_the_next_attempts_name_keeps_the_ended_attempt():
     job = gang_job()
-    run = children.current_run(job)
+    run = runs.current_run(job)
     first = attempt(job, run, ("Failed", LOST))
     taken = observed(job, first)
     squatter = {"kind": "ConfigMap", "metadata": {"name": "chat-g1-a2", "ownerReferences": []}}

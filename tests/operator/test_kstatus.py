@@ -4,7 +4,7 @@ while it runs, is held or has finished, Failed through Stalled, InProgress while
 import pytest
 
 from kubetune.api import Reason
-from kubetune.operator import children
+from kubetune.operator import runs
 from kubetune.operator.status import State, compute_status
 from tests.operator import kstatus
 from tests.operator.test_children import ftj
@@ -38,13 +38,13 @@ def resource(job, status) -> dict:
 def test_each_stage_reads_as_kstatus_reads_a_batch_job(stage):
     patch, k8s, pods, problem, expected = STAGES[stage]
     job = ftj(patch, generation=2)
-    status, _ = compute_status(job, children.current_run(job), k8s, pods, None, NOW, problem=problem)
+    status, _ = compute_status(job, runs.current_run(job), k8s, pods, None, NOW, problem=problem)
     assert kstatus.compute(resource(job, status))[0] == expected
 
 
 def test_an_unobserved_edit_is_in_progress_and_a_deletion_terminating():
     job = ftj(generation=1)
-    status, _ = compute_status(job, children.current_run(job), k8s_job(), [pod("Running")], None, NOW)
+    status, _ = compute_status(job, runs.current_run(job), k8s_job(), [pod("Running")], None, NOW)
     assert kstatus.compute(resource(job, status))[0] == "Current"
     edited = resource(job, status)
     edited["metadata"]["generation"] = 2  # the spec changed; the operator has not written a status for it yet

@@ -3,8 +3,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from kubetune.operator import kueue, status
-from kubetune.operator.children import current_run
+from kubetune.operator import kueue, labels, status
+from kubetune.operator.runs import current_run
 from kubetune.operator.plan import plan
 from tests.operator.test_children import SETTINGS, ftj
 from tests.operator.test_plan import observed_children
@@ -78,7 +78,7 @@ def test_a_kueue_managed_job_is_never_suspended_or_resumed_by_the_operator(suspe
     [child] = observed["Job"]
     child["spec"]["suspend"] = not suspend  # admitted and running / held by Kueue
     wl = workload()
-    wl["metadata"]["labels"] = {kueue.LABEL_JOB_UID: child["metadata"]["uid"]}
+    wl["metadata"]["labels"] = {labels.LABEL_KUEUE_JOB_UID: child["metadata"]["uid"]}
     p = plan(job, {**observed, "Workload": [wl]}, SETTINGS)
     assert not [a for a in p.actions if a.kind == "Job"], p.actions
     assert [(a.verb, a.kind, a.body) for a in p.actions if a.kind == "Workload"] == (
@@ -88,16 +88,16 @@ def test_a_kueue_managed_job_is_never_suspended_or_resumed_by_the_operator(suspe
     assert [a.body for a in p.actions if a.kind == "Job"] == ([{"spec": {"suspend": True}}] if suspend else [])
 
 
-OURS = {"name": "w", "annotations": {kueue.ANNOTATION_DEACTIVATED: "true"}}
+OURS = {"name": "w", "annotations": {labels.ANNOTATION_DEACTIVATED: "true"}}
 
 
 @pytest.mark.parametrize("suspend, wl, patch", [
     (True, workload(),
-     {"metadata": {"annotations": {kueue.ANNOTATION_DEACTIVATED: "true"}}, "spec": {"active": False}}),
+     {"metadata": {"annotations": {labels.ANNOTATION_DEACTIVATED: "true"}}, "spec": {"active": False}}),
     (True, workload(active=False), None),
     (False, workload(), None),
     (False, {**workload(active=False), "metadata": OURS},
-     {"metadata": {"annotations": {kueue.ANNOTATION_DEACTIVATED: None}}, "spec": {"active": True}}),
+     {"metadata": {"annotations": {labels.ANNOTATION_DEACTIVATED: None}}, "spec": {"active": True}}),
     # deactivated by Kueue itself (or by hand): not the operator's to undo
     (False, workload(active=False), None),
     (True, None, None),
@@ -119,6 +119,6 @@ def test_a_run_the_operator_failed_is_held_through_its_workload_when_kueue_manag
     observed = observed_children(job)
     observed["Job"][0]["spec"]["suspend"] = False  # admitted
     wl = workload()
-    wl["metadata"]["labels"] = {kueue.LABEL_JOB_UID: observed["Job"][0]["metadata"]["uid"]}
+    wl["metadata"]["labels"] = {labels.LABEL_KUEUE_JOB_UID: observed["Job"][0]["metadata"]["uid"]}
     p = plan(failed, {**observed, "Workload": [wl]}, SETTINGS)
     assert [(a.verb, a.kind, a.body) for a in p.actions] == [("patch", "Workload", kueue.activation(True, wl))]

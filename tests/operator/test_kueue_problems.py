@@ -1,7 +1,7 @@
 """What the status says when Kueue cannot admit a queued run at all (issue 20, item 8): never a silent "waiting
 for admission" forever."""
 from kubetune.api import Reason
-from kubetune.operator import children, kueue
+from kubetune.operator import kueue, runs
 from kubetune.operator.status import compute_status
 from tests.operator.test_children import ftj
 from tests.operator.test_status import NOW, k8s_job
@@ -11,7 +11,7 @@ QUEUED = {"spec": {"scheduling": {"queueName": "team-a"}}}
 
 def queued_status(problem=None):
     job = ftj(QUEUED)
-    return compute_status(job, children.current_run(job), k8s_job(suspend=True), [], None, NOW,
+    return compute_status(job, runs.current_run(job), k8s_job(suspend=True), [], None, NOW,
                           kueue_problem=problem)
 
 

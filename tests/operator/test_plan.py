@@ -1,7 +1,7 @@
 """plan(): the actions that make a FineTuneJob's children match it, on plain dicts (faults 1-3 and 9 of issue 15)."""
 from kubetune.api import FineTuneJob
 from kubetune.api.status import FineTuneJobStatus
-from kubetune.operator import children
+from kubetune.operator import children, runs
 from kubetune.operator.plan import plan
 from tests.api.cases import make_job
 from tests.operator.test_children import SETTINGS, UID, ftj
@@ -15,7 +15,7 @@ def observed_children(job: FineTuneJob, *, generation_of_run: FineTuneJob | None
                       uid: str | None = UID, **job_status) -> dict[str, list[dict]]:
     """The children as the API server would return them for `generation_of_run` (default: `job`)."""
     source = generation_of_run or job
-    run = children.current_run(source)
+    run = runs.current_run(source)
     objects = [*children.build_dependents(source, run, SETTINGS), children.build_job(source, run, SETTINGS)]
     out: dict[str, list[dict]] = {}
     for obj in objects:
@@ -76,7 +76,7 @@ def test_after_a_crash_the_owned_job_is_adopted_by_its_spec_hash():
     before = ftj(generation=1)
     edited = ftj({"spec": {"suspend": True}}, generation=2)
     p = plan(edited, observed_children(edited, generation_of_run=before), SETTINGS)
-    assert p.run.job_name == "chat-g1" and p.run.run_id == children.current_run(before).run_id
+    assert p.run.job_name == "chat-g1" and p.run.run_id == runs.current_run(before).run_id
     assert steps(p) == [("patch", "Job", "chat-g1")]
     assert p.actions[0].body == {"spec": {"suspend": True}}
 
@@ -91,7 +91,7 @@ def test_a_training_edit_replaces_the_run_and_removes_the_old_children():
 
 def test_after_ttl_cleanup_the_finished_run_stays_finished_and_its_dependents_go():
     job = ftj()
-    run = children.current_run(job)
+    run = runs.current_run(job)
     done = FineTuneJob.model_validate({**job.to_wire(), "status": FineTuneJobStatus(
         phase="Succeeded", run_id=run.run_id, spec_hash=run.spec_hash, job_name=run.job_name).to_wire()})
     p = plan(done, observed_children(job, kinds=("ConfigMap",)), SETTINGS)
@@ -117,7 +117,7 @@ def test_children_of_another_finetunejob_with_the_label_are_left_alone():
 def test_a_run_the_operator_ended_keeps_its_job_suspended():
     # fault 8: the status says Failed (OOMKilled) while the Job, blind to the reason, would retry
     job = ftj()
-    run = children.current_run(job)
+    run = runs.current_run(job)
     failed = FineTuneJob.model_validate({**job.to_wire(), "status": FineTuneJobStatus(
         phase="Failed", run_id=run.run_id, spec_hash=run.spec_hash, job_name=run.job_name).to_wire()})
     p = plan(failed, observed_children(job), SETTINGS)
@@ -130,7 +130,7 @@ def test_a_new_pod_template_replaces_the_job_only_after_its_pods_stopped():
     bumped = ftj({"spec": {"image": "registry.example/trainer:2"}}, generation=3)
     seen = observed_children(bumped, generation_of_run=before)
     p = plan(bumped, seen, SETTINGS)
-    assert p.run.run_id == children.current_run(before).run_id and p.run.job_name == "chat-g3"
+    assert p.run.run_id == runs.current_run(before).run_id and p.run.job_name == "chat-g3"
     assert steps(p) == [("delete", "Job", "chat-g1"), ("delete", "ConfigMap", "chat-g1")]
     assert p.actions[0].propagation == "Foreground" and p.waiting.startswith("Job chat-g1 of this run")
     seen["Job"][0]["metadata"]["deletionTimestamp"] = "2026-11-22T11:00:05Z"  # its pods are checkpointing

@@ -1,15 +1,15 @@
 """The run's identity and attempt counter come from durable state (the Jobs' annotations and the status), never
 from "attempt 1" when the indexes momentarily show no Job of the run (issue 20, item 3: two gangs of one run)."""
-from kubetune.operator import children
+from kubetune.operator import children, labels, runs
 from kubetune.operator.plan import plan
 from tests.operator.test_children import SETTINGS, UID, ftj
 from tests.operator.test_plan import MULTI_NODE, steps
 
 
 def gang_status(attempt: int, failures: int, generation: int = 1, phase: str = "Running") -> dict:
-    run_id = children.current_run(ftj(MULTI_NODE, generation=generation)).run_id
+    run_id = runs.current_run(ftj(MULTI_NODE, generation=generation)).run_id
     return {"observedGeneration": generation, "phase": phase, "runId": run_id,
-            "specHash": children.training_hash(ftj(MULTI_NODE)), "jobName": f"chat-g1-a{attempt}",
+            "specHash": runs.training_hash(ftj(MULTI_NODE)), "jobName": f"chat-g1-a{attempt}",
             "attempts": attempt, "restarts": attempt - 1, "failures": failures}
 
 
@@ -22,14 +22,14 @@ def test_a_gang_attempt_missing_from_the_index_is_recreated_not_restarted_at_att
     created = {a.kind: a for a in p.actions if a.verb == "create"}
     assert {a.name for a in created.values()} == {"chat-g1-a3"}
     annotations = created["Job"].body["metadata"]["annotations"]
-    assert annotations[children.ANNOTATION_ATTEMPT] == "3" and annotations[children.ANNOTATION_FAILURES] == "2"
+    assert annotations[labels.ANNOTATION_ATTEMPT] == "3" and annotations[labels.ANNOTATION_FAILURES] == "2"
 
 
 def test_the_attempt_counter_never_goes_down_when_the_index_lags_behind_the_status():
     # The index still holds attempt 2's Job (failed, stopped) while the status already moved on to attempt 3.
     job = ftj(MULTI_NODE, status=gang_status(attempt=3, failures=2))
-    previous = children.build_job(job, children.Run(1, job.status.run_id, job.status.spec_hash, "chat-g1-a2",
-                                                    children.template_hash(job), 2, 1), SETTINGS)
+    previous = children.build_job(job, runs.Run(1, job.status.run_id, job.status.spec_hash, "chat-g1-a2",
+                                                    runs.template_hash(job), 2, 1), SETTINGS)
     previous["metadata"].update(uid="uid-a2", creationTimestamp="2026-11-22T11:00:00Z")
     previous["metadata"]["ownerReferences"][0]["uid"] = UID
     previous["status"] = {"conditions": [{"type": "Failed", "status": "True", "reason": "PodFailurePolicy"}]}
@@ -58,10 +58,10 @@ def test_a_progress_sample_read_from_a_replaced_job_is_not_the_current_runs():
 
 def test_deletes_name_the_uid_they_observed():
     job = ftj(generation=2)
-    old = children.build_job(ftj(generation=1), children.current_run(ftj(generation=1)), SETTINGS)
+    old = children.build_job(ftj(generation=1), runs.current_run(ftj(generation=1)), SETTINGS)
     old["metadata"].update(uid="uid-of-old", creationTimestamp="2026-11-22T11:00:00Z")
     old["metadata"]["ownerReferences"][0]["uid"] = UID
-    old["metadata"]["annotations"][children.ANNOTATION_SPEC_HASH] = "another-run"
+    old["metadata"]["annotations"][labels.ANNOTATION_SPEC_HASH] = "another-run"
     p = plan(job, {"Job": [old]}, SETTINGS)
     [delete] = [a for a in p.actions if a.verb == "delete"]
     assert (delete.name, delete.uid) == ("chat-g1", "uid-of-old")
@@ -71,5 +71,5 @@ def test_gpu_seconds_count_the_resource_the_spec_names():
     from kubetune.operator.metrics import gpus_of
     job = ftj({"spec": {"nodes": 2, "resources": {"gpusPerNode": 4, "gpuResourceName": "amd.com/gpu"},
                         "hyperparameters": {"batchSize": 64, "microBatchSize": 4}}})
-    k8s_job = children.build_job(job, children.current_run(job), SETTINGS)
+    k8s_job = children.build_job(job, runs.current_run(job), SETTINGS)
     assert gpus_of(k8s_job, "amd.com/gpu") == 8 and gpus_of(k8s_job) == 0

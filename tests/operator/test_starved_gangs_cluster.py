@@ -10,7 +10,7 @@ from collections import defaultdict
 import pytest
 import yaml
 
-from kubetune.operator.children import LABEL_RUN_ID
+from kubetune.operator.labels import LABEL_RUN_ID
 from tests.operator.conftest import manifest, wait_for
 from tests.operator.test_operator_cluster import kwok
 

@@ -5,7 +5,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from kubetune.api import ConditionType, Reason
-from kubetune.operator import children
+from kubetune.operator import runs
 from kubetune.operator.status import State, compute_status
 from tests.operator.test_children import ftj
 
@@ -104,7 +104,7 @@ CASES = {
 def test_phase_reason_and_conditions(name):
     patch, job_obj, pods, phase, reason, fragment = CASES[name]
     job = ftj(patch, generation=3)
-    status, events = compute_status(job, children.current_run(job), job_obj, pods, None, NOW)
+    status, events = compute_status(job, runs.current_run(job), job_obj, pods, None, NOW)
     assert (status.phase, status.observed_generation) == (phase, 3)
     conds = {c.type: c for c in status.conditions}
     assert all(c.reason == reason and c.observed_generation == 3 for c in conds.values())
@@ -124,7 +124,7 @@ def test_phase_reason_and_conditions(name):
 
 def test_success_carries_the_trainer_summary():
     job = ftj()
-    run = children.current_run(job)
+    run = runs.current_run(job)
     status, _ = compute_status(job, run, k8s_job(("Complete", ""), completionTime="2026-11-22T11:30:00Z"),
                                [pod("Succeeded", exit_code=0, message=json.dumps(SUMMARY))], None, NOW)
     assert status.stop_reason == "EarlyStopped"
@@ -143,13 +143,13 @@ def test_live_progress_from_the_trainer_metrics():
     job = ftj()
     sample = {"step": 25.0, "total_steps": 100.0, "epoch": 0.5, "train_loss": 1.9, "eval_loss": 2.1,
               "tokens_per_second": 5120.0, "eta_seconds": 300.0, "best": ("loss", 2.1)}
-    status, _ = compute_status(job, children.current_run(job), k8s_job(), [pod("Running")], sample, NOW)
+    status, _ = compute_status(job, runs.current_run(job), k8s_job(), [pod("Running")], sample, NOW)
     assert (status.progress.step, status.progress.percent, status.progress.eta_seconds) == (25, 25, 300)
     assert (status.metrics.train_loss, status.metrics.eval_loss, status.metrics.tokens_per_second) == (
         1.9, 2.1, 5120.0)
     # without a new sample (an event-driven reconcile) the last progress stays
     again = ftj(status=status.to_wire())
-    status2, events = compute_status(again, children.current_run(again), k8s_job(), [pod("Running")], None,
+    status2, events = compute_status(again, runs.current_run(again), k8s_job(), [pod("Running")], None,
                                      NOW + timedelta(seconds=5))
     assert status2.progress == status.progress and events == []
     assert status2.to_wire() == status.to_wire()  # nothing changed: the operator writes nothing
@@ -157,7 +157,7 @@ def test_live_progress_from_the_trainer_metrics():
 
 def test_transition_time_moves_only_with_status():
     job = ftj()
-    run = children.current_run(job)
+    run = runs.current_run(job)
     pending, _ = compute_status(job, run, k8s_job(), [pod("Pending")], None, NOW)
     later = NOW + timedelta(minutes=2)
     running, events = compute_status(ftj(status=pending.to_wire()), run, k8s_job(), [pod("Running")], None, later)
@@ -169,7 +169,7 @@ def test_transition_time_moves_only_with_status():
 
 def test_ttl_cleanup_keeps_the_outcome():
     job = ftj()
-    run = children.current_run(job)
+    run = runs.current_run(job)
     done, _ = compute_status(job, run, k8s_job(("Complete", "")), [pod("Succeeded", exit_code=0,
                                                                        message=json.dumps(SUMMARY))], None, NOW)
     after_ttl, events = compute_status(ftj(status=done.to_wire()), run, None, [], None, NOW + timedelta(hours=1))
@@ -178,10 +178,10 @@ def test_ttl_cleanup_keeps_the_outcome():
 
 def test_spec_change_archives_the_run():
     job = ftj(generation=1)
-    run = children.current_run(job)
+    run = runs.current_run(job)
     running, _ = compute_status(job, run, k8s_job(), [pod("Running")], {"step": 5.0, "eval_loss": 2.5}, NOW)
     edited = ftj({"spec": {"hyperparameters": {"maxSteps": 50}}}, generation=2, status=running.to_wire())
-    new_run = children.current_run(edited)
+    new_run = runs.current_run(edited)
     assert new_run.job_name == "chat-g2"
     status, events = compute_status(edited, new_run, None, [], None, NOW)
     assert status.run_id == new_run.run_id and status.progress is None and status.phase == "Pending"
@@ -195,17 +195,17 @@ def test_spec_change_archives_the_run():
 def test_restarts_count_pods_beyond_the_nodes():
     job = ftj()
     pods = [pod("Failed", exit_code=75), pod("Failed", exit_code=75), pod("Running")]
-    status, _ = compute_status(job, children.current_run(job), k8s_job(), pods, None, NOW)
+    status, _ = compute_status(job, runs.current_run(job), k8s_job(), pods, None, NOW)
     assert (status.attempts, status.restarts) == (3, 2)
 
 
 def test_ttl_cleanup_then_an_in_place_edit_observes_the_new_generation():
     # fault 9: kstatus compares observedGeneration with generation; a finished, TTL-cleaned run must follow
     job = ftj(generation=1)
-    run = children.current_run(job)
+    run = runs.current_run(job)
     done, _ = compute_status(job, run, k8s_job(("Complete", "")), [pod("Succeeded", exit_code=0)], None, NOW)
     edited = ftj({"spec": {"runPolicy": {"ttlSecondsAfterFinished": 60}}}, generation=2, status=done.to_wire())
-    after, events = compute_status(edited, children.current_run(edited), None, [], None, NOW)
+    after, events = compute_status(edited, runs.current_run(edited), None, [], None, NOW)
     assert after.phase == "Succeeded" and after.run_id == done.run_id and events == []
     assert after.observed_generation == 2 and {c.observed_generation for c in after.conditions} == {2}
 
@@ -213,7 +213,7 @@ def test_ttl_cleanup_then_an_in_place_edit_observes_the_new_generation():
 def test_a_terminal_status_is_complete_in_one_write():
     # SuccessCriteriaMet comes before the Job's completionTime: the status still gets one
     job = ftj()
-    status, _ = compute_status(job, children.current_run(job), k8s_job(("SuccessCriteriaMet", "")),
+    status, _ = compute_status(job, runs.current_run(job), k8s_job(("SuccessCriteriaMet", "")),
                                [pod("Succeeded", exit_code=0)], None, NOW)
     assert status.phase == "Succeeded" and status.completion_time == NOW
 
@@ -222,7 +222,7 @@ def test_a_problem_stalls_the_run_with_the_api_servers_message():
     job = ftj()
     problem = State("Pending", Reason.CHILD_FORBIDDEN, 'exceeded quota: q, requested: count/jobs.batch=1',
                     stalled=True)
-    status, [event] = compute_status(job, children.current_run(job), None, [], None, NOW, problem=problem)
+    status, [event] = compute_status(job, runs.current_run(job), None, [], None, NOW, problem=problem)
     conds = {c.type: (c.status, c.reason) for c in status.conditions}
     assert conds["Stalled"] == ("True", Reason.CHILD_FORBIDDEN) and conds["Reconciling"][0] == "False"
     assert status.phase == "Pending" and "exceeded quota" in status.conditions[0].message

@@ -1,5 +1,5 @@
 """Status details that must not mislead: attempts survive deleted pods; no loss or ETA before the first step."""
-from kubetune.operator import children
+from kubetune.operator import runs
 from kubetune.operator.status import compute_status
 from tests.operator.test_children import ftj
 from tests.operator.test_status import NOW, k8s_job, pod
@@ -7,7 +7,7 @@ from tests.operator.test_status import NOW, k8s_job, pod
 
 def test_a_deleted_and_replaced_pod_counts_as_a_restart():
     job = ftj()
-    run = children.current_run(job)
+    run = runs.current_run(job)
     # The first pod was deleted mid-run (it exited 75 after its checkpoint); only its replacement is listed.
     running, _ = compute_status(job, run, k8s_job(active=1, failed=1), [pod("Running")], None, NOW)
     done, _ = compute_status(job, run, k8s_job(("Complete", "Completed"), succeeded=1, failed=1),
@@ -17,13 +17,13 @@ def test_a_deleted_and_replaced_pod_counts_as_a_restart():
 
 def test_one_pod_is_one_attempt():
     job = ftj()
-    status, _ = compute_status(job, children.current_run(job), k8s_job(active=1), [pod("Running")], None, NOW)
+    status, _ = compute_status(job, runs.current_run(job), k8s_job(active=1), [pod("Running")], None, NOW)
     assert (status.attempts, status.restarts) == (1, 0)
 
 
 def test_a_sample_before_the_first_step_reports_no_loss_and_no_eta():
     job = ftj()
-    run = children.current_run(job)
+    run = runs.current_run(job)
     early = {"step": 0, "total_steps": 30, "train_loss": 0.0, "eta_seconds": 0.0}
     status, _ = compute_status(job, run, k8s_job(active=1), [pod("Running")], early, NOW)
     assert status.progress.step == 0 and status.progress.eta_seconds is None

@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from kubetune.api import FineTuneJob, contract
-from kubetune.operator import children
+from kubetune.operator import children, runs
 from kubetune.operator.settings import OperatorSettings
 from kubetune.operator.status import compute_status
 from tests.trainer.test_train import make_job
@@ -21,7 +21,7 @@ def test_trainer_runs_from_the_operators_job_and_reports_back(tmp_path, tiny_mod
     doc = make_job(tmp_path, tiny_model, hyperparameters={"maxSteps": 6}).to_wire()
     doc["metadata"].update(namespace="team-a", uid="6d1c3a52-0000-4000-8000-000000000001", generation=2)
     job = FineTuneJob.model_validate(doc)
-    run = children.current_run(job)
+    run = runs.current_run(job)
     k8s_job = children.build_job(job, run, OperatorSettings())
     [config] = children.build_dependents(job, run, "job-uid", OperatorSettings())
     container = k8s_job["spec"]["template"]["spec"]["containers"][0]
