@@ -45,7 +45,7 @@ def test_multi_node_pods_request_the_interconnect():
 
 def test_without_platform_settings_the_pod_is_unchanged():
     pod = pod_of(settings=OperatorSettings(trainer_image="registry.example/trainer:1"))
-    assert "imagePullSecrets" not in pod and "nodeSelector" not in pod and "tolerations" not in pod
+    assert "imagePullSecrets" not in pod and "pool" not in pod.get("nodeSelector", {})
     assert [v["name"] for v in pod["volumes"]] == ["spec", "cache", "tmp", "dshm"]
 
 
