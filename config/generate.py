@@ -18,7 +18,8 @@ HEADER = "# Generated from charts/kubetune by `python config/generate.py`; do no
 LAYOUT = {
     "serviceaccount.yaml": "rbac/service_account.yaml",
     "rbac.yaml": "rbac/role.yaml",
-    "admissionpolicy.yaml": "admission/trainer_jobs_policy.yaml",
+    "userroles.yaml": "rbac/user_roles.yaml",
+    "admissionpolicy.yaml": "admission/operator_policy.yaml",
     "deployment.yaml": "manager/operator.yaml",
     "pdb.yaml": "manager/operator.yaml",
     "service.yaml": "manager/operator.yaml",

