@@ -7,7 +7,9 @@ Deployment gives it, are admitted."""
 import json
 import os
 import secrets
+import signal
 import subprocess
+import sys
 from unittest import mock
 
 import pytest
@@ -16,7 +18,7 @@ from kubetune.api import FineTuneJob
 from kubetune.operator import children
 from kubetune.operator.settings import OperatorSettings
 from tests.api.cases import make_job
-from tests.chart.conftest import CHART
+from tests.chart.conftest import CHART, ROOT
 from tests.plugins.cluster import wait_for as poll
 
 MANAGED = "kubetune.io/managed"
@@ -243,3 +245,74 @@ def test_the_operator_deletes_only_its_own_objects(cluster, release, opted_in):
                                   "app.kubernetes.io/managed-by=kubetune", "app.kubernetes.io/name=kubetune-trainer",
                                   "kubetune.io/finetunejob=x")
     assert relabel.returncode != 0 and "ValidatingAdmissionPolicy" in relabel.stderr, relabel.stderr
+
+
+@pytest.mark.cluster
+def test_namespace_users_apply_and_read_finetunejobs_under_the_built_in_roles(cluster, release, namespace):
+    cluster.kubectl("create", "rolebinding", "editor", "--clusterrole=edit", "--user=alice", "-n", namespace)
+    cluster.kubectl("create", "rolebinding", "viewer", "--clusterrole=view", "--user=bob", "-n", namespace)
+    as_user = lambda user, *args, input=None: cluster.kubectl(*args, "-n", namespace, f"--as={user}",  # noqa: E731
+                                                              input=input, check=False)
+    # The controller-manager aggregates the chart's rules into edit and view within moments.
+    poll("edit to include FineTuneJobs", lambda: as_user("alice", "auth", "can-i", "create",
+                                                         "finetunejobs.kubetune.io").stdout.strip() == "yes")
+    job = make_job({}, name="chat")
+    applied = as_user("alice", "apply", "-f", "-", input=json.dumps(job))
+    assert applied.returncode == 0, applied.stderr
+    poll("view to include FineTuneJobs", lambda: as_user("bob", "get", "finetunejobs", "-o", "name").stdout.strip()
+         == "finetunejob.kubetune.io/chat")
+    # Status is the operator's; viewers change nothing.
+    assert as_user("alice", "auth", "can-i", "patch", "finetunejobs.kubetune.io/status").stdout.strip() == "no"
+    assert as_user("bob", "delete", "finetunejob", "chat").returncode != 0
+
+
+@pytest.mark.cluster
+def test_default_install_runs_a_finetunejob_under_the_annotated_trainer_account(cluster, release, opted_in,
+                                                                             not_opted_in, tmp_path):
+    """The real operator, as the release's ServiceAccount with its cluster-scope RBAC, policies in force and the
+    Deployment's settings (watching only this test's namespaces: the cluster is shared)."""
+    from tests.chart.test_chart_operator import SUMMARY, free_port, token_kubeconfig
+
+    role = "arn:aws:iam::111122223333:role/kubetune-trainer"
+    # Opting in (docs/install.md): the label (fixture), and the trainer ServiceAccount annotated for IRSA.
+    cluster.kubectl("create", "serviceaccount", "kubetune-trainer", "-n", opted_in)
+    cluster.kubectl("annotate", "serviceaccount", "kubetune-trainer", "-n", opted_in,
+                    f"eks.amazonaws.com/role-arn={role}")
+    deployment = cluster.kubectl_json("get", "deployment", release.account, "-n", release.system)
+    env = {e["name"]: e["value"] for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+           if "value" in e}
+    env.update(KUBETUNE_OPERATOR_NAMESPACES=f"{opted_in},{not_opted_in}", KUBETUNE_OPERATOR_IDENTITY="test",
+               KUBETUNE_OPERATOR_LEASE_NAMESPACE=release.system, KUBETUNE_OPERATOR_POD_ANNOTATION_PREFIXES="kwok.kubetune.io/",
+               KUBETUNE_OPERATOR_METRICS_PORT=str(free_port()), KUBETUNE_OPERATOR_HEALTH_PORT=str(free_port()),
+               KUBETUNE_OPERATOR_PROGRESS_INTERVAL_SECONDS="1")
+    kubeconfig = tmp_path / "operator.kubeconfig"
+    token_kubeconfig(cluster, release.system, release.account, kubeconfig)
+    log = tmp_path / "operator.log"
+    proc = subprocess.Popen([sys.executable, "-m", "kubetune.operator"], cwd=ROOT,
+                            env={**os.environ, **env, "KUBECONFIG": str(kubeconfig)},
+                            stdout=log.open("w"), stderr=subprocess.STDOUT)
+    try:
+        for namespace in (opted_in, not_opted_in):
+            job = make_job({"spec": {"resources": {"gpusPerNode": 1}}}, name="chat")
+            job["metadata"]["annotations"] = {"kwok.kubetune.io/run-seconds": "1",
+                                              "kwok.kubetune.io/termination-message": json.dumps(SUMMARY)}
+            cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(job))
+        waited = cluster.kubectl("wait", "--for=condition=Succeeded", "ftj/chat", "-n", opted_in, "--timeout=90s",
+                                 check=False)
+        assert waited.returncode == 0, log.read_text()[-4000:]
+        (pod,) = cluster.kubectl_json("get", "pods", "-n", opted_in, "-l", "kubetune.io/finetunejob=chat")["items"]
+        account = cluster.kubectl_json("get", "serviceaccount", pod["spec"]["serviceAccountName"], "-n", opted_in)
+        assert account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"] == role
+        # Where the namespace did not opt in, the status says which rule refused the run.
+        def refused():
+            status = cluster.kubectl_json("get", "ftj", "chat", "-n", not_opted_in).get("status") or {}
+            return [c for c in status.get("conditions", []) if "rule opted-in-namespace" in c.get("message", "")]
+        poll("the refusal in the status", refused, timeout=30)
+        assert cluster.kubectl_json("get", "jobs,configmaps", "-n", not_opted_in, "-l",
+                                    "kubetune.io/finetunejob")["items"] == []
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
