@@ -23,6 +23,7 @@ LAYOUT = {
     "deployment.yaml": "manager/operator.yaml",
     "pdb.yaml": "manager/operator.yaml",
     "service.yaml": "manager/operator.yaml",
+    "networkpolicy.yaml": "manager/operator.yaml",
 }
 HELM_ONLY_LABELS = re.compile(r"^\s+(helm\.sh/chart|app\.kubernetes\.io/managed-by): .*\n", re.M)
 

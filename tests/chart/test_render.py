@@ -231,7 +231,8 @@ def test_network_policy_allows_the_api_server_trainer_metrics_and_scrapes(templa
     assert egress[0]["to"] == [{"ipBlock": {"cidr": "10.0.0.1/32"}}]
     assert egress[1]["ports"] == [{"port": 9400, "protocol": "TCP"}]
     assert egress[1]["to"][0]["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "ml"}}
-    assert policy["spec"]["ingress"] == [{"ports": [{"port": "metrics", "protocol": "TCP"}]}]
+    assert policy["spec"]["ingress"] == [{"ports": [{"port": "metrics", "protocol": "TCP"}], "from": [
+        {"namespaceSelector": {"matchLabels": {"kubetune.io/metrics-reader": "true"}}}]}]
 
 
 def test_dashboards_and_alerts_come_from_the_generated_files(template, bare_chart):

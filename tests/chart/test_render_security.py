@@ -1,6 +1,7 @@
 """The chart's security and platform values, rendered by the real helm: the trainer's identity and settings, the
 admission policies' allow-lists, user-facing roles, CRD protection, and the chart as a dependency."""
 import os
+import re
 import shutil
 import subprocess
 from unittest import mock
@@ -154,3 +155,47 @@ def test_renders_as_a_dependency_with_a_condition(helm, tmp_path, enabled):
     if enabled:
         assert deployments[0]["spec"]["replicas"] == 1 and deployments[0]["metadata"]["name"] == \
             "platform-kubetune-operator"
+
+
+def test_metrics_are_closed_to_all_but_their_readers_by_default(template):
+    policy = template().one("NetworkPolicy")
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+    assert rule["from"] == [{"namespaceSelector": {"matchLabels": {"kubetune.io/metrics-reader": "true"}}}]
+    assert template({"networkPolicy": {"metricsIngress": False}}).kinds("NetworkPolicy") == []
+
+
+def test_name_override_stays_out_of_the_immutable_selector(template):
+    default = template().one("Deployment")["spec"]["selector"]
+    renamed = template({"nameOverride": "finetune"}).one("Deployment")
+    assert renamed["spec"]["selector"] == default
+    assert renamed["metadata"]["labels"]["app.kubernetes.io/name"] == "finetune"
+
+
+def test_pdb_lets_unhealthy_operator_pods_be_evicted(template):
+    assert template().one("PodDisruptionBudget")["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+
+
+def test_notes_and_alerts_name_what_this_release_created(template, tmp_path):
+    """Under fullnameOverride, every object NOTES.txt points at exists, and the operator-down alert watches this
+    release's scrape job (the Service's name, as a ServiceMonitor names the job)."""
+    # helm template skips NOTES.txt: render its text in a ConfigMap of a copy of the chart instead.
+    chart = tmp_path / "kubetune"
+    shutil.copytree(CHART, chart)
+    (chart / "templates" / "NOTES.txt").rename(chart / "files" / "notes.txt")
+    (chart / "templates" / "notes.yaml").write_text(
+        'apiVersion: v1\nkind: ConfigMap\nmetadata: {name: notes}\ndata:\n'
+        '  notes: {{ tpl (.Files.Get "files/notes.txt") . | quote }}\n')
+    values = {"fullnameOverride": "ml", "prometheusRule": {"enabled": True}}
+    docs = template(values)
+    names = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    notes = template(values, chart=chart).one("ConfigMap", "notes")["data"]["notes"]
+    for kind, name in re.findall(r"(deployment|lease|service)[/ ]([a-z0-9-]+)", notes):
+        expected = {"deployment": "Deployment", "service": "Service"}.get(kind)
+        if expected:
+            assert (expected, name) in names, (kind, name)
+    assert ("Deployment", "ml-operator") in names and "ml-operator" in notes
+    rules = yaml.safe_dump(docs.one("PrometheusRule")["spec"])
+    service = docs.one("Service", "ml-operator-metrics")["metadata"]["name"]
+    assert 'job=~".*ml-operator.*"' in rules and re.fullmatch(".*ml-operator.*", service)
