@@ -100,9 +100,10 @@ def test_install_upgrade_uninstall(cluster, namespace, tmp_path):
         assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
         assert crd["metadata"]["annotations"]["meta.helm.sh/release-name"] == release
 
-        can = lambda verb, resource, ns: cluster.kubectl(  # noqa: E731
-            "auth", "can-i", verb, resource, "-n", ns, as_operator, check=False).stdout.strip() == "yes"
-        assert can("create", "jobs.batch", namespace) and can("patch", "finetunejobs.kubetune.io/status", namespace)
+        can = lambda verb, resource, ns, *sub: cluster.kubectl(  # noqa: E731
+            "auth", "can-i", verb, resource, *sub, "-n", ns, as_operator, check=False).stdout.strip() == "yes"
+        assert can("create", "jobs.batch", namespace)
+        assert can("patch", "finetunejobs.kubetune.io", namespace, "--subresource=status")
         assert not can("create", "jobs.batch", "default") and not can("create", "jobs.batch", "kube-system")
         assert not can("get", "secrets", namespace) and not can("create", "pods", namespace)
         assert can("update", "leases.coordination.k8s.io", system)

@@ -182,7 +182,7 @@ def test_the_operator_writes_only_what_it_builds_where_namespaces_opted_in(clust
         pod["volumes"].append({"name": "host", "hostPath": {"path": "/"}})
 
     def privileged(pod, _):
-        pod["containers"][0]["securityContext"]["privileged"] = True
+        pod["containers"][0]["securityContext"].update(privileged=True, allowPrivilegeEscalation=True)
 
     cases = [(root, "non-root"), (host_port, "no-host-access"), (secret_volume, "trainer-volumes"),
              (token, "no-service-account-token"), (default_account, "trainer-service-account"),
@@ -262,7 +262,7 @@ def test_namespace_users_apply_and_read_finetunejobs_under_the_built_in_roles(cl
     poll("view to include FineTuneJobs", lambda: as_user("bob", "get", "finetunejobs", "-o", "name").stdout.strip()
          == "finetunejob.kubetune.io/chat")
     # Status is the operator's; viewers change nothing.
-    assert as_user("alice", "auth", "can-i", "patch", "finetunejobs.kubetune.io/status").stdout.strip() == "no"
+    assert as_user("alice", "auth", "can-i", "patch", "finetunejobs.kubetune.io", "--subresource=status").stdout.strip() == "no"
     assert as_user("bob", "delete", "finetunejob", "chat").returncode != 0
 
 
