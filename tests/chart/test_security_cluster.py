@@ -4,6 +4,7 @@ of this test (one opted in with the kubetune.io/managed label, one not) and in k
 
 Each refusal names its rule; the operator's own children, built by children.py with the settings the chart's
 Deployment gives it, are admitted."""
+import contextlib
 import json
 import os
 import secrets
@@ -266,23 +267,19 @@ def test_namespace_users_apply_and_read_finetunejobs_under_the_built_in_roles(cl
     assert as_user("bob", "delete", "finetunejob", "chat").returncode != 0
 
 
-@pytest.mark.cluster
-def test_default_install_runs_a_finetunejob_under_the_annotated_trainer_account(cluster, release, opted_in,
-                                                                             not_opted_in, tmp_path):
+@contextlib.contextmanager
+def release_operator(cluster, release, namespaces: list[str], tmp_path):
     """The real operator, as the release's ServiceAccount with its cluster-scope RBAC, policies in force and the
-    Deployment's settings (watching only this test's namespaces: the cluster is shared)."""
-    from tests.chart.test_chart_operator import SUMMARY, free_port, token_kubeconfig
+    Deployment's settings, watching only `namespaces` (the cluster is shared)."""
+    from tests.chart.test_chart_operator import free_port, token_kubeconfig
 
-    role = "arn:aws:iam::111122223333:role/kubetune-trainer"
-    # Opting in (docs/install.md): the label (fixture), and the trainer ServiceAccount annotated for IRSA.
-    cluster.kubectl("create", "serviceaccount", "kubetune-trainer", "-n", opted_in)
-    cluster.kubectl("annotate", "serviceaccount", "kubetune-trainer", "-n", opted_in,
-                    f"eks.amazonaws.com/role-arn={role}")
     deployment = cluster.kubectl_json("get", "deployment", release.account, "-n", release.system)
     env = {e["name"]: e["value"] for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
            if "value" in e}
-    env.update(KUBETUNE_OPERATOR_NAMESPACES=f"{opted_in},{not_opted_in}", KUBETUNE_OPERATOR_IDENTITY="test",
-               KUBETUNE_OPERATOR_LEASE_NAMESPACE=release.system, KUBETUNE_OPERATOR_POD_ANNOTATION_PREFIXES="kwok.kubetune.io/",
+    env.update(KUBETUNE_OPERATOR_NAMESPACES=",".join(namespaces), KUBETUNE_OPERATOR_IDENTITY="test",
+               KUBETUNE_OPERATOR_LEASE_NAMESPACE=release.system,
+               KUBETUNE_OPERATOR_LEASE_NAME=f"{release.account}-{secrets.token_hex(2)}",
+               KUBETUNE_OPERATOR_POD_ANNOTATION_PREFIXES="kwok.kubetune.io/",
                KUBETUNE_OPERATOR_METRICS_PORT=str(free_port()), KUBETUNE_OPERATOR_HEALTH_PORT=str(free_port()),
                KUBETUNE_OPERATOR_PROGRESS_INTERVAL_SECONDS="1")
     kubeconfig = tmp_path / "operator.kubeconfig"
@@ -292,17 +289,43 @@ def test_default_install_runs_a_finetunejob_under_the_annotated_trainer_account(
                             env={**os.environ, **env, "KUBECONFIG": str(kubeconfig)},
                             stdout=log.open("w"), stderr=subprocess.STDOUT)
     try:
+        yield log
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def kwok_job(name: str, spec: dict, seconds: float = 1) -> dict:
+    from tests.chart.test_chart_operator import SUMMARY
+
+    job = make_job({"spec": spec}, name=name)
+    job["metadata"]["annotations"] = {"kwok.kubetune.io/run-seconds": str(seconds),
+                                      "kwok.kubetune.io/termination-message": json.dumps(SUMMARY)}
+    return job
+
+
+@pytest.mark.cluster
+def test_default_install_runs_a_finetunejob_under_the_annotated_trainer_account(cluster, release, opted_in,
+                                                                             not_opted_in, tmp_path):
+    role = "arn:aws:iam::111122223333:role/kubetune-trainer"
+    # Opting in (docs/install.md): the label (fixture), and the trainer ServiceAccount annotated for IRSA.
+    cluster.kubectl("create", "serviceaccount", "kubetune-trainer", "-n", opted_in)
+    cluster.kubectl("annotate", "serviceaccount", "kubetune-trainer", "-n", opted_in,
+                    f"eks.amazonaws.com/role-arn={role}")
+    with release_operator(cluster, release, [opted_in, not_opted_in], tmp_path) as log:
         for namespace in (opted_in, not_opted_in):
-            job = make_job({"spec": {"resources": {"gpusPerNode": 1}}}, name="chat")
-            job["metadata"]["annotations"] = {"kwok.kubetune.io/run-seconds": "1",
-                                              "kwok.kubetune.io/termination-message": json.dumps(SUMMARY)}
-            cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(job))
+            cluster.kubectl("apply", "-n", namespace, "-f", "-",
+                            input=json.dumps(kwok_job("chat", {"resources": {"gpusPerNode": 1}})))
         waited = cluster.kubectl("wait", "--for=condition=Succeeded", "ftj/chat", "-n", opted_in, "--timeout=90s",
                                  check=False)
         assert waited.returncode == 0, log.read_text()[-4000:]
         (pod,) = cluster.kubectl_json("get", "pods", "-n", opted_in, "-l", "kubetune.io/finetunejob=chat")["items"]
         account = cluster.kubectl_json("get", "serviceaccount", pod["spec"]["serviceAccountName"], "-n", opted_in)
         assert account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"] == role
+
         # Where the namespace did not opt in, the status says which rule refused the run.
         def refused():
             status = cluster.kubectl_json("get", "ftj", "chat", "-n", not_opted_in).get("status") or {}
@@ -310,9 +333,32 @@ def test_default_install_runs_a_finetunejob_under_the_annotated_trainer_account(
         poll("the refusal in the status", refused, timeout=30)
         assert cluster.kubectl_json("get", "jobs,configmaps", "-n", not_opted_in, "-l",
                                     "kubetune.io/finetunejob")["items"] == []
-    finally:
-        proc.send_signal(signal.SIGTERM)
+
+
+@pytest.mark.cluster
+def test_a_queued_job_kueue_admitted_is_still_the_operators_to_patch(cluster, release, opted_in, tmp_path):
+    """Kueue mutates the Jobs it admits (unsuspends them, adds its flavor's node selector): the operator's later
+    patches of such a Job (here an in-place spec edit) still pass the policies."""
+    from tests.operator.test_kueue_cluster import CLUSTER_QUEUE, MANAGED_LABEL
+
+    if cluster.kubectl("get", "clusterqueue", CLUSTER_QUEUE, check=False).returncode != 0:
+        pytest.skip("no Kueue ClusterQueue: hack/cluster up with KUBETUNE_KUEUE=0")
+    cluster.kubectl("label", "namespace", opted_in, f"{MANAGED_LABEL}=true")
+    cluster.kubectl("create", "serviceaccount", "kubetune-trainer", "-n", opted_in)
+    cluster.kubectl("apply", "-f", "-", input=json.dumps({
+        "apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "LocalQueue",
+        "metadata": {"name": "team-a", "namespace": opted_in}, "spec": {"clusterQueue": CLUSTER_QUEUE}}))
+    with release_operator(cluster, release, [opted_in], tmp_path) as log:
         try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+            cluster.kubectl("apply", "-n", opted_in, "-f", "-", input=json.dumps(kwok_job(
+                "queued", {"resources": {"gpusPerNode": 1}, "scheduling": {"queueName": "team-a"}}, seconds=30)))
+            poll("the run to be admitted and running", lambda: (cluster.kubectl_json(
+                "get", "ftj", "queued", "-n", opted_in).get("status") or {}).get("phase") == "Running", timeout=60)
+            cluster.kubectl("patch", "ftj", "queued", "-n", opted_in, "--type=merge",
+                            "-p", '{"spec": {"runPolicy": {"activeDeadlineSeconds": 7200}}}')
+            job_name = cluster.kubectl_json("get", "ftj", "queued", "-n", opted_in)["status"]["jobName"]
+            poll("the operator's patch of the admitted Job", lambda: cluster.kubectl_json(
+                "get", "job", job_name, "-n", opted_in)["spec"].get("activeDeadlineSeconds") == 7200, timeout=30)
+            assert "rule " not in log.read_text(), log.read_text()[-3000:]
+        finally:  # its Workload must not hold the shared ClusterQueue's quota
+            cluster.kubectl("delete", "ftj", "--all", "-n", opted_in, "--timeout=60s", check=False)
