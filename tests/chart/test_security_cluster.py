@@ -116,7 +116,8 @@ def test_the_operator_writes_only_what_it_builds_where_namespaces_opted_in(clust
                                                                            not_opted_in):
     settings = release.settings()
     job = finetunejob(cluster, opted_in, {"nodes": 2, "resources": {"gpusPerNode": 1},
-                                          "hyperparameters": {"batchSize": 8, "microBatchSize": 4}})
+                                          "hyperparameters": {"batchSize": 8, "microBatchSize": 4},
+                                          "storage": {"secretRef": {"name": "s3-credentials"}}})
     own = built(job, settings)
     create = lambda obj: release.as_operator("create", "--dry-run=server", "-f", "-",  # noqa: E731
                                              input=json.dumps(obj))
@@ -164,6 +165,10 @@ def test_the_operator_writes_only_what_it_builds_where_namespaces_opted_in(clust
         pod["containers"][0]["env"].append({"name": "GITHUB_TOKEN", "valueFrom": {"secretKeyRef": {
             "name": "ci", "key": "token"}}})
 
+    def another_secrets_key(pod, _):  # the run's S3 keys come from one Secret
+        (secret_key,) = [e for e in pod["containers"][0]["env"] if e["name"] == "AWS_SECRET_ACCESS_KEY"]
+        secret_key["valueFrom"]["secretKeyRef"]["name"] = "cluster-admin-keys"
+
     def image(_, obj):
         obj["spec"]["template"]["spec"]["containers"][0]["image"] = "docker.io/library/busybox:1.36"
 
@@ -187,7 +192,8 @@ def test_the_operator_writes_only_what_it_builds_where_namespaces_opted_in(clust
 
     cases = [(root, "non-root"), (host_port, "no-host-access"), (secret_volume, "trainer-volumes"),
              (token, "no-service-account-token"), (default_account, "trainer-service-account"),
-             (env_from, "secret-references"), (other_secret_key, "secret-references"), (image, "allowed-images"),
+             (env_from, "secret-references"), (other_secret_key, "secret-references"),
+             (another_secrets_key, "secret-references"), (image, "allowed-images"),
              (shell, "trainer-command"), (unconfined, "runtime-default-seccomp"), (selinux, "no-selinux-options"),
              (node_name, "no-host-access"), (host_path, "trainer-volumes"), (privileged, "unprivileged")]
     for change, rule in cases:
