@@ -74,7 +74,7 @@ def test_policies_bind_the_operator_and_refuse_outside_opted_in_namespaces(templ
     docs = template(release="ml", namespace="ops", values={"serviceAccount": {"name": "op"},
                                                             "watchNamespaces": ["team-a"]})
     policies = docs.kinds("ValidatingAdmissionPolicy")
-    assert len(policies) == 3
+    assert len(policies) == 4
     for p in policies:
         (condition,) = p["spec"]["matchConditions"]
         assert condition["expression"] == 'request.userInfo.username == "system:serviceaccount:ops:op"'

@@ -58,7 +58,7 @@ def release(cluster):
     try:
         # --take-ownership: other tests (or `kubectl apply -f crds/`) may have installed the CRD already.
         r.helm("install", r.name, str(CHART), "--take-ownership")
-        names = [f"{r.name}-kubetune-operator-{kind}" for kind in ("children", "jobs", "services")]
+        names = [f"{r.name}-kubetune-operator-{kind}" for kind in ("children", "jobs", "services", "workloads")]
 
         def checked():  # the API server type-checked every policy's CEL
             policies = [cluster.kubectl_json("get", "validatingadmissionpolicy", n) for n in names]
@@ -365,6 +365,49 @@ def test_a_queued_job_kueue_admitted_is_still_the_operators_to_patch(cluster, re
             job_name = cluster.kubectl_json("get", "ftj", "queued", "-n", opted_in)["status"]["jobName"]
             poll("the operator's patch of the admitted Job", lambda: cluster.kubectl_json(
                 "get", "job", job_name, "-n", opted_in)["spec"].get("activeDeadlineSeconds") == 7200, timeout=30)
+            # spec.suspend of a queued run deactivates its Workload: the operator's one Workload write.
+            cluster.kubectl("patch", "ftj", "queued", "-n", opted_in, "--type=merge", "-p", '{"spec": {"suspend": true}}')
+            poll("the operator to deactivate the Workload", lambda: [w for w in cluster.kubectl_json(
+                "get", "workloads", "-n", opted_in)["items"] if w["spec"].get("active") is False], timeout=30)
             assert "rule " not in log.read_text(), log.read_text()[-3000:]
         finally:  # its Workload must not hold the shared ClusterQueue's quota
             cluster.kubectl("delete", "ftj", "--all", "-n", opted_in, "--timeout=60s", check=False)
+
+
+@pytest.mark.cluster
+def test_the_operator_changes_only_the_activation_of_workloads_in_opted_in_namespaces(cluster, release, opted_in,
+                                                                                     tmp_path):
+    if cluster.kubectl("get", "crd", "workloads.kueue.x-k8s.io", check=False).returncode != 0:
+        pytest.skip("no Kueue on this cluster")
+    # A Workload as Kueue makes one for a Job (owned by it: the garbage collector removes one whose owner is
+    # missing), written by the admin (Kueue's part here).
+    job = json.loads(cluster.kubectl("create", "-o", "json", "-f", "-", input=json.dumps({
+        "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "chat-g1", "namespace": opted_in},
+        "spec": {"suspend": True, "template": {"spec": {"restartPolicy": "Never", "containers": [
+            {"name": "c", "image": "busybox:1.36"}]}}}})).stdout)
+    owner = {"apiVersion": "batch/v1", "kind": "Job", "name": "chat-g1", "uid": job["metadata"]["uid"],
+             "controller": True}
+    workload = {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "Workload", "metadata": {
+        "name": "job-chat-g1", "namespace": opted_in, "ownerReferences": [owner]}, "spec": {
+        "queueName": "team-a", "podSets": [{"name": "main", "count": 1, "template": {"spec": {
+            "restartPolicy": "Never", "containers": [{"name": "trainer", "image": "trainer:1"}]}}}]}}
+    cluster.kubectl("create", "-f", "-", input=json.dumps(workload))
+    # The operator's one call on Workloads, a merge patch (it may not get them: kubectl patch would), dry run.
+    import kubernetes
+    from tests.chart.test_chart_operator import token_kubeconfig
+    token_kubeconfig(cluster, release.system, release.account, tmp_path / "operator.kubeconfig")
+    api = kubernetes.client.CustomObjectsApi(kubernetes.config.new_client_from_config(
+        config_file=str(tmp_path / "operator.kubeconfig")))
+
+    def patch(body: dict) -> str:
+        """"" when admitted, else the refusal."""
+        try:
+            api.patch_namespaced_custom_object("kueue.x-k8s.io", "v1beta2", opted_in, "workloads", "job-chat-g1",
+                                               body, dry_run="All", _content_type="application/merge-patch+json")
+            return ""
+        except kubernetes.client.ApiException as refused:
+            return refused.body or str(refused.status)
+    poll("the policy on Workloads", lambda: "rule workload-activation:" in patch({"spec": {"queueName": "x"}}))
+    assert patch({"spec": {"active": False}}) == ""
+    cluster.kubectl("label", "namespace", opted_in, f"{MANAGED}-")  # opted out again
+    poll("the namespace's opt-out to refuse", lambda: "rule workload-activation:" in patch({"spec": {"active": False}}))

@@ -39,6 +39,7 @@ def test_all_of_config_is_accepted_by_the_api_server(cluster):
     for name in ("validatingadmissionpolicy.admissionregistration.k8s.io/kubetune-operator-jobs",
                  "validatingadmissionpolicy.admissionregistration.k8s.io/kubetune-operator-children",
                  "validatingadmissionpolicy.admissionregistration.k8s.io/kubetune-operator-services",
+                 "validatingadmissionpolicy.admissionregistration.k8s.io/kubetune-operator-workloads",
                  "clusterrole.rbac.authorization.k8s.io/kubetune-finetunejobs-edit",
                  "poddisruptionbudget.policy/kubetune-operator",
                  "clusterrole.rbac.authorization.k8s.io/kubetune-operator"):
