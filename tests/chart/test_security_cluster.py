@@ -269,7 +269,8 @@ def test_namespace_users_apply_and_read_finetunejobs_under_the_built_in_roles(cl
     poll("view to include FineTuneJobs", lambda: as_user("bob", "get", "finetunejobs", "-o", "name").stdout.strip()
          == "finetunejob.kubetune.io/chat")
     # Status is the operator's; viewers change nothing.
-    assert as_user("alice", "auth", "can-i", "patch", "finetunejobs.kubetune.io", "--subresource=status").stdout.strip() == "no"
+    assert as_user("alice", "auth", "can-i", "patch", "finetunejobs.kubetune.io",
+                   "--subresource=status").stdout.strip() == "no"
     assert as_user("bob", "delete", "finetunejob", "chat").returncode != 0
 
 
@@ -366,7 +367,8 @@ def test_a_queued_job_kueue_admitted_is_still_the_operators_to_patch(cluster, re
             poll("the operator's patch of the admitted Job", lambda: cluster.kubectl_json(
                 "get", "job", job_name, "-n", opted_in)["spec"].get("activeDeadlineSeconds") == 7200, timeout=30)
             # spec.suspend of a queued run deactivates its Workload: the operator's one Workload write.
-            cluster.kubectl("patch", "ftj", "queued", "-n", opted_in, "--type=merge", "-p", '{"spec": {"suspend": true}}')
+            cluster.kubectl("patch", "ftj", "queued", "-n", opted_in, "--type=merge",
+                            "-p", '{"spec": {"suspend": true}}')
             poll("the operator to deactivate the Workload", lambda: [w for w in cluster.kubectl_json(
                 "get", "workloads", "-n", opted_in)["items"] if w["spec"].get("active") is False], timeout=30)
             assert "rule " not in log.read_text(), log.read_text()[-3000:]
