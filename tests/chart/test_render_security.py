@@ -157,6 +157,17 @@ def test_renders_as_a_dependency_with_a_condition(helm, tmp_path, enabled):
             "platform-kubetune-operator"
 
 
+def notes_chart(tmp_path):
+    """A copy of the chart that renders NOTES.txt into a ConfigMap `notes` (helm template skips NOTES.txt)."""
+    chart = tmp_path / "kubetune"
+    shutil.copytree(CHART, chart)
+    (chart / "templates" / "NOTES.txt").rename(chart / "files" / "notes.txt")
+    (chart / "templates" / "notes.yaml").write_text(
+        'apiVersion: v1\nkind: ConfigMap\nmetadata: {name: notes}\ndata:\n'
+        '  notes: {{ tpl (.Files.Get "files/notes.txt") . | quote }}\n')
+    return chart
+
+
 def test_metrics_are_closed_to_all_but_their_readers_by_default(template):
     policy = template().one("NetworkPolicy")
     assert policy["spec"]["policyTypes"] == ["Ingress"]
@@ -180,13 +191,7 @@ def test_pdb_lets_unhealthy_operator_pods_be_evicted(template):
 def test_notes_and_alerts_name_what_this_release_created(template, tmp_path):
     """Under fullnameOverride, every object NOTES.txt points at exists, and the operator-down alert watches this
     release's scrape job (the Service's name, as a ServiceMonitor names the job)."""
-    # helm template skips NOTES.txt: render its text in a ConfigMap of a copy of the chart instead.
-    chart = tmp_path / "kubetune"
-    shutil.copytree(CHART, chart)
-    (chart / "templates" / "NOTES.txt").rename(chart / "files" / "notes.txt")
-    (chart / "templates" / "notes.yaml").write_text(
-        'apiVersion: v1\nkind: ConfigMap\nmetadata: {name: notes}\ndata:\n'
-        '  notes: {{ tpl (.Files.Get "files/notes.txt") . | quote }}\n')
+    chart = notes_chart(tmp_path)
     values = {"fullnameOverride": "ml", "prometheusRule": {"enabled": True}}
     docs = template(values)
     names = {(d["kind"], d["metadata"]["name"]) for d in docs}
@@ -199,3 +204,12 @@ def test_notes_and_alerts_name_what_this_release_created(template, tmp_path):
     rules = yaml.safe_dump(docs.one("PrometheusRule")["spec"])
     service = docs.one("Service", "ml-operator-metrics")["metadata"]["name"]
     assert 'job=~".*ml-operator.*"' in rules and re.fullmatch(".*ml-operator.*", service)
+
+
+def test_notes_warn_of_watched_namespaces_without_the_trainer_service_account(template, tmp_path):
+    chart = notes_chart(tmp_path)
+    notes = lambda values: template(values, chart=chart).one("ConfigMap", "notes")["data"]["notes"]  # noqa: E731
+    partial = notes({"watchNamespaces": ["team-a", "team-b"],
+                     "trainer": {"serviceAccount": {"namespaces": ["team-a"]}}})
+    assert "WARNING" in partial and "namespace(s) team-b:" in partial
+    assert "WARNING" not in notes({"watchNamespaces": ["team-a", "team-b"]})
