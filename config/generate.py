@@ -19,10 +19,12 @@ LAYOUT = {
     "serviceaccount.yaml": "rbac/service_account.yaml",
     "rbac.yaml": "rbac/role.yaml",
     "flowschema.yaml": "rbac/flowschema.yaml",
-    "admissionpolicy.yaml": "admission/trainer_jobs_policy.yaml",
+    "userroles.yaml": "rbac/user_roles.yaml",
+    "admissionpolicy.yaml": "admission/operator_policy.yaml",
     "deployment.yaml": "manager/operator.yaml",
     "pdb.yaml": "manager/operator.yaml",
     "service.yaml": "manager/operator.yaml",
+    "networkpolicy.yaml": "manager/operator.yaml",
 }
 HELM_ONLY_LABELS = re.compile(r"^\s+(helm\.sh/chart|app\.kubernetes\.io/managed-by): .*\n", re.M)
 

@@ -86,7 +86,7 @@ def trainer_env(job: FineTuneJob, run: Run, settings: OperatorSettings) -> list[
     return env
 
 
-def container_resources(job: FineTuneJob) -> dict:
+def container_resources(job: FineTuneJob, settings: OperatorSettings | None = None) -> dict:
     r = job.spec.resources
     requests: dict[str, str] = {}
     limits: dict[str, str] = {}
@@ -96,16 +96,27 @@ def container_resources(job: FineTuneJob) -> dict:
         requests["memory"] = limits["memory"] = str(r.memory)
     if r.gpus_per_node:
         requests[r.gpu_resource_name] = limits[r.gpu_resource_name] = str(r.gpus_per_node)
+    if settings is not None and job.spec.nodes > 1:  # the interconnect (EFA, RDMA) NCCL uses between nodes
+        for name, quantity in settings.trainer_multi_node_resources.items():
+            requests[name] = limits[name] = str(quantity)
     requests["ephemeral-storage"] = str(r.ephemeral_storage)  # the cache volume's size limit
     return {k: v for k, v in (("requests", requests), ("limits", limits)) if v}
 
 
+def _extra(own: list[dict], extra: list[dict]) -> list[dict]:
+    """`own` then the platform's `extra` items (env vars, volumes, mounts) whose names the operator does not use:
+    a platform setting never replaces what the trainer relies on."""
+    taken = {item["name"] for item in own}
+    return [*own, *(item for item in extra if item.get("name") not in taken)]
+
+
 def pod_spec(job: FineTuneJob, run: Run, settings: OperatorSettings) -> dict:
     spec, sched = job.spec, job.spec.scheduling
-    node_selector = dict(sched.node_selector or {})
+    node_selector = {**settings.trainer_node_selector, **(sched.node_selector or {})}
     if spec.resources.gpu_product:
         node_selector["nvidia.com/gpu.product"] = spec.resources.gpu_product
     tolerations = [t.to_wire() for t in sched.tolerations or []]
+    tolerations += [t for t in settings.trainer_tolerations if t not in tolerations]
     gpu_toleration = {"key": spec.resources.gpu_resource_name, "operator": "Exists", "effect": "NoSchedule"}
     if spec.resources.gpus_per_node and gpu_toleration not in tolerations:
         tolerations.append(gpu_toleration)
@@ -122,22 +133,26 @@ def pod_spec(job: FineTuneJob, run: Run, settings: OperatorSettings) -> dict:
             "image": spec.image or settings.trainer_image,
             "imagePullPolicy": settings.image_pull_policy,
             "command": trainer_command(job),
-            "env": trainer_env(job, run, settings),
+            "env": _extra(trainer_env(job, run, settings), settings.trainer_env),
             "ports": [{"name": "metrics", "containerPort": contract.METRICS_PORT, "protocol": "TCP"}],
-            "resources": container_resources(job),
+            "resources": container_resources(job, settings),
             "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                                 "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}},
             "terminationMessagePolicy": "FallbackToLogsOnError",
-            "volumeMounts": [{"name": "spec", "mountPath": contract.SPEC_MOUNT_DIR, "readOnly": True},
-                             {"name": "cache", "mountPath": CACHE_DIR},
-                             {"name": "tmp", "mountPath": "/tmp"},
-                             {"name": "dshm", "mountPath": "/dev/shm"}],
+            "volumeMounts": _extra([{"name": "spec", "mountPath": contract.SPEC_MOUNT_DIR, "readOnly": True},
+                                    {"name": "cache", "mountPath": CACHE_DIR},
+                                    {"name": "tmp", "mountPath": "/tmp"},
+                                    {"name": "dshm", "mountPath": "/dev/shm"}], settings.trainer_volume_mounts),
         }],
-        "volumes": [{"name": "spec", "configMap": {"name": run.job_name}},
-                    {"name": "cache", "emptyDir": {"sizeLimit": str(spec.resources.ephemeral_storage)}},
-                    {"name": "tmp", "emptyDir": {}},
-                    {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.resources.shared_memory}}],
+        "volumes": _extra([{"name": "spec", "configMap": {"name": run.job_name}},
+                           {"name": "cache", "emptyDir": {"sizeLimit": str(spec.resources.ephemeral_storage)}},
+                           {"name": "tmp", "emptyDir": {}},
+                           {"name": "dshm", "emptyDir": {"medium": "Memory",
+                                                         "sizeLimit": spec.resources.shared_memory}}],
+                          settings.trainer_volumes),
     }
+    if settings.trainer_image_pull_secrets:
+        pod["imagePullSecrets"] = [{"name": name} for name in settings.trainer_image_pull_secrets]
     if node_selector:
         pod["nodeSelector"] = node_selector
     if tolerations:

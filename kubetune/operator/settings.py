@@ -45,10 +45,28 @@ class OperatorSettings(BaseSettings):
     """FineTuneJob annotations with these prefixes are copied onto its trainer pods (e.g. `sidecar.istio.io/`,
     `cluster-autoscaler.kubernetes.io/`); comma-separated."""
     rendezvous_port: int = 29500
+    # What a platform adds to every trainer pod (chart values trainer.*); the chart's admission policy admits
+    # exactly these. Lists and maps are JSON.
+    trainer_image_pull_secrets: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Pull secrets of trainer pods (names, comma-separated): the image lives in a private registry."""
+    trainer_env: list[dict] = Field(default_factory=list)
+    """Extra environment variables (core/v1 EnvVar), e.g. HTTPS_PROXY, AWS_CA_BUNDLE, NCCL_*. The operator's own
+    variables win over same-named ones."""
+    trainer_volumes: list[dict] = Field(default_factory=list)
+    """Extra volumes (core/v1 Volume), e.g. a CA bundle ConfigMap."""
+    trainer_volume_mounts: list[dict] = Field(default_factory=list)
+    """Mounts of the extra volumes in the trainer container (core/v1 VolumeMount)."""
+    trainer_node_selector: dict[str, str] = Field(default_factory=dict)
+    """Default node selector of trainer pods; a FineTuneJob's spec.scheduling.nodeSelector wins per key."""
+    trainer_tolerations: list[dict] = Field(default_factory=list)
+    """Tolerations added to every trainer pod's (core/v1 Toleration)."""
+    trainer_multi_node_resources: dict[str, str] = Field(default_factory=dict)
+    """Extended resources each pod of a multi-node run requests (= limits), e.g. {"vpc.amazonaws.com/efa": "4"}
+    or {"rdma/ib": "1"}: the interconnect NCCL needs between nodes."""
     max_runs_kept: int = Field(10, ge=1, le=10)
     """Earlier runs remembered in status.runs."""
 
-    @field_validator("namespaces", "pod_annotation_prefixes", mode="before")
+    @field_validator("namespaces", "pod_annotation_prefixes", "trainer_image_pull_secrets", mode="before")
     @classmethod
     def _comma_separated(cls, value):
         if isinstance(value, str):

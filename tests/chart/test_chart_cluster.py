@@ -5,6 +5,7 @@ Deployment and its pods admitted under PodSecurity `restricted`, namespaced RBAC
 the admission policy refusing and allowing the operator's Jobs, and what `helm uninstall` keeps.
 """
 import json
+import os
 import secrets
 import subprocess
 import sys
@@ -26,8 +27,10 @@ def rendered_trainer_job(ftj: dict, tmp: Path) -> dict:
     manifest = tmp / "ftj.yaml"
     manifest.write_text(yaml.safe_dump({"apiVersion": ftj["apiVersion"], "kind": ftj["kind"], "spec": ftj["spec"],
                                         "metadata": {k: ftj["metadata"][k] for k in ("name", "namespace")}}))
+    # With the trainer ServiceAccount the chart gives the operator (kubetune render reads the operator's settings).
     out = subprocess.run([str(Path(sys.executable).parent / "kubetune"), "render", str(manifest)], check=True,
-                         capture_output=True, text=True).stdout
+                         capture_output=True, text=True,
+                         env={**os.environ, "KUBETUNE_OPERATOR_TRAINER_SERVICE_ACCOUNT": "kubetune-trainer"}).stdout
     (job,) = [d for d in yaml.safe_load_all(out) if d and d["kind"] == "Job"]
     for owner in job["metadata"]["ownerReferences"]:
         owner["uid"] = ftj["metadata"]["uid"]
@@ -56,14 +59,14 @@ def violations(job: dict) -> list[tuple[str, dict, str]]:
 
     out: list = []
     for what, change, words in [
-        ("privileged container", privileged, "may not run privileged containers"),
-        ("added capability", caps, "add capabilities"),
+        ("privileged container", privileged, "rule unprivileged:"),
+        ("added capability", caps, "rule unprivileged:"),
         ("hostPath volume", lambda pod, _: pod["volumes"].append({"name": "host", "hostPath": {"path": "/"}}),
-         "may not mount hostPath volumes"),
-        ("host network", lambda pod, _: pod.update(hostNetwork=True), "host's network"),
-        ("another ServiceAccount", other_sa, "may only use the ServiceAccount kubetune-trainer"),
-        ("a token", lambda pod, _: pod.update(automountServiceAccountToken=True), "automountServiceAccountToken"),
-        ("not a trainer", relabel, "must be trainer Jobs"),
+         "rule trainer-volumes:"),
+        ("host network", lambda pod, _: pod.update(hostNetwork=True), "rule no-host-access:"),
+        ("another ServiceAccount", other_sa, "rule trainer-service-account:"),
+        ("a token", lambda pod, _: pod.update(automountServiceAccountToken=True), "rule trainer-service-account:"),
+        ("not a trainer", relabel, "rule trainer-pod-labels:"),
     ]:
         out.append((what, variant(change), words))
     return out
@@ -97,15 +100,16 @@ def test_install_upgrade_uninstall(cluster, namespace, tmp_path):
         assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
         assert crd["metadata"]["annotations"]["meta.helm.sh/release-name"] == release
 
-        can = lambda verb, resource, ns: cluster.kubectl(  # noqa: E731
-            "auth", "can-i", verb, resource, "-n", ns, as_operator, check=False).stdout.strip() == "yes"
-        assert can("create", "jobs.batch", namespace) and can("patch", "finetunejobs.kubetune.io/status", namespace)
+        can = lambda verb, resource, ns, *sub: cluster.kubectl(  # noqa: E731
+            "auth", "can-i", verb, resource, *sub, "-n", ns, as_operator, check=False).stdout.strip() == "yes"
+        assert can("create", "jobs.batch", namespace)
+        assert can("patch", "finetunejobs.kubetune.io", namespace, "--subresource=status")
         assert not can("create", "jobs.batch", "default") and not can("create", "jobs.batch", "kube-system")
         assert not can("get", "secrets", namespace) and not can("create", "pods", namespace)
         assert can("update", "leases.coordination.k8s.io", system)
 
         # The API server type-checked the policy's CEL without warnings.
-        policy_name = f"{release}-kubetune-trainer-jobs"
+        policy_name = f"{release}-kubetune-operator-jobs"
         def observed():
             policy = cluster.kubectl_json("get", "validatingadmissionpolicy", policy_name)
             status = policy.get("status", {})

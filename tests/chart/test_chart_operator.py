@@ -56,7 +56,7 @@ def test_operator_with_the_charts_rbac_and_policy_runs_a_job(cluster, namespace,
         for var in deployment["spec"]["template"]["spec"]["containers"][0]["env"]:
             field = var.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
             env[var["name"]] = {"metadata.name": "chart-test-replica", "metadata.namespace": system}.get(field) \
-                if field else var["value"]
+                if field else var.get("value", "")  # the API server drops empty values
         env.update(KUBETUNE_OPERATOR_METRICS_PORT=str(free_port()), KUBETUNE_OPERATOR_HEALTH_PORT=str(free_port()))
         assert env["KUBETUNE_OPERATOR_NAMESPACES"] == namespace
         kubeconfig = tmp_path / "operator.kubeconfig"
@@ -76,7 +76,7 @@ def test_operator_with_the_charts_rbac_and_policy_runs_a_job(cluster, namespace,
         # The only Job was created by the operator's identity, so the chart's policy admitted it.
         (trainer,) = cluster.kubectl_json("get", "jobs", "-n", namespace)["items"]
         assert trainer["metadata"]["labels"]["kubetune.io/finetunejob"] == "chat"
-        assert cluster.kubectl_json("get", "validatingadmissionpolicy", f"{release}-kubetune-trainer-jobs")
+        assert cluster.kubectl_json("get", "validatingadmissionpolicy", f"{release}-kubetune-operator-jobs")
         # Nothing it needs in the namespace was refused; without the discovery ClusterRole kopf is refused
         # listing CRDs and namespaces (cluster scope), retries, then falls back to the names it was given.
         refused = [line for line in log.read_text().splitlines() if "forbidden" in line.lower()]

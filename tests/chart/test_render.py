@@ -43,7 +43,7 @@ def test_chart_crd_is_a_byte_identical_copy_of_crds():
 def test_crd_is_installed_as_generated_and_kept_on_uninstall(template):
     crd = template().one("CustomResourceDefinition")
     generated = yaml.safe_load((ROOT / CRD_PATH).read_text())
-    assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+    assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     assert crd["spec"] == generated["spec"]
     assert crd["metadata"]["name"] == generated["metadata"]["name"]
 
@@ -152,13 +152,13 @@ def test_scheduling_and_pod_metadata_values_reach_the_pod(template):
 
 def test_cluster_scope_grants_least_privilege(template):
     docs = template()
-    role = docs.one("ClusterRole")
+    role = docs.one("ClusterRole", "kubetune-operator")
     rules = rules_of(role)
     assert not [r for r in rules if r[1] == "secrets" or "*" in r]
-    assert {v for g, r, v in rules if r == "pods"} == {"get", "list", "watch"}
+    assert {v for g, r, v in rules if r == "pods"} == {"list", "watch"}
     assert ("kubetune.io", "finetunejobs/finalizers", "update") in rules
     assert ("batch", "jobs", "create") in rules
-    binding = docs.one("ClusterRoleBinding")
+    binding = docs.one("ClusterRoleBinding", "kubetune-operator")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "kubetune-operator",
                                     "namespace": "kubetune-system"}]
     leases = docs.one("Role", "kubetune-operator-leader-election")
@@ -172,16 +172,17 @@ def test_namespaces_scope_grants_roles_only_in_watched_namespaces(template):
     bindings = [b for b in docs.kinds("RoleBinding") if b["metadata"]["name"] == "kubetune-operator"]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
-    assert rules_of(roles[0]) == rules_of(template().one("ClusterRole"))[:len(rules_of(roles[0]))]
-    # Cluster-wide, only kopf's read-only discovery remains.
-    (discovery,) = docs.kinds("ClusterRole")
+    assert rules_of(roles[0]) == rules_of(template().one("ClusterRole", "kubetune-operator"))[:len(rules_of(roles[0]))]
+    # Cluster-wide, only kopf's read-only discovery remains (besides the users' aggregated FineTuneJob roles).
+    (discovery,) = [r for r in docs.kinds("ClusterRole") if "finetunejobs-" not in r["metadata"]["name"]]
     assert {v for _, _, v in rules_of(discovery)} == {"list", "watch"}
     assert {r for _, r, _ in rules_of(discovery)} == {"customresourcedefinitions", "namespaces"}
     assert env_of(docs.one("Deployment"))["KUBETUNE_OPERATOR_NAMESPACES"]["value"] == "team-a,team-b"
     trainers = [s for s in docs.kinds("ServiceAccount") if s["metadata"]["name"] == "kubetune-trainer"]
     assert sorted(s["metadata"]["namespace"] for s in trainers) == ["team-a", "team-b"]
     assert all(s["automountServiceAccountToken"] is False for s in trainers)
-    no_discovery = template({**NAMESPACED, "rbac": {"scope": "namespaces", "discovery": False}})
+    no_discovery = template({**NAMESPACED, "rbac": {"scope": "namespaces", "discovery": False,
+                                                    "aggregateToDefaultRoles": False}})
     assert no_discovery.kinds("ClusterRole") == [] and no_discovery.kinds("ClusterRoleBinding") == []
 
 
@@ -193,10 +194,10 @@ def test_namespaces_scope_needs_namespaces(template):
 
 def test_admission_policy_matches_only_the_operator(template):
     docs = template(release="ml", namespace="ops", values={"serviceAccount": {"name": "op"}})
-    policy = docs.one("ValidatingAdmissionPolicy")
+    policy = docs.one("ValidatingAdmissionPolicy", "ml-kubetune-operator-jobs")
     (condition,) = policy["spec"]["matchConditions"]
     assert condition["expression"] == 'request.userInfo.username == "system:serviceaccount:ops:op"'
-    binding = docs.one("ValidatingAdmissionPolicyBinding")
+    binding = docs.one("ValidatingAdmissionPolicyBinding", "ml-kubetune-operator-jobs")
     assert binding["spec"] == {"policyName": policy["metadata"]["name"], "validationActions": ["Deny"]}
     assert template({"admissionPolicy": {"enabled": False}}).kinds("ValidatingAdmissionPolicy") == []
 
@@ -230,7 +231,8 @@ def test_network_policy_allows_the_api_server_trainer_metrics_and_scrapes(templa
     assert egress[0]["to"] == [{"ipBlock": {"cidr": "10.0.0.1/32"}}]
     assert egress[1]["ports"] == [{"port": 9400, "protocol": "TCP"}]
     assert egress[1]["to"][0]["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "ml"}}
-    assert policy["spec"]["ingress"] == [{"ports": [{"port": "metrics", "protocol": "TCP"}]}]
+    assert policy["spec"]["ingress"] == [{"ports": [{"port": "metrics", "protocol": "TCP"}], "from": [
+        {"namespaceSelector": {"matchLabels": {"kubetune.io/metrics-reader": "true"}}}]}]
 
 
 def test_dashboards_and_alerts_come_from_the_generated_files(template, bare_chart):

@@ -22,20 +22,25 @@ def test_operator_deployment_passes_restricted_pod_security(cluster, namespace):
 @pytest.mark.cluster
 def test_rbac_grants_no_secrets_and_no_pod_writes(cluster, finetunejob_crd):
     cluster.kubectl("apply", "-k", str(ROOT / "config" / "rbac"))
-    can = lambda verb, resource: cluster.kubectl(  # noqa: E731
-        "auth", "can-i", verb, resource, "-n", "default",
+    can = lambda verb, resource, *sub: cluster.kubectl(  # noqa: E731
+        "auth", "can-i", verb, resource, *sub, "-n", "default",
         "--as=system:serviceaccount:kubetune-system:kubetune-operator", check=False).stdout.strip() == "yes"
-    assert can("create", "jobs.batch") and can("patch", "finetunejobs.kubetune.io/status")
+    # (kubectl reads `resource/x` as a resource's object named x: a subresource needs --subresource)
+    assert can("create", "jobs.batch") and can("patch", "finetunejobs.kubetune.io", "--subresource=status")
     assert can("watch", "pods") and not can("create", "pods") and not can("delete", "pods")
     assert not can("get", "secrets") and not can("list", "secrets")
 
 
 @pytest.mark.cluster
 def test_all_of_config_is_accepted_by_the_api_server(cluster):
-    """`kubectl apply -k config/` (the chart rendered: Namespace, RBAC, admission policy, Deployment, PDB,
+    """`kubectl apply -k config/` (the chart rendered: Namespace, RBAC, admission policies, Deployment, PDB,
     Service) passes the API server's validation, the policy's CEL type check included."""
     result = cluster.kubectl("apply", "--dry-run=server", "-k", str(ROOT / "config"))
-    for name in ("validatingadmissionpolicy.admissionregistration.k8s.io/kubetune-trainer-jobs",
+    for name in ("validatingadmissionpolicy.admissionregistration.k8s.io/kubetune-operator-jobs",
+                 "validatingadmissionpolicy.admissionregistration.k8s.io/kubetune-operator-children",
+                 "validatingadmissionpolicy.admissionregistration.k8s.io/kubetune-operator-services",
+                 "validatingadmissionpolicy.admissionregistration.k8s.io/kubetune-operator-workloads",
+                 "clusterrole.rbac.authorization.k8s.io/kubetune-finetunejobs-edit",
                  "poddisruptionbudget.policy/kubetune-operator",
                  "clusterrole.rbac.authorization.k8s.io/kubetune-operator"):
         assert name in result.stdout, result.stdout

@@ -34,9 +34,10 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 
-{{/* Selects the operator pods; never matches trainer pods (app.kubernetes.io/name: kubetune-trainer). */}}
+{{/* Selects the operator pods; never matches trainer pods (app.kubernetes.io/name: kubetune-trainer). A selector is
+immutable, so it holds no value that may change between upgrades (nameOverride): the chart's own name. */}}
 {{- define "kubetune.operatorSelectorLabels" -}}
-app.kubernetes.io/name: {{ include "kubetune.name" . }}
+app.kubernetes.io/name: {{ .Chart.Name }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: operator
 {{- end -}}
