@@ -1,5 +1,6 @@
 """The Argo CD health check, run under Lua 5.1 exactly as Argo CD runs it, over health_test.yaml (Argo CD's own
-test format) whose inputs are statuses captured from the real operator (hack/observability/capture_health_testdata.py)."""
+test format) whose inputs are statuses captured from the real operator
+(tests/operator/test_health_capture.py, which also recaptures them)."""
 import json
 import shutil
 import subprocess
