@@ -11,6 +11,7 @@ from kubetune.operator import children
 from kubetune.operator.status import State, compute_status
 from tests.operator import kstatus
 from tests.operator.test_children import ftj
+from tests.operator.test_kueue_cluster import queue  # noqa: F401  (fixture: a LocalQueue on the real Kueue)
 from tests.operator.test_status import NOW, evicted, k8s_job, pod
 
 STAGES = {
@@ -104,7 +105,7 @@ def expected_kstatus(obj: dict) -> str | None:
 
 
 @pytest.mark.cluster
-def test_the_real_kstatus_reads_each_stage_of_live_runs(cluster, namespace, operators, operator, queue):
+def test_the_real_kstatus_reads_each_stage_of_live_runs(cluster, namespace, operators, operator, queue):  # noqa: F811
     """Every stage at once on the real operator with kwok pods and real Kueue; every status seen while polling
     (the brief JobCreated/Pending ones included) is read through the library, as Flux reads it."""
     from tests.operator.conftest import manifest, wait_for
