@@ -14,6 +14,7 @@ import copy
 import json
 import os
 import re
+import time
 from dataclasses import dataclass, field
 
 import pytest
@@ -81,7 +82,8 @@ STAGES = {
                        kwok(2, message=json.dumps(SUMMARY))),
     "failed-oom": Stage("Failed", "OOMKilled", "Degraded", "Failed", {"runPolicy": {"backoffLimit": 0}},
                         kwok(1, exit_code=137, reason="OOMKilled")),
-    "failed-bad-input": Stage("Failed", "BadInput", "Degraded", "Failed", {}, kwok(1, exit_code=contract.EXIT_BAD_INPUT)),
+    "failed-bad-input": Stage("Failed", "BadInput", "Degraded", "Failed", {}, kwok(1, exit_code=contract.EXIT_BAD_INPUT, message=json.dumps(
+        {"error": {"reason": "BadInput", "message": "dataset.train line 3: unknown role 'robot'"}}))),
     "failed-backoff-limit": Stage("Failed", "BackoffLimitExceeded", "Degraded", "Failed",
                                   {"runPolicy": {"backoffLimit": 1}}, kwok(1, exit_code=1)),
     "failed-deadline": Stage("Failed", "DeadlineExceeded", "Degraded", "Failed",
@@ -96,18 +98,21 @@ STAGES = {
 ANOTHER_RUN = {"restarting": "failed-backoff-limit", "stale-generation": "running", "new-run": "running"}
 """Stages read from another stage's object, later in its life."""
 
+LOCAL_IMAGE = "localhost/kubetune/pause:on-the-node"
 FIXED_UID, FIXED_TIME, FIXED_NAMESPACE = "0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9", "2026-11-26T11:05:02Z", "team-a"
 
 
-def normalized(obj: dict) -> dict:
+def normalized(obj: dict, local_image: str) -> dict:
     """The object with what differs from capture to capture (uids, times, resourceVersion, the namespace, generated
-    names, counts of other objects) replaced by fixed values: the test data changes only when the status does."""
+    names, counts of other objects, the node's image tag) replaced by fixed values: the test data changes only when
+    the status does."""
     obj = copy.deepcopy(obj)
     meta = obj["metadata"]
     for key in ("managedFields", "resourceVersion"):
         meta.pop(key, None)
     uid, namespace = meta["uid"], meta["namespace"]
     text = json.dumps(obj).replace(uid, FIXED_UID).replace(uid[:8], FIXED_UID[:8]).replace(namespace, FIXED_NAMESPACE)
+    text = text.replace(local_image, LOCAL_IMAGE)
     text = re.sub(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", FIXED_TIME, text)
     text = re.sub(r"(-g\d+(?:-a\d+)?(?:-\d+)?)-[a-z0-9]{5}\b", r"\1-xxxxx", text)  # pods' generated suffixes
     text = re.sub(r"(used: [a-z/.]+)=\d+", r"\1=N", text)  # a quota's count of the namespace's other objects
@@ -137,6 +142,7 @@ def test_every_reason_reads_as_documented_and_matches_the_committed_health_data(
     if not cluster.real_node:
         pytest.skip("the local cluster has no real node (image pulls and container configuration need a kubelet)")
     captured: dict[str, dict] = {}
+    started = time.monotonic()
 
     def read(name: str) -> dict:
         return cluster.kubectl_json("get", "ftj", name, "-n", namespace)
@@ -154,14 +160,19 @@ def test_every_reason_reads_as_documented_and_matches_the_committed_health_data(
         return probe
 
     def capture(stage: str, name: str | None = None, timeout: float = 60) -> None:
-        captured[stage] = wait_for(f"{name or stage} at {stage}", reached(name or stage, stage), timeout=timeout,
-                                   interval=0.2)
+        print(f"{time.monotonic() - started:6.1f} s: waiting for {stage}")
+        try:
+            captured[stage] = wait_for(f"{name or stage} at {stage}", reached(name or stage, stage), timeout=timeout,
+                                       interval=0.2)
+        except AssertionError as timeout_error:
+            raise AssertionError(f"{timeout_error}; its status: {read(name or stage).get('status')}") from None
 
     cluster.kubectl("create", "configmap", "child-conflict-g1", "-n", namespace)  # a name the operator needs
-    for name in live:
-        if name != "child-forbidden":
-            cluster.kubectl("create", "-n", namespace, "-f", "-",
-                            input=manifest(name, STAGES[name].spec, STAGES[name].notes))
+    # an image the real node has: the kubelet gets as far as the container's configuration
+    local_image = cluster.kubectl_json("get", "node", cluster.real_node)["status"]["images"][0]["names"][0]
+    cluster.kubectl("create", "-n", namespace, "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [
+        json.loads(manifest(name, {**STAGES[name].spec, **({"image": local_image} if name == "missing-secret" else {})},
+                            STAGES[name].notes)) for name in live if name != "child-forbidden"]}))
     capture("restarting", "failed-backoff-limit")  # the Job's 10 s back-off before its second pod
     for name in ("running", "running-progress", "gang-restarted", "deactivated", "queued"):
         wait_for(f"{name} to start", lambda: (read(name).get("status") or {}).get("phase") in ("Running", "Queued"),
@@ -187,6 +198,7 @@ def test_every_reason_reads_as_documented_and_matches_the_committed_health_data(
     cluster.kubectl("create", "-n", namespace, "-f", "-",
                     input=manifest("child-forbidden", STAGES["child-forbidden"].spec, STAGES["child-forbidden"].notes))
     capture("child-forbidden")
+    cluster.kubectl("delete", "quota", "no-configmaps", "-n", namespace)
     # a spec edit the operator has not seen yet, then the new run it starts
     operator.stop()
     cluster.kubectl("patch", "ftj", "running", "-n", namespace, "--type=merge",
@@ -195,7 +207,7 @@ def test_every_reason_reads_as_documented_and_matches_the_committed_health_data(
     operators.start()
     capture("new-run", "running")
 
-    objs = {stage: normalized(captured[stage]) for stage in STAGES}
+    objs = {stage: normalized(captured[stage], local_image) for stage in STAGES}
     verdicts = dict(zip(objs, kstatus.compute_all(list(objs.values()))))
     got, want = {}, {}
     for stage, obj in objs.items():
