@@ -35,6 +35,27 @@ class ConditionType:
 class Reason:
     """CamelCase reasons of the conditions above."""
 
+    # Why a condition does not hold (a condition that holds carries the run's reason, below).
+    RECONCILED = "Reconciled"
+    """Reconciling=False: the run's Job is in place and its trainer has started, or the run is held as asked."""
+    FINISHED = "Finished"
+    """Reconciling=False and Running=False: the run has ended."""
+    AS_EXPECTED = "AsExpected"
+    """Stalled=False, Failed=False: nothing stops the run."""
+    RETRYING = "Retrying"
+    """Stalled=False while a refused or conflicting child is retried: it may clear up without a spec change."""
+    NOT_SUSPENDED = "NotSuspended"
+    """Suspended=False: neither spec.suspend nor a queue holds the run."""
+    NOT_STARTED = "NotStarted"
+    """Running=False: the trainer has not started yet."""
+    HELD = "Held"
+    """Running=False: the run is queued or suspended."""
+    NOT_FINISHED = "NotFinished"
+    """Succeeded=False while the run goes on."""
+    RUN_FAILED = "RunFailed"
+    """Succeeded=False: the run failed (the Failed condition says why)."""
+
+    # The run's reasons.
     CREATED = "JobCreated"
     QUEUED = "Queued"
     SUSPENDED = "Suspended"
@@ -62,25 +83,6 @@ class Reason:
     """The API server refused a child for now (a ResourceQuota, a missing PriorityClass...): retried."""
     SPEC_CHANGED = "SpecChanged"
 
-    # Why a condition does not hold (a condition that holds carries the run's reason above).
-    RECONCILED = "Reconciled"
-    """Reconciling=False: the run's Job is in place and its trainer has started, or the run is held as asked."""
-    FINISHED = "Finished"
-    """Reconciling=False and Running=False: the run has ended."""
-    AS_EXPECTED = "AsExpected"
-    """Stalled=False, Failed=False: nothing stops the run."""
-    RETRYING = "Retrying"
-    """Stalled=False while a refused or conflicting child is retried: it may clear up without a spec change."""
-    NOT_SUSPENDED = "NotSuspended"
-    """Suspended=False: neither spec.suspend nor a queue holds the run."""
-    NOT_STARTED = "NotStarted"
-    """Running=False: the trainer has not started yet."""
-    HELD = "Held"
-    """Running=False: the run is queued or suspended."""
-    NOT_FINISHED = "NotFinished"
-    """Succeeded=False while the run goes on."""
-    RUN_FAILED = "RunFailed"
-    """Succeeded=False: the run failed (the Failed condition says why)."""
 
 
 Phase = Literal["Pending", "Queued", "Suspended", "Running", "Succeeded", "Failed"]
