@@ -99,10 +99,12 @@ if c ~= nil then
   hs.message = describe(c)
   return hs
 end
--- Held: by spec.suspend or a deactivated Kueue Workload (someone must resume it): Suspended; by Kueue for a
--- queue that cannot admit it (a missing or stopped queue, a request no flavor fits): Degraded; otherwise waiting
--- in Kueue's queue, admitted or requeued after an eviction, it starts by itself: Progressing.
-local held = {Suspended = "Suspended", Deactivated = "Suspended", Inadmissible = "Degraded"}
+-- Held: by spec.suspend or a deactivated Kueue Workload (someone must resume it): Suspended; for a queue that
+-- cannot admit it (a missing or stopped queue, no Kueue, a namespace Kueue does not manage, no right to read
+-- Workloads): Degraded; otherwise waiting in Kueue's queue, admitted or requeued after an eviction, it starts by
+-- itself: Progressing.
+local held = {Suspended = "Suspended", Deactivated = "Suspended", Inadmissible = "Degraded", NoWorkload = "Degraded",
+              KueueUnavailable = "Degraded", KueueForbidden = "Degraded"}
 c = holds("Suspended")
 if c ~= nil then
   if held[c.reason] ~= nil then
