@@ -151,3 +151,15 @@ def test_the_real_kstatus_reads_each_stage_of_live_runs(cluster, namespace, oper
     assert not wrong, "\n".join(dict.fromkeys(wrong))
     assert {"InProgress"} == seen[("running", 2, 1, "Running", "Running")]
     assert {"Current"} == seen[("running", 2, 2, "Running", "Running")]
+
+
+@pytest.mark.cluster
+def test_a_job_the_operator_has_not_seen_yet_is_in_progress(cluster, namespace, finetunejob_crd):
+    """No operator watches this namespace: the object as Flux reads it right after applying it. Without the CRD's
+    status default it has no status at all, which kstatus reads as Current (Flux would pass at once)."""
+    from tests.operator.conftest import manifest
+
+    cluster.kubectl("create", "-n", namespace, "-f", "-", input=manifest("unseen"))
+    obj = cluster.kubectl_json("get", "ftj", "unseen", "-n", namespace)
+    assert kstatus.compute(obj) == ("InProgress", "FineTuneJob generation is 1, but latest observed generation is 0")
+    assert obj["status"]["observedGeneration"] == 0 and not obj["status"]["conditions"]
