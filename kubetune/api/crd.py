@@ -125,7 +125,10 @@ def openapi_schema() -> dict:
                 "properties": {"name": {"type": "string", "maxLength": j.MAX_NAME_LENGTH, "pattern": j.NAME_PATTERN}},
             },
             "spec": props["spec"],
-            "status": props["status"],
+            # A new object has no status until the operator's first write, and kstatus (Flux `wait: true`) reads
+            # an object without any status as Current. The API server applies this default whenever it reads
+            # the object, so until then observedGeneration 0 < generation: InProgress (and Argo CD: Progressing).
+            "status": {**props["status"], "default": {"observedGeneration": 0}},
         },
     }
 

@@ -1,9 +1,10 @@
 """FineTuneJob status: conditions plus the few observed facts a user looks for.
 
-Condition types follow the Kubernetes API conventions and kstatus (Ready / Reconciling / Stalled) and add the
-terminal Succeeded / Failed, so `kubectl wait --for=condition=Succeeded` works. Reasons are constants here, in
-one place, so the operator, the tests and the docs use the same words. `phase` is derived from the conditions
-for printer columns only.
+Condition types follow the Kubernetes API conventions and kstatus (Ready / Reconciling / Stalled) and add
+Suspended, Running and the terminal Succeeded / Failed, so `kubectl wait --for=condition=Succeeded` waits for the
+end. Each condition carries its own reason and message: a condition that holds carries the run's (why it holds), one
+that does not carries one of the `Reason`s below saying why not. Reasons are constants here, in one place, so the
+operator, the tests and the docs use the same words. `phase` is derived from the conditions for printer columns only.
 """
 from datetime import datetime
 from typing import Literal
@@ -15,8 +16,16 @@ from kubetune.api.base import APIModel
 
 class ConditionType:
     READY = "Ready"
+    """The operator has done what the spec asks: the run is under way, held as asked (Queued, Suspended) or has
+    succeeded. False before the trainer starts and once the run failed. Its reason and message are the run's, in
+    every phase (the `reason` label of the metrics and of status.runs). Not "the model is ready": that is Succeeded.
+    kstatus (Flux `wait: true`) reads a kind it has no rules for by Ready once Reconciling and Stalled are False."""
     RECONCILING = "Reconciling"
+    """The operator still has work to converge: the run's Job is not in place or its trainer has not started
+    (including a refusal the operator retries). kstatus: InProgress."""
     STALLED = "Stalled"
+    """The run cannot go on without a change of the spec: it failed, or the API server refused it as invalid.
+    kstatus: Failed."""
     SUSPENDED = "Suspended"
     RUNNING = "Running"
     SUCCEEDED = "Succeeded"
@@ -26,6 +35,27 @@ class ConditionType:
 class Reason:
     """CamelCase reasons of the conditions above."""
 
+    # Why a condition does not hold (a condition that holds carries the run's reason, below).
+    RECONCILED = "Reconciled"
+    """Reconciling=False: the run's Job is in place and its trainer has started, or the run is held as asked."""
+    FINISHED = "Finished"
+    """Reconciling=False and Running=False: the run has ended."""
+    AS_EXPECTED = "AsExpected"
+    """Stalled=False, Failed=False: nothing stops the run."""
+    RETRYING = "Retrying"
+    """Stalled=False while a refused or conflicting child is retried: it may clear up without a spec change."""
+    NOT_SUSPENDED = "NotSuspended"
+    """Suspended=False: neither spec.suspend nor a queue holds the run."""
+    NOT_STARTED = "NotStarted"
+    """Running=False: the trainer has not started yet."""
+    HELD = "Held"
+    """Running=False: the run is queued or suspended."""
+    NOT_FINISHED = "NotFinished"
+    """Succeeded=False while the run goes on."""
+    RUN_FAILED = "RunFailed"
+    """Succeeded=False: the run failed (the Failed condition says why)."""
+
+    # The run's reasons.
     CREATED = "JobCreated"
     QUEUED = "Queued"
     SUSPENDED = "Suspended"
@@ -64,6 +94,7 @@ class Reason:
     """The operator may not read Kueue's Workloads (RBAC), so it cannot tell why the run waits."""
     NO_WORKLOAD = "NoWorkload"
     """Kueue made no Workload for the run's Job in time: its namespace is not one Kueue manages, or Kueue is down."""
+
 
 
 Phase = Literal["Pending", "Queued", "Suspended", "Running", "Succeeded", "Failed"]

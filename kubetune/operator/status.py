@@ -16,6 +16,7 @@ from kubetune.operator.labels import ANNOTATION_RESTART_REASON
 from kubetune.operator.runs import Run
 
 TERMINAL = ("Succeeded", "Failed")
+ON_HOLD = ("Suspended", "Queued")
 PULL_ERRORS = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverPull")
 
 
@@ -25,7 +26,8 @@ class State:
     reason: str
     message: str
     stalled: bool = False
-    """The run cannot make progress without someone acting (a refused Job, a conflicting child)."""
+    """A refused or conflicting child holds the run back (a Warning event). Stalled=True only on a Failed run:
+    otherwise the refusal is retried, so the Stalled condition stays False (Retrying) and Reconciling holds."""
 
 
 @dataclass(frozen=True)
@@ -161,26 +163,45 @@ def succeeded_message(summary: dict | None) -> str:
 
 
 def conditions(state: State, previous: list[Condition], generation: int | None, now: datetime) -> list[Condition]:
+    """The seven conditions, each with its own reason and message (Kubernetes API conventions): one that holds
+    carries the run's reason and message, one that does not says why not. Ready always carries the run's.
+
+    kstatus (Flux `wait: true`) reads them as it reads a batch Job: InProgress while Reconciling (until the trainer
+    starts, a retried refusal included), Current once the run runs, is held (Queued, Suspended) or has succeeded,
+    Failed through Stalled, which holds only for what will not change without a change of the spec."""
+    phase, reason, message = state.phase, state.reason, state.message[:1000]
+    ended = phase in TERMINAL
+
+    def unless(holds: bool, why_not: tuple[str, str]) -> tuple[bool, str, str]:
+        return (True, reason, message) if holds else (False, *why_not)
+
     truth = {
-        ConditionType.READY: state.phase == "Succeeded",
-        # kstatus reads Reconciling=True as InProgress, so a GitOps tool waiting for health (Flux wait: true)
-        # would block for the whole run. Like kstatus' own rule for a batch Job: in progress until it started,
-        # Current while it runs, is held (Suspended, Queued) or has finished; Failed through Stalled.
-        ConditionType.RECONCILING: state.phase == "Pending" and not state.stalled,
-        ConditionType.STALLED: state.phase == "Failed" or state.stalled,
-        ConditionType.SUSPENDED: state.phase in ("Suspended", "Queued"),
-        ConditionType.RUNNING: state.phase == "Running",
-        ConditionType.SUCCEEDED: state.phase == "Succeeded",
-        ConditionType.FAILED: state.phase == "Failed",
+        ConditionType.READY: (phase in ("Running", *ON_HOLD, "Succeeded"), reason, message),
+        ConditionType.RECONCILING: unless(phase == "Pending", (
+            (Reason.FINISHED, "the run has ended; a change of the training spec starts a new one") if ended else
+            (Reason.RECONCILED, "the run's Job is in place; the operator follows it"))),
+        ConditionType.STALLED: unless(phase == "Failed", (
+            (Reason.RETRYING, f"the operator retries: {message}"[:1000]) if state.stalled else
+            (Reason.AS_EXPECTED, "nothing stops the run"))),
+        ConditionType.SUSPENDED: unless(phase in ON_HOLD, (
+            Reason.NOT_SUSPENDED, "neither spec.suspend nor a queue holds the run")),
+        ConditionType.RUNNING: unless(phase == "Running", (
+            (Reason.FINISHED, "the run has ended") if ended else
+            (Reason.HELD, "the run is held; no trainer runs") if phase in ON_HOLD else
+            (Reason.NOT_STARTED, "the trainer has not started"))),
+        ConditionType.SUCCEEDED: unless(phase == "Succeeded", (
+            (Reason.RUN_FAILED, f"the run failed: {reason}") if phase == "Failed" else
+            (Reason.NOT_FINISHED, "the run has not finished"))),
+        ConditionType.FAILED: unless(phase == "Failed", (Reason.AS_EXPECTED, "the run has not failed")),
     }
     before = {c.type: c for c in previous}
     out = []
-    for kind, holds in truth.items():
+    for kind, (holds, why, text) in truth.items():
         status = "True" if holds else "False"
         old = before.get(kind)
         # Kubernetes convention: the transition time moves only when the status does.
         since = old.last_transition_time if old and old.status == status else now
-        out.append(Condition(type=kind, status=status, reason=state.reason, message=state.message[:1000],
+        out.append(Condition(type=kind, status=status, reason=why, message=text,
                              last_transition_time=since, observed_generation=generation))
     return out
 

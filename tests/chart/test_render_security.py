@@ -9,7 +9,7 @@ from unittest import mock
 import pytest
 import yaml
 
-from kubetune.operator import children
+from kubetune.operator import children, runs
 from kubetune.operator.settings import OperatorSettings
 from tests.chart.conftest import CHART
 from tests.chart.test_render import env_of, make_job_model, rules_of
@@ -35,7 +35,7 @@ def test_default_install_runs_trainers_under_the_trainer_service_account(templat
     settings = settings_of(template().one("Deployment"))
     assert settings.trainer_service_account == "kubetune-trainer"
     job = make_job_model()
-    pod = children.build_job(job, children.current_run(job), settings)["spec"]["template"]["spec"]
+    pod = children.build_job(job, runs.current_run(job), settings)["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == "kubetune-trainer" and pod["automountServiceAccountToken"] is False
 
 
@@ -52,7 +52,7 @@ def test_trainer_values_reach_the_trainer_pod_and_the_policy_admits_them(templat
     settings = settings_of(docs.one("Deployment"))
     assert settings.trainer_multi_node_resources == {"vpc.amazonaws.com/efa": "4"}
     job = make_job_model()
-    pod = children.build_job(job, children.current_run(job), settings)["spec"]["template"]["spec"]
+    pod = children.build_job(job, runs.current_run(job), settings)["spec"]["template"]["spec"]
     assert pod["imagePullSecrets"] == [{"name": "regcred"}] and ca in pod["volumes"]
     assert {e["name"] for e in pod["containers"][0]["env"]} >= {"HTTPS_PROXY", "HF_TOKEN"}
     assert pod["nodeSelector"]["pool"] == "gpu" and values["trainer"]["tolerations"][0] in pod["tolerations"]

@@ -16,7 +16,7 @@ from unittest import mock
 import pytest
 
 from kubetune.api import FineTuneJob
-from kubetune.operator import children
+from kubetune.operator import children, runs
 from kubetune.operator.settings import OperatorSettings
 from tests.api.cases import make_job
 from tests.chart.conftest import CHART, ROOT
@@ -96,7 +96,7 @@ def finetunejob(cluster, namespace: str, spec: dict | None = None) -> FineTuneJo
 
 def built(job: FineTuneJob, settings: OperatorSettings) -> dict[str, dict]:
     """The children the operator builds for `job`, by kind, as it would create them."""
-    run = children.current_run(job)
+    run = runs.current_run(job)
     return {o["kind"]: o for o in [*children.build_dependents(job, run, settings),
                                    children.build_job(job, run, settings)]}
 

@@ -1,5 +1,6 @@
 """The Argo CD health check, run under Lua 5.1 exactly as Argo CD runs it, over health_test.yaml (Argo CD's own
-test format) whose inputs are statuses captured from the real operator (hack/observability/capture_health_testdata.py)."""
+test format) whose inputs are statuses captured from the real operator
+(tests/operator/test_health_capture.py, which also recaptures them)."""
 import json
 import shutil
 import subprocess
@@ -67,3 +68,16 @@ def test_gopher_lua_as_argo_cd_runs_it_agrees():
     for case in CASES:
         r = got[case["inputPath"]]
         assert not r.get("error") and {"status": r["status"], "message": r["message"]} == case["healthStatus"], r
+
+
+@pytest.mark.parametrize("reason, status", [
+    ("Queued", "Progressing"), ("Admitted", "Progressing"), ("Preempted", "Progressing"),
+    ("Suspended", "Suspended"), ("Deactivated", "Suspended"),
+    ("Inadmissible", "Degraded"), ("NoWorkload", "Degraded"), ("KueueUnavailable", "Degraded"),
+    ("KueueForbidden", "Degraded")])
+def test_a_held_run_is_progressing_only_while_it_will_start_by_itself(reason, status):
+    """The held reasons the local cluster cannot produce in test_health_capture (no Kueue, no rights) included."""
+    obj = yaml.safe_load((HEALTH_DIR / "testdata" / "queued.yaml").read_text())
+    held = next(c for c in obj["status"]["conditions"] if c["type"] == "Suspended")
+    held["reason"] = reason
+    assert health(obj) == {"status": status, "message": f"{reason}: {held['message']}"}

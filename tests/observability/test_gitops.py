@@ -63,7 +63,7 @@ def flux_verdict(obj: dict) -> str:
     ("queued", "inProgress"), ("suspended", "inProgress"), ("unschedulable", "inProgress"),
     ("running", "inProgress"), ("running-progress", "inProgress"), ("stale-generation", "inProgress"),
     ("new-run", "inProgress"),
-    ("succeeded", "current"), ("failed", "failed"),
+    ("succeeded", "current"), ("failed-oom", "failed"), ("child-rejected", "failed"), ("child-conflict", "inProgress"),
 ])
 def test_flux_health_check_exprs_wait_for_completion(stage, verdict):
     obj = yaml.safe_load((TESTDATA / f"{stage}.yaml").read_text())

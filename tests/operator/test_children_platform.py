@@ -1,6 +1,6 @@
 """Platform settings (chart values trainer.*) in the trainer pod the builder makes: pull secrets, extra env,
 volumes and mounts, default scheduling, and the interconnect resources of multi-node runs."""
-from kubetune.operator import children
+from kubetune.operator import children, runs
 from kubetune.operator.settings import OperatorSettings
 from tests.operator.test_children import ftj
 
@@ -19,7 +19,7 @@ PLATFORM = OperatorSettings(
 
 def pod_of(patch: dict | None = None, settings: OperatorSettings = PLATFORM) -> dict:
     job = ftj(patch)
-    return children.build_job(job, children.current_run(job), settings)["spec"]["template"]["spec"]
+    return children.build_job(job, runs.current_run(job), settings)["spec"]["template"]["spec"]
 
 
 def test_platform_settings_reach_the_trainer_pod():

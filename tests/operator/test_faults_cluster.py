@@ -19,9 +19,10 @@ def condition(cluster, namespace, name, kind: str) -> dict:
     return {c["type"]: c for c in status(cluster, namespace, name).get("conditions") or []}.get(kind) or {}
 
 
-def stalled_with(cluster, namespace, name, reason: str):
+def retried_with(cluster, namespace, name, reason: str):
+    """A refusal the operator retries: Reconciling with the refusal's reason, never Stalled (kstatus: Failed)."""
     return lambda: (lambda c: c.get("status") == "True" and c.get("reason") == reason and c)(
-        condition(cluster, namespace, name, "Stalled"))
+        condition(cluster, namespace, name, "Reconciling"))
 
 
 def configmaps(cluster, namespace, name) -> list[dict]:
@@ -29,16 +30,16 @@ def configmaps(cluster, namespace, name) -> list[dict]:
 
 
 def test_a_refused_configmap_holds_the_job_back_and_is_retried(cluster, namespace, operators):
-    """Fault 1 (and 4): dependents first, every reconcile; a quota refusal is a Stalled condition, then retried."""
+    """Fault 1 (and 4): dependents first, every reconcile; a quota refusal shows on the conditions and is retried."""
     cluster.kubectl("create", "quota", "no-configmaps", "--hard=configmaps=0", "-n", namespace)
     wait_for("the quota to be counted", lambda: cluster.kubectl_json(
         "get", "quota", "no-configmaps", "-n", namespace).get("status", {}).get("hard"))
     operators.start(**FAST_RETRY)
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest("quota", annotations=kwok(seconds=30)))
-    stalled = wait_for("Stalled by the quota", stalled_with(cluster, namespace, "quota", "ChildForbidden"))
-    assert "exceeded quota" in stalled["message"] and "ConfigMap quota-g1" in stalled["message"]
+    held = wait_for("held back by the quota", retried_with(cluster, namespace, "quota", "ChildForbidden"))
+    assert "exceeded quota" in held["message"] and "ConfigMap quota-g1" in held["message"]
     assert not jobs(cluster, namespace), "the Job was created before the ConfigMap its pods mount"
-    assert condition(cluster, namespace, "quota", "Reconciling")["status"] == "False"
+    assert condition(cluster, namespace, "quota", "Stalled")["status"] == "False"
 
     cluster.kubectl("delete", "quota", "no-configmaps", "-n", namespace)
     wait_for("Running", phase_is(cluster, namespace, "quota", "Running"), timeout=60)
@@ -57,8 +58,8 @@ def test_an_orphaned_job_of_the_same_name_is_never_adopted(cluster, namespace, o
     cluster.kubectl("delete", "ftj", "again", "-n", namespace, "--cascade=orphan", "--wait=true")
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest("again", annotations=kwok(seconds=1)))
     uid = ftj(cluster, namespace, "again")["metadata"]["uid"]
-    stalled = wait_for("a conflict", stalled_with(cluster, namespace, "again", "ChildConflict"))
-    assert stalled["message"].startswith("Job again-g1 already exists and is not controlled by this FineTuneJob")
+    held = wait_for("a conflict", retried_with(cluster, namespace, "again", "ChildConflict"))
+    assert held["message"].startswith("Job again-g1 already exists and is not controlled by this FineTuneJob")
     assert status(cluster, namespace, "again")["phase"] == "Pending"
     # once the orphans are gone, the new object runs its own Job
     cluster.kubectl("delete", "job,configmap", "-n", namespace, "-l", "kubetune.io/finetunejob=again",

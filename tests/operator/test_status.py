@@ -107,12 +107,18 @@ def test_phase_reason_and_conditions(name):
     status, events = compute_status(job, runs.current_run(job), job_obj, pods, None, NOW)
     assert (status.phase, status.observed_generation) == (phase, 3)
     conds = {c.type: c for c in status.conditions}
-    assert all(c.reason == reason and c.observed_generation == 3 for c in conds.values())
-    assert fragment in conds[ConditionType.READY].message
+    assert all(c.observed_generation == 3 for c in conds.values())
+    assert conds[ConditionType.READY].reason == reason and fragment in conds[ConditionType.READY].message
     truth = {t: c.status == "True" for t, c in conds.items()}
-    assert truth == {"Ready": phase == "Succeeded", "Reconciling": phase == "Pending",
+    assert truth == {"Ready": phase not in ("Pending", "Failed"), "Reconciling": phase == "Pending",
                      "Stalled": phase == "Failed", "Suspended": phase in ("Suspended", "Queued"),
                      "Running": phase == "Running", "Succeeded": phase == "Succeeded", "Failed": phase == "Failed"}
+    # each condition its own reason: the run's where it holds (and on Ready), why not where it does not
+    for c in conds.values():
+        if c.status == "True" or c.type == ConditionType.READY:
+            assert (c.reason, c.message) == (reason, conds[ConditionType.READY].message), c
+        else:
+            assert c.reason != reason and c.message != conds[ConditionType.READY].message, c
     if reason == Reason.PENDING:
         assert events == []  # the ordinary wait for a pod: JobCreated said it already
         return
@@ -218,12 +224,23 @@ def test_a_terminal_status_is_complete_in_one_write():
     assert status.phase == "Succeeded" and status.completion_time == NOW
 
 
-def test_a_problem_stalls_the_run_with_the_api_servers_message():
+def test_a_retried_refusal_is_reconciling_with_the_api_servers_message_never_stalled():
+    """Stalled is for what will not change without a spec change (kstatus reads it as Failed); a quota refusal
+    is retried and may clear up by itself."""
     job = ftj()
     problem = State("Pending", Reason.CHILD_FORBIDDEN, 'exceeded quota: q, requested: count/jobs.batch=1',
                     stalled=True)
     status, [event] = compute_status(job, runs.current_run(job), None, [], None, NOW, problem=problem)
     conds = {c.type: (c.status, c.reason) for c in status.conditions}
-    assert conds["Stalled"] == ("True", Reason.CHILD_FORBIDDEN) and conds["Reconciling"][0] == "False"
+    assert conds["Reconciling"] == ("True", Reason.CHILD_FORBIDDEN) and conds["Stalled"] == ("False", Reason.RETRYING)
     assert status.phase == "Pending" and "exceeded quota" in status.conditions[0].message
     assert event.type == "Warning"
+
+
+def test_a_refusal_as_invalid_fails_and_stalls_the_run():
+    job = ftj()
+    problem = State("Failed", Reason.CHILD_REJECTED, "Job x-g1 is invalid: spec.affinity", stalled=True)
+    status, [event] = compute_status(job, runs.current_run(job), None, [], None, NOW, problem=problem)
+    conds = {c.type: (c.status, c.reason) for c in status.conditions}
+    assert conds["Stalled"] == conds["Failed"] == ("True", Reason.CHILD_REJECTED)
+    assert conds["Reconciling"] == ("False", Reason.FINISHED) and event.type == "Warning"

@@ -75,9 +75,11 @@ local function progress()
   return text .. ")"
 end
 
--- Pod problems that do not go away by waiting: shown as Degraded while the run is still Pending.
+-- Problems of a Pending run that do not go away by waiting: a pod that cannot start, and a child the API server
+-- refuses or whose name another object holds (the operator retries those, so they are not Stalled, but someone
+-- must act). Shown as Degraded.
 local stuck = {ImagePullBackOff = true, CreateContainerConfigError = true, InvalidImageName = true,
-               ErrImagePull = true, CreateContainerError = true}
+               ErrImagePull = true, CreateContainerError = true, ChildForbidden = true, ChildConflict = true}
 
 local c = holds("Failed")
 if c ~= nil then
@@ -97,14 +99,18 @@ if c ~= nil then
   hs.message = describe(c)
   return hs
 end
+-- Held: by spec.suspend or a deactivated Kueue Workload (someone must resume it): Suspended; for a queue that
+-- cannot admit it (a missing or stopped queue, no Kueue, a namespace Kueue does not manage, no right to read
+-- Workloads): Degraded; otherwise waiting in Kueue's queue, admitted or requeued after an eviction, it starts by
+-- itself: Progressing.
+local held = {Suspended = "Suspended", Deactivated = "Suspended", Inadmissible = "Degraded", NoWorkload = "Degraded",
+              KueueUnavailable = "Degraded", KueueForbidden = "Degraded"}
 c = holds("Suspended")
 if c ~= nil then
-  if c.reason == "Queued" then
-    hs.message = describe(c)  -- waiting for Kueue: it will start by itself
-  else
-    hs.status = "Suspended"
-    hs.message = describe(c)
+  if held[c.reason] ~= nil then
+    hs.status = held[c.reason]
   end
+  hs.message = describe(c)
   return hs
 end
 c = holds("Running")
