@@ -92,8 +92,10 @@ CASES = {
     "bad input": ({}, k8s_job(("Failed", "PodFailurePolicy")),
                   [pod("Failed", exit_code=64, message=error("BadInput", "train.jsonl line 7: not JSON"))],
                   "Failed", Reason.BAD_INPUT, "train.jsonl line 7"),
-    "deadline": ({}, k8s_job(("Failed", "DeadlineExceeded")), [pod("Failed", exit_code=143)], "Failed",
-                 Reason.DEADLINE_EXCEEDED, "DeadlineExceeded"),
+    # the Job controller deletes the pod at its deadline: the trainer checkpoints on SIGTERM and exits 75
+    "deadline": ({}, k8s_job(("Failed", "DeadlineExceeded")),
+                 [pod("Failed", exit_code=75, message=error("Preempted", "SIGTERM at step 9: checkpoint written"))],
+                 "Failed", Reason.DEADLINE_EXCEEDED, "DeadlineExceeded"),
     "backoff limit": ({}, k8s_job(("Failed", "BackoffLimitExceeded")),
                       [pod("Failed", exit_code=75, message=error("Error", "S3 unreachable"))] * 4, "Failed",
                       Reason.BACKOFF_LIMIT_EXCEEDED, "S3 unreachable"),
