@@ -86,6 +86,11 @@ CASES = {
     "evicted for ephemeral storage": ({}, k8s_job(), [evicted("Pod ephemeral local storage usage exceeds the "
                                                               "total limit of containers 20Gi.")],
                                       "Failed", Reason.EPHEMERAL_STORAGE_EXCEEDED, "exceeds the total limit"),
+    # what the kubelet writes when the cache volume outgrows its sizeLimit (pkg/kubelet/eviction emptyDirMessageFmt):
+    # the trainer's containers set no ephemeral-storage limit, so this is the eviction a real run gets
+    "evicted, the cache outgrew its size limit": ({}, k8s_job(), [evicted('Usage of EmptyDir volume "cache" exceeds '
+                                                                          'the limit "20Gi". ')],
+                                                  "Failed", Reason.EPHEMERAL_STORAGE_EXCEEDED, 'volume "cache"'),
     "oom exit code": ({}, k8s_job(("Failed", "PodFailurePolicy")),
                       [pod("Failed", exit_code=65, message=error("OutOfMemory", "CUDA out of memory at step 3"))],
                       "Failed", Reason.OOM_KILLED, "CUDA out of memory"),
