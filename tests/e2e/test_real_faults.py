@@ -1,0 +1,81 @@
+"""Faults that only a real node produces, once each, with what the FineTuneJob's status, its events and Argo CD's
+health show for them: the kernel's OOM kill, an image that cannot be pulled, and an eviction for outgrowing the
+cache volume. On kwok these come from pod annotations (tests/operator); here the kernel, containerd and the
+kubelet's eviction manager decide."""
+import secrets
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import E2E_NAMESPACE, wait_until
+from tests.observability.argocd import health
+
+pytestmark = pytest.mark.cluster
+
+
+def condition(status: dict, kind: str) -> dict:
+    return next(c for c in status["conditions"] if c["type"] == kind)
+
+
+def warnings(cluster, name: str) -> dict[str, str]:
+    """The operator's Warning events on the FineTuneJob, reason → message."""
+    items = cluster.kubectl_json("get", "events", "-n", E2E_NAMESPACE, "--field-selector",
+                                 f"involvedObject.kind=FineTuneJob,involvedObject.name={name},type=Warning")["items"]
+    return {e["reason"]: e["message"] for e in items}
+
+
+def test_a_trainer_over_its_memory_limit_is_oom_killed_and_the_run_fails(cluster, real_jobs, tiny_in_s3):
+    # 160Mi: the kernel kills the trainer while it imports torch, seconds after the container starts.
+    real_jobs.apply("oom", real_jobs.spec(tiny_in_s3["model"], tiny_in_s3["data"], resources={"memory": "160Mi"}))
+    failed = real_jobs.wait_phase("oom", ("Succeeded", "Failed"), 180)
+    assert failed["phase"] == "Failed" and condition(failed, "Failed")["reason"] == "OOMKilled", failed
+    [pod] = real_jobs.pods("oom")  # not retried: the same settings would be killed again
+    terminated = pod["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert (terminated["reason"], terminated["exitCode"]) == ("OOMKilled", 137)
+    assert pod["spec"]["nodeName"] == cluster.real_node
+    assert "OOMKilled" in wait_until("the OOMKilled event", lambda: warnings(cluster, "oom"), 30)
+    verdict = health(real_jobs.get("oom"))
+    assert verdict["status"] == "Degraded" and "OOMKilled" in verdict["message"], verdict
+
+
+def test_an_image_that_cannot_be_pulled_is_a_pending_run_that_says_so(cluster, real_jobs, tiny_in_s3):
+    # A registry address nothing listens on: containerd's pull is refused at once (no traffic leaves the machine).
+    image = f"127.0.0.1:9/kubetune/missing:{secrets.token_hex(3)}"
+    real_jobs.apply("no-image", real_jobs.spec(tiny_in_s3["model"], tiny_in_s3["data"], image=image))
+    pending = wait_until("the pull failure in status", lambda: (
+        (s := real_jobs.status("no-image")).get("phase") == "Pending"
+        and condition(s, "Ready").get("reason") == "ImagePullBackOff" and s), 120)
+    assert image in condition(pending, "Ready")["message"] or "pull" in condition(pending, "Ready")["message"].lower()
+    [pod] = real_jobs.pods("no-image")
+    waiting = pod["status"]["containerStatuses"][0]["state"]["waiting"]
+    assert waiting["reason"] in ("ErrImagePull", "ImagePullBackOff"), waiting
+    assert "ImagePullBackOff" in wait_until("the ImagePullBackOff event", lambda: warnings(cluster, "no-image"), 30)
+    verdict = health(real_jobs.get("no-image"))
+    assert verdict["status"] == "Degraded" and "ImagePullBackOff" in verdict["message"], verdict
+
+
+def test_a_run_that_outgrows_its_cache_is_evicted_and_fails_with_the_reason(cluster, real_jobs, tiny_in_s3):
+    """A base model bigger than resources.ephemeralStorage: the download fills the cache volume past its sizeLimit
+    and the kubelet evicts the pod (within its volume-stats period). Retrying would be evicted again: Failed."""
+    model = f"{real_jobs.prefix}/padded-model/"
+    source = tiny_in_s3["model"].split("/", 3)[3]
+    for item in real_jobs.s3.list_objects_v2(Bucket=cluster.bucket, Prefix=source)["Contents"]:
+        real_jobs.s3.copy_object(Bucket=cluster.bucket, Key=model + item["Key"].rsplit("/", 1)[1],
+                                 CopySource={"Bucket": cluster.bucket, "Key": item["Key"]})
+    with tempfile.TemporaryDirectory() as tmp:
+        padding = Path(tmp) / "padding.bin"
+        padding.write_bytes(secrets.token_bytes(48 << 20))  # random: no filesystem shrinks it
+        real_jobs.s3.upload_file(str(padding), cluster.bucket, model + "padding.bin")
+    real_jobs.apply("evicted", real_jobs.spec(f"s3://{cluster.bucket}/{model}", tiny_in_s3["data"],
+                                              resources={"ephemeralStorage": "16Mi"},
+                                              hyperparameters={"maxSteps": 100000}))
+    failed = real_jobs.wait_phase("evicted", ("Succeeded", "Failed"), 240)
+    assert failed["phase"] == "Failed", failed
+    reason = condition(failed, "Failed")
+    assert reason["reason"] == "EphemeralStorageExceeded" and 'volume "cache"' in reason["message"], reason
+    evicted = [p for p in real_jobs.pods("evicted") if p["status"].get("reason") == "Evicted"]
+    assert evicted and evicted[0]["spec"]["nodeName"] == cluster.real_node
+    assert "EphemeralStorageExceeded" in wait_until("the event", lambda: warnings(cluster, "evicted"), 30)
+    verdict = health(real_jobs.get("evicted"))
+    assert verdict["status"] == "Degraded" and "EphemeralStorageExceeded" in verdict["message"], verdict
