@@ -25,15 +25,23 @@ def warnings(cluster, name: str) -> dict[str, str]:
     return {e["reason"]: e["message"] for e in items}
 
 
+def held(cluster, name: str) -> bool:
+    """Whether the run's one Job is suspended: the operator ended the run itself and keeps it from retrying."""
+    [job] = cluster.kubectl_json("get", "jobs", "-n", E2E_NAMESPACE, "-l", f"kubetune.io/finetunejob={name}")["items"]
+    return job["spec"].get("suspend") is True
+
+
 def test_a_trainer_over_its_memory_limit_is_oom_killed_and_the_run_fails(cluster, real_jobs, tiny_in_s3):
     # 160Mi: the kernel kills the trainer while it imports torch, seconds after the container starts.
     real_jobs.apply("oom", real_jobs.spec(tiny_in_s3["model"], tiny_in_s3["data"], resources={"memory": "160Mi"}))
     failed = real_jobs.wait_phase("oom", ("Succeeded", "Failed"), 180)
     assert failed["phase"] == "Failed" and condition(failed, "Failed")["reason"] == "OOMKilled", failed
-    [pod] = real_jobs.pods("oom")  # not retried: the same settings would be killed again
+    pod = min(real_jobs.pods("oom"), key=lambda p: p["metadata"]["creationTimestamp"])
     terminated = pod["status"]["containerStatuses"][0]["state"]["terminated"]
     assert (terminated["reason"], terminated["exitCode"]) == ("OOMKilled", 137)
     assert pod["spec"]["nodeName"] == cluster.real_node
+    # Not retried: the same settings would be killed again. The operator holds the Job (no policy can match it).
+    wait_until("the Job held", lambda: held(cluster, "oom"), 30)
     assert "OOMKilled" in wait_until("the OOMKilled event", lambda: warnings(cluster, "oom"), 30)
     verdict = health(real_jobs.get("oom"))
     assert verdict["status"] == "Degraded" and "OOMKilled" in verdict["message"], verdict
@@ -76,6 +84,7 @@ def test_a_run_that_outgrows_its_cache_is_evicted_and_fails_with_the_reason(clus
     assert reason["reason"] == "EphemeralStorageExceeded" and 'volume "cache"' in reason["message"], reason
     evicted = [p for p in real_jobs.pods("evicted") if p["status"].get("reason") == "Evicted"]
     assert evicted and evicted[0]["spec"]["nodeName"] == cluster.real_node
+    wait_until("the Job held", lambda: held(cluster, "evicted"), 30)  # a retry would be evicted again
     assert "EphemeralStorageExceeded" in wait_until("the event", lambda: warnings(cluster, "evicted"), 30)
     verdict = health(real_jobs.get("evicted"))
     assert verdict["status"] == "Degraded" and "EphemeralStorageExceeded" in verdict["message"], verdict
