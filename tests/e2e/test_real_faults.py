@@ -10,6 +10,7 @@ import pytest
 
 from tests.e2e.conftest import E2E_NAMESPACE, wait_until
 from tests.observability.argocd import health
+from tests.operator.conftest import manifest, operators  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.cluster
 
@@ -47,19 +48,30 @@ def test_a_trainer_over_its_memory_limit_is_oom_killed_and_the_run_fails(cluster
     assert verdict["status"] == "Degraded" and "OOMKilled" in verdict["message"], verdict
 
 
-def test_an_image_that_cannot_be_pulled_is_a_pending_run_that_says_so(cluster, real_jobs, tiny_in_s3):
-    # A registry address nothing listens on: containerd's pull is refused at once (no traffic leaves the machine).
+def test_an_image_that_cannot_be_pulled_is_a_pending_run_that_says_so(cluster, namespace, operators):
+    """The kubelet really pulls: an operator of this tree whose pods pull IfNotPresent (the deployed one here
+    says Never, having no registry), and a registry address nothing listens on, so containerd's pull is refused
+    at once and no traffic leaves the machine."""
+    operators.start(IMAGE_PULL_POLICY="IfNotPresent")
     image = f"127.0.0.1:9/kubetune/missing:{secrets.token_hex(3)}"
-    real_jobs.apply("no-image", real_jobs.spec(tiny_in_s3["model"], tiny_in_s3["data"], image=image))
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest("no-image", {
+        "image": image, "resources": {"gpusPerNode": 0, "cpu": "100m", "memory": "256Mi"},
+        "scheduling": {"nodeSelector": {"kubetune.io/real-node": "true"}, "tolerations": [
+            {"key": "kubetune.io/real-node", "operator": "Exists", "effect": "NoSchedule"}]}}))
+    status = lambda: cluster.kubectl_json("get", "ftj", "no-image", "-n", namespace).get("status") or {}  # noqa: E731
     pending = wait_until("the pull failure in status", lambda: (
-        (s := real_jobs.status("no-image")).get("phase") == "Pending"
-        and condition(s, "Ready").get("reason") == "ImagePullBackOff" and s), 120)
-    assert image in condition(pending, "Ready")["message"] or "pull" in condition(pending, "Ready")["message"].lower()
-    [pod] = real_jobs.pods("no-image")
+        (s := status()).get("phase") == "Pending" and condition(s, "Ready").get("reason") == "ImagePullBackOff"
+        and s), 120)
+    [pod] = cluster.kubectl_json("get", "pods", "-n", namespace)["items"]
+    assert pod["spec"]["nodeName"] == cluster.real_node
     waiting = pod["status"]["containerStatuses"][0]["state"]["waiting"]
     assert waiting["reason"] in ("ErrImagePull", "ImagePullBackOff"), waiting
-    assert "ImagePullBackOff" in wait_until("the ImagePullBackOff event", lambda: warnings(cluster, "no-image"), 30)
-    verdict = health(real_jobs.get("no-image"))
+    assert image in condition(pending, "Ready")["message"], pending
+    events = wait_until("the ImagePullBackOff event", lambda: {e["reason"]: e["message"] for e in cluster.kubectl_json(
+        "get", "events", "-n", namespace, "--field-selector",
+        "involvedObject.kind=FineTuneJob,involvedObject.name=no-image,type=Warning")["items"]}, 30)
+    assert "ImagePullBackOff" in events, events
+    verdict = health(cluster.kubectl_json("get", "ftj", "no-image", "-n", namespace))
     assert verdict["status"] == "Degraded" and "ImagePullBackOff" in verdict["message"], verdict
 
 
