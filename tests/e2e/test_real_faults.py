@@ -19,10 +19,12 @@ def condition(status: dict, kind: str) -> dict:
     return next(c for c in status["conditions"] if c["type"] == kind)
 
 
-def warnings(cluster, name: str) -> dict[str, str]:
-    """The operator's Warning events on the FineTuneJob, reason → message."""
-    items = cluster.kubectl_json("get", "events", "-n", E2E_NAMESPACE, "--field-selector",
-                                 f"involvedObject.kind=FineTuneJob,involvedObject.name={name},type=Warning")["items"]
+def warnings(cluster, ftj: dict) -> dict[str, str]:
+    """The operator's Warning events on this FineTuneJob (by uid: an earlier one of the same name left its own),
+    reason → message."""
+    meta = ftj["metadata"]
+    items = cluster.kubectl_json("get", "events", "-n", meta["namespace"], "--field-selector",
+                                 f"involvedObject.uid={meta['uid']},type=Warning")["items"]
     return {e["reason"]: e["message"] for e in items}
 
 
@@ -33,18 +35,19 @@ def held(cluster, name: str) -> bool:
 
 
 def test_a_trainer_over_its_memory_limit_is_oom_killed_and_the_run_fails(cluster, real_jobs, tiny_in_s3):
+    name = f"oom-{secrets.token_hex(2)}"  # the e2e namespace is shared: an earlier run's pods may linger
     # 160Mi: the kernel kills the trainer while it imports torch, seconds after the container starts.
-    real_jobs.apply("oom", real_jobs.spec(tiny_in_s3["model"], tiny_in_s3["data"], resources={"memory": "160Mi"}))
-    failed = real_jobs.wait_phase("oom", ("Succeeded", "Failed"), 180)
+    real_jobs.apply(name, real_jobs.spec(tiny_in_s3["model"], tiny_in_s3["data"], resources={"memory": "160Mi"}))
+    failed = real_jobs.wait_phase(name, ("Succeeded", "Failed"), 180)
     assert failed["phase"] == "Failed" and condition(failed, "Failed")["reason"] == "OOMKilled", failed
-    pod = min(real_jobs.pods("oom"), key=lambda p: p["metadata"]["creationTimestamp"])
+    pod = min(real_jobs.pods(name), key=lambda p: p["metadata"]["creationTimestamp"])
     terminated = pod["status"]["containerStatuses"][0]["state"]["terminated"]
     assert (terminated["reason"], terminated["exitCode"]) == ("OOMKilled", 137)
     assert pod["spec"]["nodeName"] == cluster.real_node
     # Not retried: the same settings would be killed again. The operator holds the Job (no policy can match it).
-    wait_until("the Job held", lambda: held(cluster, "oom"), 30)
-    assert "OOMKilled" in wait_until("the OOMKilled event", lambda: warnings(cluster, "oom"), 30)
-    verdict = health(real_jobs.get("oom"))
+    wait_until("the Job held", lambda: held(cluster, name), 30)
+    assert "OOMKilled" in wait_until("the OOMKilled event", lambda: warnings(cluster, real_jobs.get(name)), 30)
+    verdict = health(real_jobs.get(name))
     assert verdict["status"] == "Degraded" and "OOMKilled" in verdict["message"], verdict
 
 
@@ -67,9 +70,8 @@ def test_an_image_that_cannot_be_pulled_is_a_pending_run_that_says_so(cluster, n
     waiting = pod["status"]["containerStatuses"][0]["state"]["waiting"]
     assert waiting["reason"] in ("ErrImagePull", "ImagePullBackOff"), waiting
     assert image in condition(pending, "Ready")["message"], pending
-    events = wait_until("the ImagePullBackOff event", lambda: {e["reason"]: e["message"] for e in cluster.kubectl_json(
-        "get", "events", "-n", namespace, "--field-selector",
-        "involvedObject.kind=FineTuneJob,involvedObject.name=no-image,type=Warning")["items"]}, 30)
+    events = wait_until("the ImagePullBackOff event", lambda: warnings(
+        cluster, cluster.kubectl_json("get", "ftj", "no-image", "-n", namespace)), 30)
     assert "ImagePullBackOff" in events, events
     verdict = health(cluster.kubectl_json("get", "ftj", "no-image", "-n", namespace))
     assert verdict["status"] == "Degraded" and "ImagePullBackOff" in verdict["message"], verdict
@@ -78,6 +80,7 @@ def test_an_image_that_cannot_be_pulled_is_a_pending_run_that_says_so(cluster, n
 def test_a_run_that_outgrows_its_cache_is_evicted_and_fails_with_the_reason(cluster, real_jobs, tiny_in_s3):
     """A base model bigger than resources.ephemeralStorage: the download fills the cache volume past its sizeLimit
     and the kubelet evicts the pod (within its volume-stats period). Retrying would be evicted again: Failed."""
+    name = f"evicted-{secrets.token_hex(2)}"  # the e2e namespace is shared: an earlier run's pods may linger
     model = f"{real_jobs.prefix}/padded-model/"
     source = tiny_in_s3["model"].split("/", 3)[3]
     for item in real_jobs.s3.list_objects_v2(Bucket=cluster.bucket, Prefix=source)["Contents"]:
@@ -87,16 +90,17 @@ def test_a_run_that_outgrows_its_cache_is_evicted_and_fails_with_the_reason(clus
         padding = Path(tmp) / "padding.bin"
         padding.write_bytes(secrets.token_bytes(48 << 20))  # random: no filesystem shrinks it
         real_jobs.s3.upload_file(str(padding), cluster.bucket, model + "padding.bin")
-    real_jobs.apply("evicted", real_jobs.spec(f"s3://{cluster.bucket}/{model}", tiny_in_s3["data"],
+    real_jobs.apply(name, real_jobs.spec(f"s3://{cluster.bucket}/{model}", tiny_in_s3["data"],
                                               resources={"ephemeralStorage": "16Mi"},
                                               hyperparameters={"maxSteps": 100000}))
-    failed = real_jobs.wait_phase("evicted", ("Succeeded", "Failed"), 240)
+    failed = real_jobs.wait_phase(name, ("Succeeded", "Failed"), 240)
     assert failed["phase"] == "Failed", failed
     reason = condition(failed, "Failed")
     assert reason["reason"] == "EphemeralStorageExceeded" and 'volume "cache"' in reason["message"], reason
-    evicted = [p for p in real_jobs.pods("evicted") if p["status"].get("reason") == "Evicted"]
+    evicted = [p for p in real_jobs.pods(name) if p["status"].get("reason") == "Evicted"]
     assert evicted and evicted[0]["spec"]["nodeName"] == cluster.real_node
-    wait_until("the Job held", lambda: held(cluster, "evicted"), 30)  # a retry would be evicted again
-    assert "EphemeralStorageExceeded" in wait_until("the event", lambda: warnings(cluster, "evicted"), 30)
-    verdict = health(real_jobs.get("evicted"))
+    wait_until("the Job held", lambda: held(cluster, name), 30)  # a retry would be evicted again
+    assert "EphemeralStorageExceeded" in wait_until("the event", lambda: warnings(cluster, real_jobs.get(name)),
+                                                    30)
+    verdict = health(real_jobs.get(name))
     assert verdict["status"] == "Degraded" and "EphemeralStorageExceeded" in verdict["message"], verdict
