@@ -10,7 +10,10 @@ values were computed once and must only change deliberately (docs/operator-field
 import pytest
 
 from kubetune.api import FineTuneJob
-from kubetune.operator import children
+try:  # main moved the run's identity (hashes, current_run) out of children.py into runs.py
+    from kubetune.operator import runs as identity
+except ImportError:
+    from kubetune.operator import children as identity
 from kubetune.trainer.artifacts import spec_hash as trainer_spec_hash
 
 # Written out in full, not built from test helpers: a helper's new default must not move the pins.
@@ -66,7 +69,7 @@ def job(spec: dict) -> FineTuneJob:
 def test_hashes_of_fixed_manifests_are_pinned(name):
     spec, training, legacy, template, summary = PINNED[name]
     ftj = job(spec)
-    got = (children.training_hash(ftj), children.legacy_training_hash(ftj), children.template_hash(ftj),
+    got = (identity.training_hash(ftj), identity.legacy_training_hash(ftj), identity.template_hash(ftj),
            trainer_spec_hash(ftj))
     assert got == (training, legacy, template, summary), (
         "a spec hash moved: every running FineTuneJob would restart on upgrade (docs/operator-fields.md, "
@@ -81,4 +84,4 @@ def test_a_run_recorded_with_a_pinned_hash_keeps_its_run_id():
     status = {"runId": "g1-0f1e2d3c", "specHash": training, "jobName": "pinned-g1", "phase": "Running"}
     ftj = FineTuneJob.model_validate({**job(spec).to_wire(), "status": status} | {"metadata": {
         "name": "pinned", "namespace": "team-a", "uid": "0f1e2d3c-4b5a-6978-8695-a4b3c2d1e0f9", "generation": 2}})
-    assert children.current_run(ftj).run_id == "g1-0f1e2d3c"
+    assert identity.current_run(ftj).run_id == "g1-0f1e2d3c"
