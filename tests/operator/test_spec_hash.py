@@ -1,6 +1,6 @@
 """Pinned spec hashes of fixed manifests: a run's identity survives an operator upgrade.
 
-The operator recognises a running run by the hash its Job and status recorded (kubetune/operator/children.py),
+The operator recognises a running run by the hash its Job and status recorded (kubetune/operator/runs.py),
 and the trainer refuses to overwrite a finished run whose summary holds another hash (kubetune/trainer/
 artifacts.py). Every hash is taken over the spec as written back with its defaults, so a new default, a renamed
 field or a changed serialisation changes the hash of every existing FineTuneJob: on upgrade every running job
