@@ -21,8 +21,8 @@ import yaml
 from botocore.exceptions import ClientError
 
 from hack import assets
-from tests.api.cases import DELETE, _merge
-from tests.plugins.cluster import read_env
+from kubetune.testing import DELETE, cluster_env
+from kubetune.testing import merge as _merge
 
 REPO = Path(__file__).resolve().parent.parent
 BUCKET, NAMESPACE, NAME = "kubetune-demo", "kubetune-demo", "smollm2-chat"
@@ -103,7 +103,7 @@ def answer(model_dir: Path, adapter: Path | None, prompt: str) -> str:
 
 
 def main() -> int:
-    env = read_env()
+    env = cluster_env(REPO / "hack" / "cluster")
     s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name=env["AWS_REGION"],
                       aws_access_key_id=env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
     kubectl = lambda *a, **kw: subprocess.run([env["KUBETUNE_KUBECTL"], f"--kubeconfig={env['KUBECONFIG']}", *a],  # noqa: E731

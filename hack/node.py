@@ -198,6 +198,9 @@ def start_kubelet(c, bins: dict) -> None:
         # Imported images cannot be pulled again: never garbage-collect them.
         "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
         "evictionHard": {"memory.available": "200Mi", "nodefs.available": "2%", "imagefs.available": "2%"},
+        # The eviction manager reads volume usage from stats refreshed this often (default 1m): a cache volume over
+        # its sizeLimit is evicted within seconds (tests/e2e/test_real_faults.py), not a minute.
+        "volumeStatsAggPeriod": "5s",
         "podLogsDir": str(d / "pod-logs"), "resolvConf": "/etc/resolv.conf",
         "registerWithTaints": [{"key": NODE_TAINT, "value": "true", "effect": "NoSchedule"}],
         "serializeImagePulls": False, "maxPods": 50,

@@ -19,8 +19,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-from tests.api.cases import make_job  # noqa: E402
-from tests.plugins.cluster import read_env  # noqa: E402
+from kubetune.testing import cluster_env  # noqa: E402
+from kubetune.testing import job_manifest as make_job  # noqa: E402
 
 
 def kubectl(e: dict, *args, input=None) -> str:
@@ -37,7 +37,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 def main(n: int) -> None:
-    e = read_env()
+    e = cluster_env(ROOT / "hack" / "cluster")
     ns = f"bench-{os.getpid()}"
     kubectl(e, "apply", "-f", str(ROOT / "crds"))
     kubectl(e, "apply", "-k", str(ROOT / "config" / "rbac"))

@@ -39,8 +39,8 @@ import kubernetes
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-from tests.api.cases import make_job  # noqa: E402
-from tests.plugins.cluster import read_env  # noqa: E402
+from kubetune.testing import cluster_env  # noqa: E402
+from kubetune.testing import job_manifest as make_job  # noqa: E402
 from kubetune.api import contract  # noqa: E402
 
 LABEL = "kubetune.io/finetunejob"
@@ -310,7 +310,7 @@ def progress_numbers(recorder: Recorder, trainers: "Trainers | None", log: Path)
 
 def run(n: int, run_seconds: float, kill: bool, timeout: float, serve_metrics: bool = False,
         progress_seconds: float = 10.0, step_seconds: float = 1.0, kill_at: float | None = None) -> dict:
-    e = read_env()
+    e = cluster_env(ROOT / "hack" / "cluster")
     trainers = Trainers(step_seconds, int(run_seconds / step_seconds)) if serve_metrics else None
     namespace = f"bench-{os.getpid()}"
     kubectl(e, "apply", "-f", str(ROOT / "crds"))

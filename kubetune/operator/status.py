@@ -88,7 +88,7 @@ def fatal_failure(pods: list[dict]) -> tuple[str, str] | None:
         if t.get("reason") == "OOMKilled":
             return Reason.OOM_KILLED, t.get("message") or "the kernel killed the trainer: out of memory"
         st = pod.get("status", {})
-        if st.get("reason") == "Evicted" and "ephemeral" in (st.get("message") or "").lower():
+        if st.get("reason") == "Evicted" and any(w in str(st.get("message")).lower() for w in ("ephemeral", "emptydir")):
             return Reason.EPHEMERAL_STORAGE_EXCEEDED, st.get("message") or "evicted for ephemeral storage"
     return None
 

@@ -46,6 +46,7 @@ def evaluate(model, examples: list, micro: int, pad_id: int, device, amp, with_c
 def train_steps(run: Run, state: RunState) -> None:
     """Optimizer steps until the end, early stopping, or SIGTERM (checkpoint, then Preempted on every rank)."""
     job, dist, hp, model = run.job, run.dist, run.job.spec.hyperparameters, run.model
+    model.train()  # from_pretrained returns eval mode, where dropout and gradient checkpointing are off
     every_steps, every_minutes = job.spec.checkpoint.every_steps, job.spec.checkpoint.every_minutes
     sigterm = {"seen": False}
     signal.signal(signal.SIGTERM, lambda *_: sigterm.__setitem__("seen", True))

@@ -3,40 +3,12 @@
 The same table runs through the offline validator (tests/api) and the real API server (tests/cluster), so the
 CRD's schema and CEL rules are held to the model's behaviour.
 """
-import copy
 from dataclasses import dataclass
 
-DELETE = object()
-
-BASE = {
-    "apiVersion": "kubetune.io/v1alpha1",
-    "kind": "FineTuneJob",
-    "metadata": {"name": "case"},
-    "spec": {
-        "baseModel": {"uri": "s3://models/tiny/"},
-        "dataset": {"train": "s3://datasets/chat/train.jsonl", "validation": "s3://datasets/chat/val.jsonl"},
-        "hyperparameters": {"maxSteps": 10, "batchSize": 8, "microBatchSize": 4},
-        "output": {"uri": "s3://artifacts/case/"},
-    },
-}
-
-
-def make_job(patch: dict | None = None, name: str = "case") -> dict:
-    """BASE with `patch` deep-merged in; a DELETE value removes the key."""
-    doc = copy.deepcopy(BASE)
-    doc["metadata"]["name"] = name
-    _merge(doc, patch or {})
-    return doc
-
-
-def _merge(into: dict, patch: dict) -> None:
-    for key, value in patch.items():
-        if value is DELETE:
-            into.pop(key, None)
-        elif isinstance(value, dict) and isinstance(into.get(key), dict):
-            _merge(into[key], value)
-        else:
-            into[key] = copy.deepcopy(value)
+from kubetune.testing import BASE_MANIFEST as BASE  # noqa: F401 (the shared home of what hack/ uses too)
+from kubetune.testing import DELETE  # noqa: F401
+from kubetune.testing import job_manifest as make_job  # noqa: F401
+from kubetune.testing import merge as _merge  # noqa: F401
 
 
 @dataclass(frozen=True)

@@ -244,10 +244,19 @@ def test_two_replicas_one_active_and_failover(cluster, namespace, operators):
     cluster.kubectl("wait", "--for=condition=Succeeded", "ftj/ha-2", "-n", namespace, "--timeout=60s")
 
 
-def test_delete_removes_children_not_artifacts(cluster, namespace, operator):
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest("gone", annotations=kwok(seconds=60)))
-    wait_for("Running", phase_is(cluster, namespace, "gone", "Running"), timeout=30)
+def test_delete_removes_children_not_artifacts(cluster, namespace, operator, s3):
+    prefix = f"delete-keeps/{namespace}"
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest(
+        "gone", {"output": {"uri": f"s3://{cluster.bucket}/{prefix}/"}}, kwok(seconds=60)))
+    running = wait_for("Running", phase_is(cluster, namespace, "gone", "Running"), timeout=30)
+    # What a trainer has left under its run's prefix by now (kwok runs none): a checkpoint and its metrics.
+    for key in ("checkpoints/step-00000040/COMPLETE", "checkpoints/step-00000040/state.pt", "metrics.jsonl"):
+        s3.put_object(Bucket=cluster.bucket, Key=f"{prefix}/{running['runId']}/{key}", Body=key.encode())
+    listed = lambda: {o["Key"]: o["ETag"] for o in  # noqa: E731
+                      s3.list_objects_v2(Bucket=cluster.bucket, Prefix=f"{prefix}/").get("Contents", [])}
+    artifacts = listed()
     cluster.kubectl("delete", "ftj", "gone", "-n", namespace, "--wait=true", "--timeout=60s")
     wait_for("children to go", lambda: not jobs(cluster, namespace) and not cluster.kubectl_json(
         "get", "configmaps", "-n", namespace, "-l", "kubetune.io/finetunejob=gone")["items"] and not
         cluster.kubectl_json("get", "pods", "-n", namespace)["items"], timeout=60)
+    assert len(artifacts) == 3 and listed() == artifacts  # the run's checkpoints and metrics outlive the resource

@@ -86,14 +86,21 @@ CASES = {
     "evicted for ephemeral storage": ({}, k8s_job(), [evicted("Pod ephemeral local storage usage exceeds the "
                                                               "total limit of containers 20Gi.")],
                                       "Failed", Reason.EPHEMERAL_STORAGE_EXCEEDED, "exceeds the total limit"),
+    # what the kubelet writes when the cache volume outgrows its sizeLimit (pkg/kubelet/eviction emptyDirMessageFmt):
+    # the trainer's containers set no ephemeral-storage limit, so this is the eviction a real run gets
+    "evicted, the cache outgrew its size limit": ({}, k8s_job(), [evicted('Usage of EmptyDir volume "cache" exceeds '
+                                                                          'the limit "20Gi". ')],
+                                                  "Failed", Reason.EPHEMERAL_STORAGE_EXCEEDED, 'volume "cache"'),
     "oom exit code": ({}, k8s_job(("Failed", "PodFailurePolicy")),
                       [pod("Failed", exit_code=65, message=error("OutOfMemory", "CUDA out of memory at step 3"))],
                       "Failed", Reason.OOM_KILLED, "CUDA out of memory"),
     "bad input": ({}, k8s_job(("Failed", "PodFailurePolicy")),
                   [pod("Failed", exit_code=64, message=error("BadInput", "train.jsonl line 7: not JSON"))],
                   "Failed", Reason.BAD_INPUT, "train.jsonl line 7"),
-    "deadline": ({}, k8s_job(("Failed", "DeadlineExceeded")), [pod("Failed", exit_code=143)], "Failed",
-                 Reason.DEADLINE_EXCEEDED, "DeadlineExceeded"),
+    # the Job controller deletes the pod at its deadline: the trainer checkpoints on SIGTERM and exits 75
+    "deadline": ({}, k8s_job(("Failed", "DeadlineExceeded")),
+                 [pod("Failed", exit_code=75, message=error("Preempted", "SIGTERM at step 9: checkpoint written"))],
+                 "Failed", Reason.DEADLINE_EXCEEDED, "DeadlineExceeded"),
     "backoff limit": ({}, k8s_job(("Failed", "BackoffLimitExceeded")),
                       [pod("Failed", exit_code=75, message=error("Error", "S3 unreachable"))] * 4, "Failed",
                       Reason.BACKOFF_LIMIT_EXCEEDED, "S3 unreachable"),

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from kubetune.testing import cluster_env
+
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER_SCRIPT = REPO / "hack" / "cluster"
 
@@ -107,13 +109,7 @@ def _script(command: str, env: dict | None = None, **kw) -> subprocess.Completed
 
 def read_env(env: dict | None = None) -> dict[str, str]:
     """Parses the `export K='V'` lines of `hack/cluster env`."""
-    out = _script("env", env, check=True).stdout
-    parsed = {}
-    for line in out.splitlines():
-        key, _, value = line.removeprefix("export ").partition("=")
-        parsed[key] = shlex.split(value.replace('"$PATH"', ""))[0] if value else ""
-    parsed["PATH"] = f"{Path(parsed['KUBETUNE_KUBECTL']).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    return parsed
+    return cluster_env(CLUSTER_SCRIPT, env)
 
 
 def start_cluster(env: dict | None = None) -> bool:

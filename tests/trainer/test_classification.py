@@ -2,7 +2,6 @@
 trained end to end on file:// data, scored against the base model and the majority class on a test set."""
 import json
 import random
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ from kubetune.trainer.errors import BadInput
 from kubetune.trainer.loop import train
 from kubetune.trainer.unfreeze import GradualUnfreezing
 from tests.api.cases import _merge
+from tests.plugins.cluster import wait_for
 from tests.trainer.conftest import write_jsonl
 from tests.trainer.conftest import finetunejob, settings
 
@@ -360,11 +360,12 @@ def test_interrupted_classifier_with_gradual_unfreezing_resumes_exactly(tmp_path
     with pytest.raises(Killed):
         train(job, "killed", settings(tmp_path), on_log=die_at_step_13)
     marker = tmp_path / "out/killed/checkpoints/step-00000008/COMPLETE"
-    for _ in range(100):  # the upload runs in the background
-        if marker.exists():
-            break
-        time.sleep(0.05)
-    resumed = train(job, "killed", settings(tmp_path), on_log=lambda row: None)
+    wait_for("the step-8 checkpoint (uploaded in the background)", marker.exists, timeout=30, interval=0.05)
+    rows = []
+    resumed = train(job, "killed", settings(tmp_path), on_log=rows.append)
+    # A restart from scratch logs the same deterministic losses: only the second process's own rows tell a resume.
+    assert [r["step"] for r in rows if r["kind"] == "resume"] == [8], rows
+    assert min(r["step"] for r in rows if r["kind"] == "train") == 9
     assert losses("killed") == pytest.approx(losses("reference"), rel=1e-5)
     assert resumed["test"] == pytest.approx(reference["test"], rel=1e-5)
     assert resumed["comparison"]["baseModel"]["test"] == pytest.approx(reference["comparison"]["baseModel"]["test"])
