@@ -1,8 +1,6 @@
 """resources.gpuResourceName: the extended resource a trainer pod asks for, for GPUs other than NVIDIA's."""
-import pytest
-
 from kubetune.api import FineTuneJob
-from kubetune.operator import children, metrics
+from kubetune.operator import children, metrics, runs
 from kubetune.operator.settings import OperatorSettings
 from tests.api.cases import make_job
 
@@ -13,7 +11,7 @@ def built(resources: dict, nodes: int = 1) -> dict:
     doc = make_job({"spec": {"resources": resources, "nodes": nodes}}, name="amd")
     doc["metadata"].update(namespace="team-a", uid="0f1e2d3c-4b5a-6978-8695-a4b3c2d1e0f9", generation=1)
     job = FineTuneJob.model_validate(doc)
-    return children.build_job(job, children.current_run(job), SETTINGS)
+    return children.build_job(job, runs.current_run(job), SETTINGS)
 
 
 def test_the_named_resource_is_requested_limited_and_tolerated():
@@ -31,7 +29,6 @@ def test_no_gpus_request_no_gpu_resource_of_any_name():
     assert "amd.com/gpu" not in str(pod)
 
 
-@pytest.mark.xfail(strict=True, reason="kubetune/operator/metrics.py gpus_of counts only nvidia.com/gpu limits: "
-                                       "runs on another GPU resource add no GPU-seconds (reported, not owned here)")
-def test_gpu_seconds_count_gpus_of_any_resource_name():
-    assert metrics.gpus_of(built({"gpusPerNode": 2, "gpuResourceName": "amd.com/gpu"}, nodes=2)) == 4
+def test_gpu_seconds_count_gpus_of_the_resource_the_spec_names():
+    job = built({"gpusPerNode": 2, "gpuResourceName": "amd.com/gpu"}, nodes=2)
+    assert metrics.gpus_of(job, "amd.com/gpu") == 4 and metrics.gpus_of(job) == 0

@@ -66,10 +66,3 @@ def test_deletes_name_the_uid_they_observed():
     [delete] = [a for a in p.actions if a.verb == "delete"]
     assert (delete.name, delete.uid) == ("chat-g1", "uid-of-old")
 
-
-def test_gpu_seconds_count_the_resource_the_spec_names():
-    from kubetune.operator.metrics import gpus_of
-    job = ftj({"spec": {"nodes": 2, "resources": {"gpusPerNode": 4, "gpuResourceName": "amd.com/gpu"},
-                        "hyperparameters": {"batchSize": 64, "microBatchSize": 4}}})
-    k8s_job = children.build_job(job, runs.current_run(job), SETTINGS)
-    assert gpus_of(k8s_job, "amd.com/gpu") == 8 and gpus_of(k8s_job) == 0
