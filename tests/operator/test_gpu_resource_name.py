@@ -8,7 +8,8 @@ SETTINGS = OperatorSettings(trainer_image="registry.example/trainer:1")
 
 
 def built(resources: dict, nodes: int = 1) -> dict:
-    doc = make_job({"spec": {"resources": resources, "nodes": nodes}}, name="amd")
+    doc = make_job({"spec": {"resources": resources, "nodes": nodes,
+                             "hyperparameters": {"batchSize": 64, "microBatchSize": 4}}}, name="amd")
     doc["metadata"].update(namespace="team-a", uid="0f1e2d3c-4b5a-6978-8695-a4b3c2d1e0f9", generation=1)
     job = FineTuneJob.model_validate(doc)
     return children.build_job(job, runs.current_run(job), SETTINGS)
