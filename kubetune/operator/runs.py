@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 
 from kubetune.api import FineTuneJob, contract
+from kubetune.api.identity import hashed_wire
 from kubetune.operator.labels import (ANNOTATION_ATTEMPT, ANNOTATION_FAILURES, ANNOTATION_GENERATION,
                                       ANNOTATION_SPEC_HASH, ANNOTATION_TEMPLATE_HASH)
 
@@ -57,7 +58,7 @@ def _split(spec: dict, fields) -> dict:
 
 def training_hash(job: FineTuneJob) -> str:
     """Hash of the run's identity: the spec without IN_PLACE_FIELDS and NEW_JOB_FIELDS."""
-    spec = job.spec.to_wire()
+    spec = hashed_wire(job.spec)
     _split(spec, IN_PLACE_FIELDS + NEW_JOB_FIELDS)
     return _hash(spec)
 
@@ -65,14 +66,14 @@ def training_hash(job: FineTuneJob) -> str:
 def legacy_training_hash(job: FineTuneJob) -> str:
     """The hash operators before 0.2 recorded (the spec without IN_PLACE_FIELDS only): runs they started are
     still recognised, so upgrading the operator restarts nothing."""
-    spec = job.spec.to_wire()
+    spec = hashed_wire(job.spec)
     _split(spec, IN_PLACE_FIELDS)
     return _hash(spec)
 
 
 def template_hash(job: FineTuneJob) -> str:
     """Hash of NEW_JOB_FIELDS: a different one replaces the Job and keeps the run."""
-    return _hash(_split(job.spec.to_wire(), NEW_JOB_FIELDS))
+    return _hash(_split(hashed_wire(job.spec), NEW_JOB_FIELDS))
 
 
 def _annotation_int(job: dict, key: str, default: int) -> int:

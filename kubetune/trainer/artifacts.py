@@ -6,13 +6,14 @@ import time
 from pathlib import Path
 
 from kubetune.api import FineTuneJob, contract
+from kubetune.api.identity import hashed_wire
 from kubetune.trainer import parallel
 from kubetune.trainer.run import Run, RunState
 from kubetune.trainer.storage import join
 
 
 def spec_hash(job: FineTuneJob) -> str:
-    return hashlib.sha256(json.dumps(job.spec.to_wire(), sort_keys=True).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(hashed_wire(job.spec), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def ship(run: Run, state: RunState, shipped: int, final: dict, tested: dict, errors: list) -> dict:

@@ -10,10 +10,7 @@ values were computed once and must only change deliberately (docs/operator-field
 import pytest
 
 from kubetune.api import FineTuneJob
-try:  # main moved the run's identity (hashes, current_run) out of children.py into runs.py
-    from kubetune.operator import runs as identity
-except ImportError:
-    from kubetune.operator import children as identity
+from kubetune.operator import runs as identity
 from kubetune.trainer.artifacts import spec_hash as trainer_spec_hash
 
 # Written out in full, not built from test helpers: a helper's new default must not move the pins.
@@ -85,3 +82,23 @@ def test_a_run_recorded_with_a_pinned_hash_keeps_its_run_id():
     ftj = FineTuneJob.model_validate({**job(spec).to_wire(), "status": status} | {"metadata": {
         "name": "pinned", "namespace": "team-a", "uid": "0f1e2d3c-4b5a-6978-8695-a4b3c2d1e0f9", "generation": 2}})
     assert identity.current_run(ftj).run_id == "g1-0f1e2d3c"
+
+
+def test_added_fields_and_changed_defaults_are_hashed_as_before(monkeypatch):
+    """The rule that keeps the pins when the API grows (kubetune/api/identity.py): a field added later is left out
+    at the default it came with; a changed default is hashed as its earlier value where the spec leaves it unset,
+    and as written where it sets it."""
+    from kubetune.api import identity as hashing
+    spec, training, *_ = PINNED["multi-node-queued"]
+    ftj = job(spec)
+    monkeypatch.setattr(hashing, "EARLIER_DEFAULTS", {})
+    monkeypatch.setattr(hashing, "ADDED_FIELDS", {("method", "lora", "bias"): "lora_only"})  # as if bias were new
+    assert "bias" not in hashing.hashed_wire(ftj.spec)["method"]["lora"]
+    other = job({**spec, "method": {"type": "lora", "lora": {**spec["method"]["lora"], "bias": "all"}}})
+    assert hashing.hashed_wire(other.spec)["method"]["lora"]["bias"] == "all"
+    monkeypatch.setattr(hashing, "ADDED_FIELDS", {})
+    monkeypatch.setattr(hashing, "EARLIER_DEFAULTS", {("method", "lora", "dropout"): 0.25})  # unset in this spec
+    assert hashing.hashed_wire(ftj.spec)["method"]["lora"]["dropout"] == 0.25
+    assert identity.training_hash(ftj) != training
+    explicit = job({**spec, "method": {"type": "lora", "lora": {**spec["method"]["lora"], "dropout": 0.05}}})
+    assert hashing.hashed_wire(explicit.spec)["method"]["lora"]["dropout"] == 0.05
