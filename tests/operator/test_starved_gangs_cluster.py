@@ -121,9 +121,18 @@ def test_a_starved_operator_never_runs_two_gangs_of_one_run(cluster, namespace, 
                 cluster.kubectl("delete", "pod", victim, "-n", namespace, "--wait=false", check=False)
             time.sleep(1)
         # and the runs settle on one live gang each
-        wait_for("every gang running again", lambda: all(
-            s.get("status", {}).get("phase") == "Running"
-            for s in cluster.kubectl_json("get", "ftj", "-n", namespace)["items"]), timeout=180)
+        states: dict = {}
+
+        def settled() -> bool:
+            states.update({o["metadata"]["name"]: ((o.get("status") or {}).get("phase"), next(
+                (c["message"][:300] for c in (o.get("status") or {}).get("conditions") or [] if c["type"] == "Ready"),
+                None)) for o in cluster.kubectl_json("get", "ftj", "-n", namespace)["items"]})
+            return all(phase == "Running" for phase, _ in states.values())
+
+        try:
+            wait_for("every gang running again", settled, timeout=180)
+        except AssertionError:
+            raise AssertionError(f"the gangs did not settle: {states}") from None
     finally:
         stop.set()
         watcher.join(10)
