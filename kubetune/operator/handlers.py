@@ -6,6 +6,8 @@ FineTuneJobs and their children in in-memory indexes, and a reconcile reads thos
 read request; it writes only what changed.
 """
 import dataclasses
+import functools
+import importlib.metadata
 import logging
 import os
 import threading
@@ -26,7 +28,22 @@ log = logging.getLogger("kubetune.operator")
 CHILD_RESOURCES = {"Job": ("batch", "v1", "jobs"), "ConfigMap": ("v1", "configmaps"), "Service": ("v1", "services")}
 
 
-def login(**_) -> kopf.ConnectionInfo:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Credentials(kopf.ConnectionInfo):
+    """kopf's connection info plus a User-Agent: both clients (kopf's aiohttp session and kube.Connection) send
+    the headers of as_http_headers(), so every request names this replica (the API server's audit log tells
+    the replicas apart by it, as client-go's `rest.AddUserAgent` does for controller-manager)."""
+    user_agent: str | None = None
+
+    def as_http_headers(self) -> dict[str, str]:
+        return {**super().as_http_headers(), **({"User-Agent": self.user_agent} if self.user_agent else {})}
+
+
+def user_agent(identity: str) -> str:
+    return f"kubetune-operator/{identity} kopf/{importlib.metadata.version('kopf')}"
+
+
+def login(user_agent: str | None = None, **_) -> kopf.ConnectionInfo:
     """Credentials for kopf and for kube.Connection alike: the pod's service account (the API server at
     $KUBERNETES_SERVICE_HOST:PORT, as client-go's in-cluster config, where kopf's own guess is the DNS name
     kubernetes.default.svc), else $KUBECONFIG or ~/.kube/config (certificates, tokens; not exec plugins).
@@ -42,7 +59,8 @@ def login(**_) -> kopf.ConnectionInfo:
     if info is None:
         raise kopf.LoginError("no Kubernetes credentials: no service account token in this pod, and neither "
                               "$KUBECONFIG nor ~/.kube/config")
-    return info
+    fields = {f.name: getattr(info, f.name) for f in dataclasses.fields(kopf.ConnectionInfo)}
+    return Credentials(**fields, user_agent=user_agent)
 
 
 def drop_managed_fields_at_ingest() -> None:
@@ -94,7 +112,8 @@ class IndexSource:
         return self._values("pod_index", (namespace, job_uid))
 
 
-def register(settings: OperatorSettings, kube: Kube, may_act=lambda: True) -> kopf.OperatorRegistry:
+def register(settings: OperatorSettings, kube: Kube, may_act=lambda: True, identity: str = "operator"
+             ) -> kopf.OperatorRegistry:
     """`may_act` says whether this replica still leads (by its own clock, without asking the API server), so
     a leader that was frozen past its renew deadline does nothing before its renewal thread stops it."""
     drop_managed_fields_at_ingest()
@@ -131,7 +150,7 @@ def register(settings: OperatorSettings, kube: Kube, may_act=lambda: True) -> ko
             settings.watching.label_selectors[resource[0], resource[-1]] = LABEL_FINETUNEJOB
         settings.execution.max_workers = settings_workers
 
-    kopf.on.login(registry=registry)(login)
+    kopf.on.login(registry=registry, id="login")(functools.partial(login, user_agent=user_agent(identity)))
 
     # No stateful kopf handlers (on.create/update/resume, timers): they keep their state in annotations and a
     # finalizer on every object, several writes per job. Level-based, every event just triggers a reconcile, and

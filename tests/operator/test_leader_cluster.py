@@ -1,10 +1,13 @@
 """Leader election with client-go's semantics, on the real API server (fault 5 of issue 15): a standby answers
 its probes, takes over when the leader goes (at once on a clean shutdown, within the lease after a SIGKILL),
 and a frozen leader that lost the Lease exits without acting; one Job throughout."""
+import json
+import secrets
 import signal
 import time
 import urllib.error
 import urllib.request
+from datetime import datetime
 
 import pytest
 
@@ -77,3 +80,67 @@ def test_a_frozen_leader_that_lost_the_lease_exits_without_acting(cluster, names
     assert first.proc.returncode != 0 and "lost leadership" in first.output()
     cluster.kubectl("wait", "--for=condition=Succeeded", "ftj/frozen", "-n", namespace, "--timeout=60s")
     assert len(jobs(cluster, namespace)) == 1
+
+
+HANDOVER_JOBS = 300
+
+
+def audit_entries(cluster, start: int) -> list[dict]:
+    """The API server's audit events (hack/cluster: writes only, Metadata level) logged after byte `start`."""
+    with open(cluster.state_dir / "audit.log", "rb") as log:
+        log.seek(start)
+        return [json.loads(line) for line in log.read().splitlines() if line.strip()]
+
+
+def audit_size(cluster) -> int:
+    return (cluster.state_dir / "audit.log").stat().st_size
+
+
+def stamp(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def test_a_replaced_leader_writes_nothing_after_the_new_one_acquires(cluster, namespace, operators):
+    """Issue 20 (1): a leader shutting down with hundreds of pending requeues (queued runs, image bumps) stops its
+    timers, ticker and workers before it hands the Lease over; the audit log, by User-Agent, shows no write of
+    it after the new leader's acquireTime."""
+    first = operators.start()
+    wait_for("a leader", lambda: leads(first), timeout=30)
+    second = operators.start()
+    wait_for("the standby to wait", lambda: "waiting for leadership" in second.output(), timeout=30)
+    # Queued runs in a namespace Kueue does not manage: each one's Job stays suspended and the leader looks
+    # again every 2 s (a pending requeue per job), and no pod takes a GPU from the other tests.
+    docs = [json.loads(manifest(f"h{i}", {"scheduling": {"queueName": "team-a"}})) for i in range(HANDOVER_JOBS)]
+    cluster.kubectl("apply", "-n", namespace, "-f", "-",
+                    input=json.dumps({"apiVersion": "v1", "kind": "List", "items": docs}))
+    wait_for("every run queued", lambda: sum(
+        (j.get("status") or {}).get("phase") == "Queued"
+        for j in cluster.kubectl_json("get", "ftj", "-n", namespace)["items"]) == HANDOVER_JOBS, timeout=120)
+
+    start = audit_size(cluster)
+    # An image bump on every run: the leader has hundreds of Jobs to replace when it is told to stop.
+    patch = json.dumps({"spec": {"image": "kubetune/trainer:bumped"}})
+    cluster.kubectl("patch", "ftj", *[d["metadata"]["name"] for d in docs], "-n", namespace, "--type=merge",
+                    "-p", patch)
+    first.stop(signal.SIGTERM)
+    wait_for("the standby to lead", lambda: leads(second), timeout=LEASE_SECONDS * 3)
+    assert first.proc.returncode is not None
+    lease = cluster.kubectl_json("get", "lease", operators.lease, "-n", "kubetune-system")
+    assert lease["spec"]["holderIdentity"] == second.identity
+    acquired = stamp(lease["spec"]["acquireTime"])
+
+    # A write of ours after the old leader exited: the audit log (batched, in order) is complete up to it.
+    marker = f"marker-{secrets.token_hex(3)}"
+    cluster.kubectl("create", "configmap", marker, "-n", namespace)
+    entries = wait_for("the marker in the audit log", lambda: (lambda es: es if any(
+        (e.get("objectRef") or {}).get("name") == marker for e in es) else None)(audit_entries(cluster, start)),
+        timeout=30)
+    ours = [e for e in entries if (e.get("objectRef") or {}).get("namespace") in (namespace, "kubetune-system")
+            and e.get("stage") == "ResponseComplete"]
+    by_old = [e for e in ours if first.identity in e.get("userAgent", "")]
+    by_new = [e for e in ours if second.identity in e.get("userAgent", "")]
+    assert by_old and by_new, "each replica's writes carry its identity in the User-Agent"
+    late = [f"{e['requestReceivedTimestamp']} {e['verb']} {e['objectRef'].get('resource')}/"
+            f"{e['objectRef'].get('name')} {e['userAgent']}" for e in by_old
+            if stamp(e["requestReceivedTimestamp"]) > acquired]
+    assert not late, f"the old leader wrote after {lease['spec']['acquireTime']}:\n" + "\n".join(late[:20])
