@@ -64,23 +64,26 @@ class Connection:
     def pool(self) -> urllib3.PoolManager:
         return self._session[2]
 
-    def _send(self, session: tuple, method: str, url_path: str, data: bytes | None, content_type: str):
+    def _send(self, session: tuple, method: str, url_path: str, data: bytes | None, content_type: str,
+              timeout: urllib3.Timeout):
         server, headers, pool = session
         return pool.request(method, server + url_path, body=data, headers={**headers, "Content-Type": content_type},
-                            timeout=self.timeout)
+                            timeout=timeout)
 
     def request(self, method: str, url_path: str, body: Any = None, params: dict | None = None,
-                content_type: str = "application/json") -> dict:
-        """The decoded JSON answer; ApiError for any answer >= 400. Connection failures raise urllib3's errors."""
+                content_type: str = "application/json", timeout: float | None = None) -> dict:
+        """The decoded JSON answer; ApiError for any answer >= 400. Connection failures raise urllib3's errors.
+        `timeout`: a total bound in seconds instead of the (connect, read) default (the Lease's renewals)."""
         url_path += f"?{urlencode(params)}" if params else ""
         data = None if body is None else json.dumps(body).encode()
+        bound = self.timeout if timeout is None else urllib3.Timeout(total=timeout)
         session = self._session
-        response = self._send(session, method, url_path, data, content_type)
+        response = self._send(session, method, url_path, data, content_type, bound)
         if response.status == 401:  # a rotated token: log in again, once
             with self._lock:
                 if self._session is session:  # not already renewed by another thread
                     self._connect()
-            response = self._send(self._session, method, url_path, data, content_type)
+            response = self._send(self._session, method, url_path, data, content_type, bound)
         if response.status >= 400:
             raise ApiError(response.status, response.reason or "", response.data.decode(errors="replace"))
         return json.loads(response.data) if response.data else {}
@@ -90,10 +93,10 @@ class Kube:
     def __init__(self, connection: Connection):
         self.api = connection
 
-    def read(self, kind: str, namespace: str, name: str) -> dict | None:
+    def read(self, kind: str, namespace: str, name: str, timeout: float | None = None) -> dict | None:
         """The object, or None when there is none."""
         try:
-            return self.api.request("GET", path(kind, namespace, name))
+            return self.api.request("GET", path(kind, namespace, name), timeout=timeout)
         except ApiError as exc:
             if exc.status == 404:
                 return None
@@ -174,19 +177,20 @@ class Kube:
             "reportingComponent": component, "reportingInstance": host})
 
     # --- Leases (leader election) ---------------------------------------------------------------------
-    def read_lease(self, namespace: str, name: str) -> dict | None:
-        return self.read("Lease", namespace, name)
+    def read_lease(self, namespace: str, name: str, timeout: float | None = None) -> dict | None:
+        return self.read("Lease", namespace, name, timeout)
 
-    def write_lease(self, namespace: str, name: str, spec: dict, resource_version: str | None) -> bool:
+    def write_lease(self, namespace: str, name: str, spec: dict, resource_version: str | None,
+                    timeout: float | None = None) -> bool:
         """Creates or replaces the Lease; False when another replica changed it first (optimistic locking)."""
         body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                 "metadata": {"name": name, "namespace": namespace}, "spec": spec}
         try:
             if resource_version is None:
-                self.api.request("POST", path("Lease", namespace), body)
+                self.api.request("POST", path("Lease", namespace), body, timeout=timeout)
             else:
                 body["metadata"]["resourceVersion"] = resource_version
-                self.api.request("PUT", path("Lease", namespace, name), body)
+                self.api.request("PUT", path("Lease", namespace, name), body, timeout=timeout)
             return True
         except ApiError as exc:
             if exc.status in (409, 422):
