@@ -120,3 +120,42 @@ def test_workers_bound_the_reconciles_and_stop_ends_them():
     release.set()
     assert workers.stop(timeout=10)
     assert peak[0] == 2
+
+
+def test_the_controller_backs_off_failures_and_plainly_requeues_planned_looks(monkeypatch):
+    from kubetune.operator import controller
+    from kubetune.operator.errors import ApiError, RetryLater
+    from kubetune.operator.leader import NotLeading
+    from kubetune.operator.settings import OperatorSettings
+
+    def outage():
+        try:
+            raise ApiError(503, "Service Unavailable")
+        except ApiError as exc:
+            raise RetryLater("patch Job: unavailable") from exc
+
+    def kueue_holds():
+        raise RetryLater("Kueue holds the run", delay=2)
+
+    def boom():
+        raise RuntimeError("a bug")
+
+    def fenced():
+        raise NotLeading("not leading")
+
+    steps = iter([boom, boom, outage, kueue_holds, fenced, lambda: None])
+    monkeypatch.setattr(controller, "reconcile", lambda *a, **kw: next(steps)())
+    clock = Clock()
+    c = controller.Controller(OperatorSettings(leader_election=False, workers=1), kube=None)
+    c.queue = WorkQueue(clock=clock, base_delay=5, max_delay=300)
+    key = ("ns", "a")
+    due_in = []
+    for _ in range(5):
+        c.reconcile_one(key, None)
+        due_in.append((c.queue.failures(key), c.queue.deadline(key) and c.queue.deadline(key) - clock.now))
+        assert c.queue.take() is None
+        clock.now += 1000
+        if due_in[-1][1] is not None:
+            assert c.queue.take() == (key, None)
+            c.queue.done(key)
+    assert due_in == [(1, 5), (2, 10), (3, 20), (0, 2), (0, None)], "an outage backs off; Kueue's look does not"
