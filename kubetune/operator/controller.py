@@ -8,6 +8,8 @@ however busy the reconciles are (issue 20, item 2).
 import logging
 import time
 
+from prometheus_client import Gauge
+
 from kubetune.operator.errors import PermanentFailure, RetryLater
 from kubetune.operator.kube import Kube
 from kubetune.operator.leader import NotLeading
@@ -16,6 +18,8 @@ from kubetune.operator.settings import OperatorSettings
 from kubetune.operator.ticker import Ticker
 from kubetune.operator.workqueue import WorkQueue, Workers
 
+QUEUE = Gauge("kubetune_operator_workqueue_objects", "FineTuneJobs in the work queue: due (waiting for a worker), "
+              "delayed (a requeue pending), running, failing (backing off until a reconcile succeeds)", ["state"])
 RETRY_SECONDS = 5
 MAX_RETRY_SECONDS = 300
 log = logging.getLogger("kubetune.operator")
@@ -56,6 +60,8 @@ class Controller:
         self.ticker = Ticker(settings.progress_interval_seconds, settings.workers, self.progress_tick)
         self.relister = None
         self.started = False
+        for state in ("due", "delayed", "running", "failing"):
+            QUEUE.labels(state).set_function(lambda state=state: self.queue.pending()[state])
 
     def start(self, indexes: dict, relister=None) -> None:
         self.indexes.update(indexes)

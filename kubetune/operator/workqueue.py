@@ -102,12 +102,13 @@ class WorkQueue:
         with self._cond:
             self.closed = True
             self._ready.clear(), self._queued.clear(), self._heap.clear(), self._deadlines.clear()
-            self._samples.clear()
+            self._samples.clear(), self._failures.clear()
             self._cond.notify_all()
 
     def pending(self) -> dict:
         with self._cond:
-            return {"due": len(self._queued), "delayed": len(self._deadlines), "running": len(self._processing)}
+            return {"due": len(self._queued), "delayed": len(self._deadlines), "running": len(self._processing),
+                    "failing": len(self._failures)}
 
     def deadline(self, key: Hashable) -> float | None:
         with self._cond:

@@ -94,7 +94,7 @@ def test_shut_down_drops_everything_and_refuses_more():
     clock.now += 10
     q.add(A)
     assert q.take() is None and q.get() is None
-    assert q.pending() == {"due": 0, "delayed": 0, "running": 0}
+    assert q.pending() == {"due": 0, "delayed": 0, "running": 0, "failing": 0}
 
 
 def test_workers_bound_the_reconciles_and_stop_ends_them():
@@ -116,7 +116,7 @@ def test_workers_bound_the_reconciles_and_stop_ends_them():
     for i in range(6):
         q.add(("ns", str(i)))
     assert seen.acquire(timeout=10) and seen.acquire(timeout=10)
-    assert q.pending() == {"due": 4, "delayed": 0, "running": 2}, "the rest wait for a free worker"
+    assert q.pending() == {"due": 4, "delayed": 0, "running": 2, "failing": 0}, "the rest wait for a free worker"
     release.set()
     assert workers.stop(timeout=10)
     assert peak[0] == 2
