@@ -6,12 +6,15 @@ import secrets
 import signal
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
+from dataclasses import replace
 from datetime import datetime
 
 import pytest
 
-from tests.operator.conftest import manifest, wait_for
+from tests.operator.conftest import Operators, manifest, wait_for
+from tests.operator.latency import LatencyProxy
 from tests.operator.test_operator_cluster import jobs, kwok, phase_is, status
 
 pytestmark = pytest.mark.cluster
@@ -82,7 +85,7 @@ def test_a_frozen_leader_that_lost_the_lease_exits_without_acting(cluster, names
     assert len(jobs(cluster, namespace)) == 1
 
 
-HANDOVER_JOBS = 300
+HANDOVER_JOBS = 150
 
 
 def audit_entries(cluster, start: int) -> list[dict]:
@@ -100,13 +103,30 @@ def stamp(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
-def test_a_replaced_leader_writes_nothing_after_the_new_one_acquires(cluster, namespace, operators):
+@pytest.fixture
+def slow_api(cluster, namespace, operators, tmp_path):
+    """A way to start an operator whose every request to the API server takes 400 ms more (latency.py): a
+    leader on a slow path, whose reconciles still run when a standby on a fast one takes over."""
+    host, port = urllib.parse.urlsplit(json.loads(cluster.operator_kubeconfig.read_text())[
+        "clusters"][0]["cluster"]["server"]).netloc.rsplit(":", 1)
+    proxy = LatencyProxy(host, int(port), delay=0.4).start()
+    config = proxy.kubeconfig(cluster.operator_kubeconfig, tmp_path / "slow.kubeconfig")
+    slow = Operators(replace(cluster, env={**cluster.env, "KUBETUNE_OPERATOR_KUBECONFIG": str(config)}), namespace,
+                     operators.tmp, lease=operators.lease, started=operators.started)  # one count of replicas
+    yield slow
+    slow.stop_all()
+    proxy.stop()
+
+
+def test_a_replaced_leader_writes_nothing_after_the_new_one_acquires(cluster, namespace, operators, slow_api):
     """Issue 20 (1): a leader shutting down with hundreds of pending requeues (queued runs, image bumps) stops its
     timers, ticker and workers before it hands the Lease over; the audit log, by User-Agent, shows no write of
-    it after the new leader's acquireTime."""
-    first = operators.start()
+    it after the new leader's acquireTime. The leader's requests take 400 ms more than the standby's."""
+    # A 10 s lease (renew deadline 6.7 s): the slow leader's renewals (two requests of 400 ms, on two busy cores)
+    # must not lose it before the handover; the 4 s of the other tests leave it 2.7 s.
+    first = slow_api.start(LEASE_DURATION_SECONDS="10")
     wait_for("a leader", lambda: leads(first), timeout=30)
-    second = operators.start()
+    second = operators.start(LEASE_DURATION_SECONDS="10")
     wait_for("the standby to wait", lambda: "waiting for leadership" in second.output(), timeout=30)
     # Queued runs in a namespace Kueue does not manage: each one's Job stays suspended and the leader looks
     # again every 2 s (a pending requeue per job), and no pod takes a GPU from the other tests.
@@ -117,14 +137,15 @@ def test_a_replaced_leader_writes_nothing_after_the_new_one_acquires(cluster, na
         (j.get("status") or {}).get("phase") == "Queued"
         for j in cluster.kubectl_json("get", "ftj", "-n", namespace)["items"]) == HANDOVER_JOBS, timeout=120)
 
+    print(f"{HANDOVER_JOBS} runs queued")
     start = audit_size(cluster)
     # An image bump on every run: the leader has hundreds of Jobs to replace when it is told to stop.
     patch = json.dumps({"spec": {"image": "kubetune/trainer:bumped"}})
     cluster.kubectl("patch", "ftj", *[d["metadata"]["name"] for d in docs], "-n", namespace, "--type=merge",
                     "-p", patch)
     first.stop(signal.SIGTERM)
-    wait_for("the standby to lead", lambda: leads(second), timeout=LEASE_SECONDS * 3)
-    assert first.proc.returncode is not None
+    wait_for("the standby to lead", lambda: leads(second), timeout=30)
+    assert first.proc.returncode == 0, "a clean shutdown, not a lost lease"
     lease = cluster.kubectl_json("get", "lease", operators.lease, "-n", "kubetune-system")
     assert lease["spec"]["holderIdentity"] == second.identity
     acquired = stamp(lease["spec"]["acquireTime"])
