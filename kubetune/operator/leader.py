@@ -45,6 +45,7 @@ class LeaderElector:
         self.leading = threading.Event()
         self.resigning = threading.Event()  # shutting down: act no more, but keep the Lease until release()
         self.stopped = threading.Event()
+        self.renewer: threading.Thread | None = None
 
     def _budget(self) -> float:
         """Seconds a Lease request may take: what is left of the renew deadline while leading (a renewal that
@@ -119,7 +120,7 @@ class LeaderElector:
                     self.leading.clear()
                     on_lost()
                     return
-        thread = threading.Thread(target=loop, name="lease-renewal", daemon=True)
+        thread = self.renewer = threading.Thread(target=loop, name="lease-renewal", daemon=True)
         thread.start()
         return thread
 
@@ -133,6 +134,8 @@ class LeaderElector:
     def release(self) -> None:
         """Hands the Lease back on shutdown (client-go ReleaseOnCancel), so a standby need not wait for expiry."""
         self.stopped.set()
+        if self.renewer is not None:  # a renewal in flight would change the Lease under the release (a 409)
+            self.renewer.join(self.renew_deadline)
         if not self.leading.is_set():
             return
         self.leading.clear()
@@ -140,11 +143,13 @@ class LeaderElector:
             lease = self.kube.read_lease(self.namespace, self.name, timeout=self.renew_deadline)
             spec = (lease or {}).get("spec") or {}
             if lease and spec.get("holderIdentity") == self.identity:
-                self.kube.write_lease(self.namespace, self.name, {
+                released = self.kube.write_lease(self.namespace, self.name, {
                     "holderIdentity": None, "leaseDurationSeconds": 1, "acquireTime": _stamp(),
                     "renewTime": _stamp(), "leaseTransitions": spec.get("leaseTransitions") or 0},
                     lease["metadata"]["resourceVersion"], timeout=self.renew_deadline)
-                log.info("released lease %s/%s", self.namespace, self.name)
+                log.log(logging.INFO if released else logging.WARNING, "%s lease %s/%s",
+                        "released" if released else "could not release (changed meanwhile)", self.namespace,
+                        self.name)
         except Exception as exc:  # expiry does the same job, only later
             log.warning("could not release lease %s/%s: %s", self.namespace, self.name, exc)
 

@@ -146,6 +146,7 @@ def test_a_replaced_leader_writes_nothing_after_the_new_one_acquires(cluster, na
     first.stop(signal.SIGTERM)
     wait_for("the standby to lead", lambda: leads(second), timeout=30)
     assert first.proc.returncode == 0, "a clean shutdown, not a lost lease"
+    assert "released lease" in first.output(), "handed over, not left to expire"
     lease = cluster.kubectl_json("get", "lease", operators.lease, "-n", "kubetune-system")
     assert lease["spec"]["holderIdentity"] == second.identity
     acquired = stamp(lease["spec"]["acquireTime"])
