@@ -170,3 +170,6 @@ class Fence:
         if method != "GET" and not self.may_act():
             raise NotLeading(f"not leading: {method} {url_path} refused")
         return self.connection.request(method, url_path, *args, **kwargs)
+
+    def __getattr__(self, name: str):  # the rest of kube.Connection (its pool...) as is
+        return getattr(self.connection, name)
