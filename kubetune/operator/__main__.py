@@ -1,17 +1,22 @@
 """`kubetune-operator` / `python -m kubetune.operator`: run the operator (settings from KUBETUNE_OPERATOR_*).
 
-Order matters: health endpoints first (a standby must answer its probes), then the Lease, then kopf.
+Order matters: health endpoints first (a standby must answer its probes), then the Lease, then kopf. On the
+way out the other way round, and the Lease last: the fence closes, the ticker, relist and workers stop (a
+running reconcile ends, nothing new starts), and only then is the Lease handed to a standby.
 """
+import functools
 import logging
 import os
+import socket
 
 import kopf
 import prometheus_client
 
-from kubetune.operator.handlers import login, register
+from kubetune.operator.controller import Controller
+from kubetune.operator.handlers import login, register, user_agent
 from kubetune.operator.health import Health
 from kubetune.operator.kube import Connection, Kube
-from kubetune.operator.leader import LeaderElector
+from kubetune.operator.leader import Fence, LeaderElector
 from kubetune.operator.settings import OperatorSettings
 
 log = logging.getLogger("kubetune.operator")
@@ -21,10 +26,12 @@ def main() -> None:
     settings = OperatorSettings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)  # not a line per handled event; errors stay
-    # Workers, the progress ticker's threads and the Lease renewal share the pool.
-    kube = Kube(Connection(login, connections=2 * settings.workers + 2))
-    elector = (LeaderElector(kube, settings.lease_namespace, settings.lease_name, settings.lease_duration_seconds,
-                             settings.identity) if settings.leader_election else None)
+    identity = settings.identity or f"{socket.gethostname()}-{os.getpid()}"
+    # Workers, the progress ticker's threads, the relist and the Lease renewal share the pool.
+    connection = Connection(functools.partial(login, user_agent=user_agent(identity)),
+                            connections=2 * settings.workers + 3)
+    elector = (LeaderElector(Kube(connection), settings.lease_namespace, settings.lease_name,
+                             settings.lease_duration_seconds, identity) if settings.leader_election else None)
     health = Health(elector)
     if settings.health_port:
         health.serve(settings.health_port)
@@ -33,15 +40,19 @@ def main() -> None:
     if elector is not None:
         if not elector.acquire():
             return
-        # A deposed leader exits at once (it cannot renew within the renew deadline, shorter than the lease):
-        # no handler of it may act next to the new leader. The Deployment restarts it as a standby.
+        # A deposed leader exits at once (it cannot renew within the renew deadline, shorter than the lease;
+        # its fence closed by its own clock before that): the Deployment restarts it as a standby.
         elector.keep(on_lost=lambda: os._exit(1))
+    may_act = elector.holds_lease if elector is not None else (lambda: True)
+    controller = Controller(settings, Kube(Fence(connection, may_act)), may_act)
     try:
-        may_act = elector.healthy if elector is not None else (lambda: True)
-        kopf.run(registry=register(settings, kube, may_act), standalone=True, clusterwide=not settings.namespaces,
-                 namespaces=settings.namespaces, ready_flag=health.kopf_ready)
+        kopf.run(registry=register(settings, controller, identity), standalone=True,
+                 clusterwide=not settings.namespaces, namespaces=settings.namespaces, ready_flag=health.kopf_ready)
     finally:
         health.kopf_stopped.set()
+        if elector is not None:
+            elector.resign()  # no write from here on...
+        controller.stop(settings.shutdown_seconds)  # ...and nothing left that would try
         if elector is not None:
             elector.release()  # a standby takes over now rather than after the lease expires
 

@@ -49,16 +49,15 @@ class Connection:
     """A pool of HTTPS connections to the API server. `login` returns credentials (kopf.ConnectionInfo: server,
     as_ssl_context(), as_http_headers(), proxy_url); they are fetched again every `refresh_seconds` (client-go
     re-reads a service account token every minute: the kubelet rotates it) and once after a 401. A 429 (API
-    Priority and Fairness) is retried after the server's Retry-After, `throttle_retries` times, as client-go
-    does. `connections`: at least the requests in flight at once (reconcile workers, the progress ticker, the
+    Priority and Fairness) is an ApiError carrying the server's Retry-After: Kube waits it out and asks again.
+    `connections`: at least the requests in flight at once (reconcile workers, the progress ticker, the
     Lease), or busy workers open and drop connections."""
 
     def __init__(self, login: Callable[[], Any], connections: int = 10,
-                 timeout: tuple[float, float] = REQUEST_TIMEOUT, refresh_seconds: float = TOKEN_REFRESH_SECONDS,
-                 throttle_retries: int = THROTTLE_RETRIES):
+                 timeout: tuple[float, float] = REQUEST_TIMEOUT, refresh_seconds: float = TOKEN_REFRESH_SECONDS):
         self._login, self._size, self._lock = login, connections, threading.Lock()
         self.timeout = urllib3.Timeout(connect=timeout[0], read=timeout[1])
-        self.refresh_seconds, self.throttle_retries = refresh_seconds, throttle_retries
+        self.refresh_seconds = refresh_seconds
         self._session: tuple | None = None
         self._connect()
 
@@ -81,10 +80,11 @@ class Connection:
     def pool(self) -> urllib3.PoolManager:
         return self._session[2]
 
-    def _send(self, session: tuple, method: str, url_path: str, data: bytes | None, content_type: str):
+    def _send(self, session: tuple, method: str, url_path: str, data: bytes | None, content_type: str,
+              timeout: urllib3.Timeout):
         server, headers, pool = session[:3]
         return pool.request(method, server + url_path, body=data, headers={**headers, "Content-Type": content_type},
-                            timeout=self.timeout)
+                            timeout=timeout)
 
     def _renew(self, session: tuple) -> None:
         with self._lock:
@@ -92,24 +92,20 @@ class Connection:
                 self._connect()
 
     def request(self, method: str, url_path: str, body: Any = None, params: dict | None = None,
-                content_type: str = "application/json") -> dict:
-        """The decoded JSON answer; ApiError for any answer >= 400. Connection failures raise urllib3's errors."""
+                content_type: str = "application/json", timeout: float | None = None) -> dict:
+        """The decoded JSON answer; ApiError for any answer >= 400 (a 429 carries its Retry-After). Connection
+        failures raise urllib3's errors. `timeout`: a total bound in seconds instead of the (connect, read)
+        default (the Lease's renewals)."""
         url_path += f"?{urlencode(params)}" if params else ""
         data = None if body is None else json.dumps(body).encode()
+        bound = self.timeout if timeout is None else urllib3.Timeout(total=timeout)
         if time.monotonic() - self._session[4] >= self.refresh_seconds:
             self._renew(self._session)
         session = self._session
-        response = self._send(session, method, url_path, data, content_type)
+        response = self._send(session, method, url_path, data, content_type, bound)
         if response.status == 401:  # a rotated token: log in again, once
             self._renew(session)
-            response = self._send(self._session, method, url_path, data, content_type)
-        for _ in range(self.throttle_retries):
-            delay = retry_after(response)
-            if response.status != 429 or delay is None:
-                break
-            metrics.API_THROTTLED.inc()
-            time.sleep(delay)
-            response = self._send(self._session, method, url_path, data, content_type)
+            response = self._send(self._session, method, url_path, data, content_type, bound)
         if response.status == 429:
             metrics.API_THROTTLED.inc()
         if response.status >= 400:
@@ -128,13 +124,30 @@ def retry_after(response) -> float | None:
 
 
 class Kube:
-    def __init__(self, connection: Connection):
-        self.api = connection
+    """`connection`: a Connection, or leader.Fence around one (every write is checked against the Lease, retries
+    included)."""
 
-    def read(self, kind: str, namespace: str, name: str) -> dict | None:
-        """The object, or None when there is none."""
+    def __init__(self, connection: Connection, throttle_retries: int = THROTTLE_RETRIES):
+        self.api, self.throttle_retries = connection, throttle_retries
+
+    def _call(self, method: str, url_path: str, *args, **kwargs) -> dict:
+        """One request, asked again after the server's Retry-After when it throttles (429), `throttle_retries`
+        times, as client-go does. Not for the Lease: its renewals have a deadline of their own."""
+        for attempt in range(self.throttle_retries + 1):
+            try:
+                return self.api.request(method, url_path, *args, **kwargs)
+            except ApiError as exc:
+                if exc.status != 429 or exc.retry_after is None or attempt == self.throttle_retries:
+                    raise
+                time.sleep(exc.retry_after)
+        raise AssertionError("unreachable")
+
+    def read(self, kind: str, namespace: str, name: str, timeout: float | None = None) -> dict | None:
+        """The object, or None when there is none. With `timeout` (the Lease), one bounded try."""
         try:
-            return self.api.request("GET", path(kind, namespace, name))
+            if timeout is not None:
+                return self.api.request("GET", path(kind, namespace, name), timeout=timeout)
+            return self._call("GET", path(kind, namespace, name))
         except ApiError as exc:
             if exc.status == 404:
                 return None
@@ -149,12 +162,12 @@ class Kube:
         body: dict = {"status": status}
         if resource_version:
             body["metadata"] = {"resourceVersion": resource_version}
-        return self.api.request("PATCH", path("FineTuneJob", namespace, name, "status"), body,
+        return self._call("PATCH", path("FineTuneJob", namespace, name, "status"), body,
                                 content_type=MERGE_PATCH)
 
     def list_objects(self, kind: str, namespace: str, selector: str) -> list[dict]:
         """Server-side label selector: only the matching objects cross the wire."""
-        return self.api.request("GET", path(kind, namespace), params={"labelSelector": selector})["items"]
+        return self._call("GET", path(kind, namespace), params={"labelSelector": selector})["items"]
 
     def list_jobs(self, namespace: str, selector: str) -> list[dict]:
         return self.list_objects("Job", namespace, selector)
@@ -168,7 +181,7 @@ class Kube:
         is ours. Other refusals raise ApiError."""
         namespace, kind = obj["metadata"]["namespace"], obj["kind"]
         try:
-            return self.api.request("POST", path(kind, namespace), obj)
+            return self._call("POST", path(kind, namespace), obj)
         except ApiError as exc:
             if exc.status != 409:
                 raise
@@ -183,10 +196,10 @@ class Kube:
         return self.list_objects("Workload", namespace, f"{labels.LABEL_KUEUE_JOB_UID}={job_uid}")
 
     def patch_workload(self, namespace: str, name: str, patch: dict) -> None:
-        self.api.request("PATCH", path("Workload", namespace, name), patch, content_type=MERGE_PATCH)
+        self._call("PATCH", path("Workload", namespace, name), patch, content_type=MERGE_PATCH)
 
     def patch_job(self, namespace: str, name: str, patch: dict) -> None:
-        self.api.request("PATCH", path("Job", namespace, name), patch, content_type=MERGE_PATCH)
+        self._call("PATCH", path("Job", namespace, name), patch, content_type=MERGE_PATCH)
 
     def delete(self, kind: str, namespace: str, name: str, propagation: str = "Background",
                uid: str | None = None) -> None:
@@ -196,7 +209,7 @@ class Kube:
         if uid:
             options["preconditions"] = {"uid": uid}
         try:
-            self.api.request("DELETE", path(kind, namespace, name), options)
+            self._call("DELETE", path(kind, namespace, name), options)
         except ApiError as exc:
             if exc.status == 404 or (exc.status == 409 and uid):
                 return  # gone already, or the name is another object's now
@@ -208,7 +221,7 @@ class Kube:
     def post_event(self, obj: dict, type_: str, reason: str, message: str, component: str) -> None:
         meta, host = obj["metadata"], socket.gethostname()
         now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        self.api.request("POST", path("Event", meta["namespace"]), {
+        self._call("POST", path("Event", meta["namespace"]), {
             "apiVersion": "v1", "kind": "Event",
             "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
             "involvedObject": {"apiVersion": obj["apiVersion"], "kind": obj["kind"], "name": meta["name"],
@@ -219,19 +232,20 @@ class Kube:
             "reportingComponent": component, "reportingInstance": host})
 
     # --- Leases (leader election) ---------------------------------------------------------------------
-    def read_lease(self, namespace: str, name: str) -> dict | None:
-        return self.read("Lease", namespace, name)
+    def read_lease(self, namespace: str, name: str, timeout: float | None = None) -> dict | None:
+        return self.read("Lease", namespace, name, timeout)
 
-    def write_lease(self, namespace: str, name: str, spec: dict, resource_version: str | None) -> bool:
+    def write_lease(self, namespace: str, name: str, spec: dict, resource_version: str | None,
+                    timeout: float | None = None) -> bool:
         """Creates or replaces the Lease; False when another replica changed it first (optimistic locking)."""
         body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                 "metadata": {"name": name, "namespace": namespace}, "spec": spec}
         try:
             if resource_version is None:
-                self.api.request("POST", path("Lease", namespace), body)
+                self.api.request("POST", path("Lease", namespace), body, timeout=timeout)
             else:
                 body["metadata"]["resourceVersion"] = resource_version
-                self.api.request("PUT", path("Lease", namespace, name), body)
+                self.api.request("PUT", path("Lease", namespace, name), body, timeout=timeout)
             return True
         except ApiError as exc:
             if exc.status in (409, 422):

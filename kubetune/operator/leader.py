@@ -6,6 +6,12 @@ on this replica's own clock from when it last saw the Lease record change, never
 deadline (shorter than the lease duration), stops acting at once, before anyone else may take over. A leader that
 shuts down releases the Lease so a standby takes over without waiting for expiry. kopf's own peering was not used:
 replicas of equal priority freeze each other there.
+
+Fencing: a replica acts only while it holds a fresh lease (`holds_lease`: leading, not resigning, and a renewal
+that STARTED less than the renew deadline ago, since the API server may have written renewTime at any moment
+of that request). Every write of a reconcile goes through `Fence`, which refuses it otherwise. Each Lease
+request is bounded by what is left of the renew deadline, so a hung request cannot stretch it. On shutdown
+`resign` closes the fence first; the caller stops everything that reconciles and only then `release`s.
 """
 import logging
 import os
@@ -34,14 +40,33 @@ class LeaderElector:
         self.identity = identity or f"{socket.gethostname()}-{os.getpid()}"
         self.observed: dict | None = None  # the last Lease spec seen, and when (monotonic) it changed
         self.observed_at = 0.0
-        self.renewed_at = 0.0  # monotonic time of our last successful acquire or renew
+        self.renewed_at = 0.0  # monotonic time at which our last successful acquire or renew request started
         self.last_contact = 0.0  # monotonic time of the last Lease read that worked (readiness of a standby)
         self.leading = threading.Event()
+        self.resigning = threading.Event()  # shutting down: act no more, but keep the Lease until release()
         self.stopped = threading.Event()
+        self.renewer: threading.Thread | None = None
+
+    def _budget(self) -> float:
+        """Seconds a Lease request may take: what is left of the renew deadline while leading (a renewal that
+        has not answered by then is lost anyway), the renew deadline while acquiring."""
+        if not self.leading.is_set():
+            return self.renew_deadline
+        return max(0.05, self.renewed_at + self.renew_deadline - time.monotonic())
+
+    def holds_lease(self) -> bool:
+        """Whether this replica may act now: the fence every reconcile and every write checks."""
+        return (self.leading.is_set() and not self.resigning.is_set()
+                and time.monotonic() - self.renewed_at < self.renew_deadline)
+
+    def resign(self) -> None:
+        """Stop acting (the fence closes) while still holding the Lease, until release()."""
+        self.resigning.set()
 
     def try_acquire_or_renew(self) -> bool:
         """One attempt to take or renew the Lease (client-go tryAcquireOrRenew)."""
-        lease = self.kube.read_lease(self.namespace, self.name)
+        started = time.monotonic()
+        lease = self.kube.read_lease(self.namespace, self.name, timeout=self._budget())
         now = time.monotonic()
         self.last_contact = now
         spec = (lease or {}).get("spec") or {}
@@ -58,9 +83,9 @@ class LeaderElector:
                "acquireTime": spec.get("acquireTime") if ours else _stamp(), "renewTime": _stamp(),
                "leaseTransitions": (spec.get("leaseTransitions") or 0) + (0 if ours or lease is None else 1)}
         rv = lease["metadata"]["resourceVersion"] if lease else None
-        if not self.kube.write_lease(self.namespace, self.name, new, rv):
+        if not self.kube.write_lease(self.namespace, self.name, new, rv, timeout=self._budget()):
             return False
-        self.observed, self.observed_at, self.renewed_at = new, time.monotonic(), time.monotonic()
+        self.observed, self.observed_at, self.renewed_at = new, time.monotonic(), started
         return True
 
     def _attempt(self) -> bool:
@@ -95,7 +120,7 @@ class LeaderElector:
                     self.leading.clear()
                     on_lost()
                     return
-        thread = threading.Thread(target=loop, name="lease-renewal", daemon=True)
+        thread = self.renewer = threading.Thread(target=loop, name="lease-renewal", daemon=True)
         thread.start()
         return thread
 
@@ -109,17 +134,42 @@ class LeaderElector:
     def release(self) -> None:
         """Hands the Lease back on shutdown (client-go ReleaseOnCancel), so a standby need not wait for expiry."""
         self.stopped.set()
+        if self.renewer is not None:  # a renewal in flight would change the Lease under the release (a 409)
+            self.renewer.join(self.renew_deadline)
         if not self.leading.is_set():
             return
         self.leading.clear()
         try:
-            lease = self.kube.read_lease(self.namespace, self.name)
+            lease = self.kube.read_lease(self.namespace, self.name, timeout=self.renew_deadline)
             spec = (lease or {}).get("spec") or {}
             if lease and spec.get("holderIdentity") == self.identity:
-                self.kube.write_lease(self.namespace, self.name, {
+                released = self.kube.write_lease(self.namespace, self.name, {
                     "holderIdentity": None, "leaseDurationSeconds": 1, "acquireTime": _stamp(),
                     "renewTime": _stamp(), "leaseTransitions": spec.get("leaseTransitions") or 0},
-                    lease["metadata"]["resourceVersion"])
-                log.info("released lease %s/%s", self.namespace, self.name)
+                    lease["metadata"]["resourceVersion"], timeout=self.renew_deadline)
+                log.log(logging.INFO if released else logging.WARNING, "%s lease %s/%s",
+                        "released" if released else "could not release (changed meanwhile)", self.namespace,
+                        self.name)
         except Exception as exc:  # expiry does the same job, only later
             log.warning("could not release lease %s/%s: %s", self.namespace, self.name, exc)
+
+
+class NotLeading(Exception):
+    """A write refused by the fence: this replica no longer holds a fresh Lease."""
+
+
+class Fence:
+    """kube.Connection's `request`, refusing every write unless `may_act()` (LeaderElector.holds_lease): a
+    reconcile that began while leading cannot write once the Lease is lost, expired by our clock, or about to
+    be handed over. Reads pass (they change nothing)."""
+
+    def __init__(self, connection, may_act):
+        self.connection, self.may_act = connection, may_act
+
+    def request(self, method: str, url_path: str, *args, **kwargs) -> dict:
+        if method != "GET" and not self.may_act():
+            raise NotLeading(f"not leading: {method} {url_path} refused")
+        return self.connection.request(method, url_path, *args, **kwargs)
+
+    def __getattr__(self, name: str):  # the rest of kube.Connection (its pool...) as is
+        return getattr(self.connection, name)

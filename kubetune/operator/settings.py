@@ -18,8 +18,13 @@ class OperatorSettings(BaseSettings):
     scrape_timeout_seconds: float = Field(3.0, gt=0)
     resync_seconds: float = Field(60.0, gt=0)
     """A running job with no new progress is still reconciled this often (events drive everything else)."""
+    relist_seconds: float = Field(300.0, gt=0)
+    """How often the FineTuneJobs and their children are listed afresh, to evict from the indexes what the
+    watches never reported deleted (a watch gap: a 410, a restarted API server)."""
     workers: int = Field(20, ge=1, le=200)
-    """Reconciles running at once (kopf's thread pool); each holds only its own object's lock."""
+    """Reconciles running at once (the work queue's workers); never two of one object."""
+    shutdown_seconds: float = Field(20.0, gt=0)
+    """On shutdown, how long running reconciles may finish before the Lease is handed over anyway."""
     retry_delay_seconds: float = Field(30.0, gt=0)
     """How soon a run held up by a refused child (a ResourceQuota...) or a conflicting one is tried again."""
     kueue_workload_timeout_seconds: float = Field(60.0, gt=0)

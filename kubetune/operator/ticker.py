@@ -1,6 +1,6 @@
 """Live progress for every running job on one clock: each interval, the trainers of all Running FineTuneJobs
 are scraped in parallel (each read bounded by progress.scrape) and those with a new sample, or a resync due,
-are reconciled. One loop instead of a kopf timer per object: kopf puts a finalizer on every object with a timer
+are queued for a reconcile (on the workers, with the sample). One loop instead of a kopf timer per object: kopf puts a finalizer on every object with a timer
 (two more writes per job, and deletion hangs while the operator is down), and a thousand asyncio timers each
 hopping into the thread pool do not keep their interval on two cores.
 """
@@ -8,7 +8,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import CancelledError, ThreadPoolExecutor
 
 log = logging.getLogger("kubetune.progress")
 
@@ -33,9 +33,18 @@ class Ticker:
         if self.thread is None:
             self.start()
 
+    def stop(self, timeout: float) -> None:
+        """No more rounds; a round in progress ends after its scrapes (each bounded by the scrape timeout)."""
+        self.stopped.set()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        with self.lock:
+            thread = self.thread
+        if thread is not None:
+            thread.join(timeout)
+
     def start(self) -> None:
         with self.lock:
-            if self.thread is None:
+            if self.thread is None and not self.stopped.is_set():
                 self.thread = threading.Thread(target=self.loop, name="progress-ticker", daemon=True)
                 self.thread.start()
 
@@ -52,7 +61,10 @@ class Ticker:
             started = time.monotonic()
             with self.lock:
                 items = list(self.running.items())
-            list(self.pool.map(self._one, items))
+            try:
+                list(self.pool.map(self._one, items))
+            except (RuntimeError, CancelledError):  # stop() shut the pool down
+                return
             self.last_round_seconds = time.monotonic() - started
             if self.last_round_seconds > self.interval:
                 log.warning("reading progress of %d jobs took %.1f s, more than the %.1f s interval",

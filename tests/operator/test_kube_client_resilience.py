@@ -56,7 +56,7 @@ def test_a_429_is_retried_after_the_servers_retry_after(server):
 
 def test_throttling_that_outlasts_the_retries_is_a_transient_error_carrying_the_delay(server):
     Throttling.throttled = 100
-    kube = Kube(Connection(lambda: kopf.ConnectionInfo(server=server, token="t"), throttle_retries=1))
+    kube = Kube(Connection(lambda: kopf.ConnectionInfo(server=server, token="t")), throttle_retries=1)
     with pytest.raises(ApiError) as raised:
         kube.get_finetunejob("ns", "x")
     assert raised.value.status == 429 and raised.value.retry_after == 1.0 and is_transient(raised.value)

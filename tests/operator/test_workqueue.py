@@ -1,0 +1,161 @@
+"""The requeue scheduler (workqueue.py), on an injected clock: no sleeps. Issue 20 (4): the first timer used to win
+whatever its delay, a collapsed reconcile reset the backoff, and timers ran reconciles outside the bounded pool."""
+import threading
+
+from kubetune.operator.workqueue import WorkQueue, Workers
+
+A, B = ("ns", "a"), ("ns", "b")
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def queue() -> tuple[WorkQueue, Clock]:
+    clock = Clock()
+    return WorkQueue(clock=clock, base_delay=5, max_delay=300), clock
+
+
+def test_the_earliest_requeue_wins_whichever_came_first():
+    q, clock = queue()
+    q.add(A, 300)  # a long backoff pending...
+    q.add(A, 2)  # ...does not swallow a 2 s retry
+    q.add(A, 60)  # and a later one does not push the 2 s back
+    assert q.take() is None
+    clock.now += 1.9
+    assert q.take() is None
+    clock.now += 0.1
+    assert q.take() == (A, None)
+    q.done(A)
+    clock.now += 400
+    assert q.take() is None, "the superseded deadlines do not fire on their own"
+
+
+def test_an_object_is_queued_once_and_never_reconciled_twice_at_once():
+    q, _ = queue()
+    for _ in range(3):
+        q.add(A)
+    q.add(B)
+    assert q.take() == (A, None)
+    q.add(A)  # an event while A is being reconciled...
+    assert q.take() == (B, None), "...does not start a second reconcile of A beside the first"
+    assert q.take() is None
+    q.done(A)  # ...but runs once more afterwards
+    assert q.take() == (A, None)
+    q.done(A), q.done(B)
+    assert q.take() is None
+
+
+def test_a_reconcile_that_starts_drops_the_pending_requeue():
+    q, clock = queue()
+    q.add(A, 30)
+    q.add(A)  # an event: reconcile now
+    assert q.take() == (A, None) and q.deadline(A) is None
+    q.done(A)
+    clock.now += 31
+    assert q.take() is None
+
+
+def test_backoff_grows_until_a_success_and_survives_events_in_between():
+    q, clock = queue()
+    delays = []
+    for _ in range(4):
+        delays.append(q.backoff(A))
+        q.add(A)  # an event brings it back at once: the failure count stays
+        assert q.take() == (A, None)
+        q.done(A)
+    assert delays == [5, 10, 20, 40]
+    assert q.backoff(A, at_least=100) == 100
+    for _ in range(5):
+        q.backoff(A)
+    assert q.backoff(A) == 300, "capped"
+    q.forget(A)
+    assert q.backoff(A) == 5
+
+
+def test_samples_ride_with_the_next_reconcile_latest_first():
+    q, _ = queue()
+    q.add(A, sample={"step": 1})
+    q.add(A, sample={"step": 2})
+    assert q.take() == (A, {"step": 2})
+    q.done(A)
+    q.add(A)
+    assert q.take() == (A, None)
+
+
+def test_shut_down_drops_everything_and_refuses_more():
+    q, clock = queue()
+    q.add(A), q.add(B, 5)
+    q.shut_down()
+    clock.now += 10
+    q.add(A)
+    assert q.take() is None and q.get() is None
+    assert q.pending() == {"due": 0, "delayed": 0, "running": 0, "failing": 0}
+
+
+def test_workers_bound_the_reconciles_and_stop_ends_them():
+    q = WorkQueue()
+    running, peak, lock = set(), [0], threading.Lock()
+    release, seen = threading.Event(), threading.Semaphore(0)
+
+    def work(key, sample):
+        with lock:
+            assert key not in running
+            running.add(key)
+            peak[0] = max(peak[0], len(running))
+        seen.release()
+        release.wait(10)
+        with lock:
+            running.discard(key)
+
+    workers = Workers(q, 2, work).start()
+    for i in range(6):
+        q.add(("ns", str(i)))
+    assert seen.acquire(timeout=10) and seen.acquire(timeout=10)
+    assert q.pending() == {"due": 4, "delayed": 0, "running": 2, "failing": 0}, "the rest wait for a free worker"
+    release.set()
+    assert workers.stop(timeout=10)
+    assert peak[0] == 2
+
+
+def test_the_controller_backs_off_failures_and_plainly_requeues_planned_looks(monkeypatch):
+    from kubetune.operator import controller
+    from kubetune.operator.errors import ApiError, RetryLater
+    from kubetune.operator.leader import NotLeading
+    from kubetune.operator.settings import OperatorSettings
+
+    def outage():
+        try:
+            raise ApiError(503, "Service Unavailable")
+        except ApiError as exc:
+            raise RetryLater("patch Job: unavailable") from exc
+
+    def kueue_holds():
+        raise RetryLater("Kueue holds the run", delay=2)
+
+    def boom():
+        raise RuntimeError("a bug")
+
+    def fenced():
+        raise NotLeading("not leading")
+
+    steps = iter([boom, boom, outage, kueue_holds, fenced, lambda: None])
+    monkeypatch.setattr(controller, "reconcile", lambda *a, **kw: next(steps)())
+    clock = Clock()
+    c = controller.Controller(OperatorSettings(leader_election=False, workers=1), kube=None)
+    c.queue = WorkQueue(clock=clock, base_delay=5, max_delay=300)
+    key = ("ns", "a")
+    due_in = []
+    for _ in range(5):
+        c.reconcile_one(key, None)
+        due_in.append((c.queue.failures(key), c.queue.deadline(key) and c.queue.deadline(key) - clock.now))
+        assert c.queue.take() is None
+        clock.now += 1000
+        if due_in[-1][1] is not None:
+            assert c.queue.take() == (key, None)
+            c.queue.done(key)
+    assert due_in == [(1, 5), (2, 10), (3, 20), (0, 2), (0, None)], "an outage backs off; Kueue's look does not"
