@@ -154,17 +154,20 @@ def load_trainable(model, state: dict) -> None:
             params[k].copy_(v)
 
 
-def optimizer_for(job: FineTuneJob, model, total_steps: int):
+def optimizer_for(job: FineTuneJob, model, total_steps: int, fused: bool = True):
     """AdamW (no decay on biases and norms) and transformers' schedule: linear warmup, then cosine, linear or
-    constant."""
+    constant. `fused`: one fused kernel for all parameters (CUDA and CPU have one; FSDP's sharded parameters take
+    the foreach path), else torch's loop over the parameters."""
     from transformers import get_scheduler
 
     hp = job.spec.hyperparameters
     lr = hp.learning_rate or (2e-5 if job.spec.method.type == "full" else 2e-4)
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]  # biases and norms
+    sharded = any(parallel.is_dtensor(p) for p in decay + no_decay)
+    kernel = ({"foreach": True} if sharded else {"fused": True}) if fused else {"foreach": False}
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": hp.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+                             {"params": no_decay, "weight_decay": 0.0}], lr=lr, **kernel)
     name = "constant_with_warmup" if hp.scheduler == "constant" else hp.scheduler
     return opt, get_scheduler(name, opt, num_warmup_steps=int(hp.warmup_ratio * total_steps),
                               num_training_steps=total_steps)
