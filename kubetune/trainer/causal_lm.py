@@ -31,11 +31,10 @@ def forward_logits(model, batch: dict, device, amp) -> torch.Tensor:
 def token_losses(model, batch: dict, device, amp, skip: HeadSkip | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-row summed loss, target-token count and correct next-token predictions."""
-    labels = batch["labels"].to(device, non_blocking=True)
     if skip is not None:
         with torch.autocast(device.type, dtype=amp) if amp else nullcontext():
-            return linear_ce.token_stats(model_output(model, batch, device, amp, skip), skip.head, labels)
-    labels = labels[:, 1:]
+            return linear_ce.token_stats(model_output(model, batch, device, amp, skip), skip.head, batch["labels"])
+    labels = batch["labels"][:, 1:].to(device, non_blocking=True)
     logits = model_output(model, batch, device, amp)[:, :-1].float()
     loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=d.IGNORE,
                            reduction="none").view(labels.shape)
@@ -47,9 +46,9 @@ def token_losses(model, batch: dict, device, amp, skip: HeadSkip | None = None
 def loss_sum(model, batch: dict, device, amp, skip: HeadSkip | None = None) -> torch.Tensor:
     """The batch's summed token loss, a scalar for the backward: with `skip`, chunked linear + cross-entropy on the
     hidden states (linear_ce.py); else cross-entropy on the full logits. No argmax either way."""
+    if skip is not None:  # the labels stay on the host: the targets are counted there
+        return linear_ce.loss_sum(model_output(model, batch, device, amp, skip), skip.head, batch["labels"])
     labels = batch["labels"].to(device, non_blocking=True)
-    if skip is not None:
-        return linear_ce.loss_sum(model_output(model, batch, device, amp, skip), skip.head, labels)
     logits = model_output(model, batch, device, amp)[:, :-1]
     return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), labels[:, 1:].reshape(-1),
                            ignore_index=d.IGNORE, reduction="sum")

@@ -47,13 +47,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
             total = torch.zeros((), dtype=torch.float32, device=hidden.device)
             for a in range(0, hidden.shape[0], chunk):
                 h, y = h_all[a: a + chunk], labels[a: a + chunk]
-                logits = F.linear(h, w, b).float()
-                lse = torch.logsumexp(logits, -1)
-                total += (lse - logits.gather(1, y[:, None]).squeeze(1)).sum()
+                # log_softmax is one fused kernel (logsumexp and a subtraction are several passes)
+                logp = F.linear(h, w, b).float().log_softmax(-1)
+                total -= logp.gather(1, y[:, None]).sum()
                 if not (need_h or need_w or need_b):
                     continue
-                g = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
-                g[torch.arange(len(y), device=g.device), y] -= 1.0
+                g = logp.exp_()  # the softmax, in place: d(-log p[y]) / d logits = softmax - onehot(y)
+                g.scatter_add_(1, y[:, None], torch.full((len(y), 1), -1.0, device=g.device))
                 g = g.to(dtype)
                 if need_h:
                     grad_h[a: a + chunk] = g @ w
@@ -75,24 +75,32 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return scaled(grad_h, h_dtype), scaled(grad_w, w_dtype), scaled(grad_b, b_dtype), None, None
 
 
-def _targets(hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The hidden states that predict a label (position t predicts label t + 1), the labels, and their rows."""
-    h, y = hidden[:, :-1], labels[:, 1:]
-    where = y != IGNORE
-    rows = where.nonzero()[:, 0]
-    return h[where], y[where], rows
+def targets(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """From a batch's labels (on the host, so that no device sync is needed for their count): the flat indices of
+    the positions that predict a label (position t predicts label t + 1), those labels, and their rows."""
+    y = labels[:, 1:]
+    where = (y != IGNORE).reshape(-1).nonzero().squeeze(1)
+    return where, y.reshape(-1)[where], torch.div(where, y.shape[1], rounding_mode="floor")
+
+
+def _select(hidden: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+    h = hidden[:, :-1].reshape(-1, hidden.shape[-1])
+    return h if len(where) == h.shape[0] else h.index_select(0, where)
 
 
 def loss_sum(hidden: torch.Tensor, head: torch.nn.Linear, labels: torch.Tensor) -> torch.Tensor:
-    """The summed token loss of a batch (a scalar, differentiable w.r.t. hidden and the head's weights)."""
-    h, y, _ = _targets(hidden, labels)
-    return _LinearCrossEntropy.apply(h, head.weight, head.bias, y, chunk_tokens(head.out_features))
+    """The summed token loss of a batch (a scalar, differentiable w.r.t. hidden and the head's weights); `labels`
+    may stay on the host."""
+    where, y, _ = (t.to(hidden.device, non_blocking=True) for t in targets(labels))
+    return _LinearCrossEntropy.apply(_select(hidden, where), head.weight, head.bias, y,
+                                     chunk_tokens(head.out_features))
 
 
 @torch.no_grad()
 def token_stats(hidden: torch.Tensor, head: torch.nn.Linear, labels: torch.Tensor):
     """Per-row summed loss, target-token count and correct next-token predictions (scoring; no gradients)."""
-    h, y, rows = _targets(hidden, labels)
+    where, y, rows = (t.to(hidden.device, non_blocking=True) for t in targets(labels))
+    h = _select(hidden, where)
     n = labels.shape[0]
     sums = torch.zeros(n, dtype=torch.float32, device=hidden.device)
     correct = torch.zeros(n, dtype=torch.long, device=hidden.device)
@@ -100,7 +108,7 @@ def token_stats(hidden: torch.Tensor, head: torch.nn.Linear, labels: torch.Tenso
     for a in range(0, len(y), chunk):
         logits = head(h[a: a + chunk]).float()
         yc, rc = y[a: a + chunk], rows[a: a + chunk]
-        sums.index_add_(0, rc, torch.logsumexp(logits, -1) - logits.gather(1, yc[:, None]).squeeze(1))
+        sums.index_add_(0, rc, -logits.log_softmax(-1).gather(1, yc[:, None]).squeeze(1))
         correct.index_add_(0, rc, (logits.argmax(-1) == yc).long())
     counts = torch.bincount(rows, minlength=n)
     return sums, counts, correct

@@ -63,12 +63,14 @@ def attention(module, query, key, value, attention_mask, dropout: float = 0.0, s
         out = varlen_attn(q, k, v, cu.to(q.device, non_blocking=True), cu.to(q.device, non_blocking=True),
                           longest, longest, scale=scaling, window_size=(-1, 0), enable_gqa=q.shape[1] != k.shape[1])
         return out[None], None
-    outs, a = [], 0
-    for n in lengths:
-        out, _ = sdpa_attention_forward(module, query[:, :, a: a + n], key[:, :, a: a + n], value[:, :, a: a + n],
-                                        None, dropout=dropout, scaling=scaling, is_causal=True)
-        outs.append(out)
-        a += n
+    if len(set(lengths)) == 1:  # equal lengths (full rows): one batched call, as padded rows would make
+        n, hq, hkv = len(lengths), query.shape[1], key.shape[1]
+        q, k, v = (t[0].unflatten(1, (n, lengths[0])).transpose(0, 1) for t in (query, key, value))  # [n, H, L, D]
+        out, _ = sdpa_attention_forward(module, q, k, v, None, dropout=dropout, scaling=scaling, is_causal=True)
+        return out.reshape(1, -1, *out.shape[2:]), None  # [n, L, H, D] -> [1, T, H, D]
+    # split, not slicing: its backward is one concatenation, where each slice's backward fills a whole zero tensor
+    outs = [sdpa_attention_forward(module, q, k, v, None, dropout=dropout, scaling=scaling, is_causal=True)[0]
+            for q, k, v in zip(query.split(lengths, 2), key.split(lengths, 2), value.split(lengths, 2))]
     return torch.cat(outs, dim=1), None
 
 

@@ -3,8 +3,8 @@
 - chunked linear + cross-entropy (linear_ce.py) against cross-entropy on the full logits: the loss and every
   gradient it touches (hidden states, LoRA weights, a trained head), over several chunks, with prompt tokens masked;
   the scoring statistics (per-row loss sums, target counts, correct predictions) likewise;
-- padding-free batching (varlen.py) against padded batches: per-example losses and gradients, for plain examples,
-  packed rows (dataset.packing) and under activation checkpointing (its recomputation must see the lengths);
+- padding-free batching (varlen.py) against padded batches: per-example losses and gradients, for examples of
+  unequal and of equal lengths (one batched attention call), packed rows (dataset.packing) and under activation checkpointing (its recomputation must see the lengths);
 - the whole trainer, one technique at a time and all together (the defaults), against the trainer with every one
   off: the per-step losses of 12 steps (LoRA). test_loss_parity.py holds the defaults against the plain HF Trainer.
 
@@ -110,7 +110,7 @@ def packed_rows(exs: list[dict], width: int) -> list[dict]:
     return d.pack(exs, width)
 
 
-@pytest.mark.parametrize("layout", ["examples", "packed rows", "checkpointing"])
+@pytest.mark.parametrize("layout", ["examples", "equal lengths", "packed rows", "checkpointing"])
 def test_padding_free_equals_padded_batches(tiny_model, layout):
     from kubetune.trainer import data as d
     from kubetune.trainer import varlen
@@ -118,7 +118,7 @@ def test_padding_free_equals_padded_batches(tiny_model, layout):
 
     model = load(tiny_model, "lora")
     vocab = model.get_output_embeddings().weight.shape[0]
-    rows = examples([23, 5, 17, 11, 30, 8], vocab)
+    rows = examples([21] * 4 if layout == "equal lengths" else [23, 5, 17, 11, 30, 8], vocab)
     if layout == "packed rows":
         rows = packed_rows(rows, 40)
         assert len(rows) < 6 and any(0 in r["position_ids"][1:] for r in rows)
