@@ -1,13 +1,27 @@
 #!/usr/bin/env python3
 """Our trainer beside the Hugging Face Trainer anchors, same shapes, same data, same device, one table (issue 12).
 
-    hack/bench/trainer_speed.py gpu   # the issue's table on one GPU (make bench); estimated 8-9 minutes on an H100
-    hack/bench/trainer_speed.py cpu   # the tiny shape on 2 CPU threads (make bench-cpu): only ratios mean anything
+    hack/bench/trainer_speed.py gpu   # the issue's table on one GPU (make bench); sized for one <= 8 minute call
+    hack/bench/trainer_speed.py cpu --repeat 2   # tiny shapes + a 152k vocabulary on 2 CPU threads (make bench-cpu)
     hack/bench/trainer_speed.py cpu --steps 4 --seq 64 --shapes tiny:lora:varlen --json out.json   # a smoke run
 
 The anchors are `../shared/bench/hf_baseline.py` (plain Trainer, + torch_compile, + use_liger_kernel where
-liger-kernel is installed), copied into the git-ignored `.bench/` so a GPU machine can be sent it (`carry`); without
-either copy the anchors are skipped with a message and only our rows are printed.
+liger-kernel is installed), copied into the git-ignored `.bench/` so a GPU machine can be sent it (`carry`), and
+`+flatten`: the anchor's run with transformers' DataCollatorWithFlattening (padding-free rows, the plain Trainer's
+own answer to padding; run here, with the anchor's model, rows, arguments and clock). Without the anchor's copy the
+anchors are skipped with a message and only our rows are printed.
+
+On a lent GPU machine (no network, no ../shared) one device call runs the whole table: first `make bench-wheels`
+here (our pinned transformers/peft/pydantic wheels and liger-kernel into .bench/wheels, the anchor into .bench/),
+then, from the repository root, with `carry: [".bench"]` and `timeout_s: 480`:
+
+    pip install -q --no-deps .bench/wheels/*.whl && python3 hack/bench/trainer_speed.py gpu --json $OUT/bench.json
+
+The GPU preset (4 shapes, 12 runs, 15 steps at seq 2048 x batch 8, models built once per process) is sized for
+that call; `--shapes`/`--steps` cut it further. Like for like: both sides train LoRA r=16/alpha 32 on all linear
+layers with dropout 0 over a bf16 base, with fused AdamW; full fine-tuning differs in one declared way: the anchor
+trains pure bf16 weights and AdamW states, ours keeps fp32 master weights under bf16 autocast (the safer default
+for small learning rates; it costs memory and optimizer time, and the table says so rather than hiding it).
 
 Our side runs `kubetune.trainer.loop.train` on what the anchor uses: the same random-initialised model (same
 configs, seed 0), written with save_pretrained, and the same token rows (same generator, full length or `varlen`
@@ -43,8 +57,7 @@ CPU_THREADS = 2
 # DataCollatorWithFlattening, the plain Trainer's own padding-free batching). A shape may fix its own sequence length
 # and batch (MODEL:MODE[:varlen]@SEQxBATCH); the others take --seq and --batch.
 GPU_SHAPES = {"llama1b:lora": ("plain", "compile", "liger"), "llama1b:full": ("plain", "liger"),
-              "qwen0.5b:lora": ("plain", "liger"), "llama1b:lora:varlen": ("plain", "flatten"),
-              "llama1b:full:varlen": ("plain",)}
+              "qwen0.5b:lora": ("plain", "liger"), "llama1b:lora:varlen": ("plain", "flatten")}
 CPU_SHAPES = {"tiny:lora": ("plain", "flatten"), "tiny:lora:varlen": ("plain", "flatten"),
               "tiny:full": ("plain", "flatten"), "tiny:full:varlen": ("plain", "flatten"),
               # Qwen2's vocabulary on a tiny body: the logits are most of the memory (chunked CE's case).
@@ -190,7 +203,7 @@ def run_ours(name: str, mode: str, seq: int, bs: int, steps: int, varlen: bool) 
                  "hyperparameters": {"maxSteps": steps, "batchSize": bs, "microBatchSize": bs, "learningRate": 1e-4},
                  "output": {"uri": f"file://{out}/"},
                  "resources": {"gpusPerNode": 1 if cuda else 0}}})
-    clock, reported = [], []
+    clock, cpu_clock, reported = [], [], []
     skip = min(10, steps // 3)
     prof = profiler(cuda, skip) if os.environ.get("KUBETUNE_BENCH_PROFILE") else None
 
@@ -199,6 +212,7 @@ def run_ours(name: str, mode: str, seq: int, bs: int, steps: int, varlen: bool) 
             if cuda:
                 torch.cuda.synchronize()
             clock.append(time.perf_counter())
+            cpu_clock.append(time.process_time())
             reported.append(row.get("tokens_per_s"))
             if prof:
                 prof.step()
@@ -222,10 +236,12 @@ def run_ours(name: str, mode: str, seq: int, bs: int, steps: int, varlen: bool) 
         print(f"PROFILE {tag} (3 steps after warm-up, by {sort}):\n{summary}", flush=True)
     dt = (clock[-1] - clock[skip - 1]) / (len(clock) - skip)
     tps = lengths.float().mean().item() * bs / dt
+    cpu_tps = lengths.float().mean().item() * bs / ((cpu_clock[-1] - cpu_clock[skip - 1]) / (len(clock) - skip))
     per_tok = flops_per_token(facts["n_total"], facts["emb"], facts["layers"], facts["hidden"], seq, mode)
     shutil.rmtree(out, ignore_errors=True)  # a full model's artifacts are gigabytes
     return dict(model=name, mode=mode, seq=seq, bs=bs, varlen=varlen, run="ours", tokens_per_s=round(tps),
                 step_s=round(dt, 4), mfu=round(tps * per_tok / PEAK, 3), reported_tokens_per_s=reported[-1],
+                cpu_tokens_per_s=None if cuda else round(cpu_tps),
                 wall_s=round(wall, 1), device=torch.cuda.get_device_name() if cuda else None,
                 peak_mem_gb=round(torch.cuda.max_memory_allocated() / 2**30, 1) if cuda else None)
 
@@ -246,6 +262,51 @@ def ours_main(specs: list[str]) -> None:
             res = run_ours(name, mode, int(seq), int(bs), int(steps), "varlen" in rest)
             print("RESULT", json.dumps(res), flush=True)
         except Exception as exc:  # an OOM in one shape should not lose the others
+            print("FAILED", spec, repr(exc)[:300], flush=True)
+
+
+def cpu_clock(mod):
+    """The anchor's step clock, also reading this process's CPU time: on a CPU shared with other work, tokens per
+    CPU-second compare two runs more steadily than wall time (DataLoader workers, separate processes, not counted)."""
+    class Both(mod.Clock):
+        def __init__(self):
+            super().__init__()
+            self.cpu = []
+
+        def on_step_end(self, *args, **kw):
+            super().on_step_end(*args, **kw)
+            self.cpu.append(time.process_time())
+    return Both
+
+
+def cpu_rate(clock, tokens_per_step: float, steps: int) -> int:
+    skip = min(10, steps // 3)
+    return round(tokens_per_step / ((clock.cpu[-1] - clock.cpu[skip - 1]) / (len(clock.cpu) - skip)))
+
+
+def anchor_main(specs: list[str]) -> None:
+    """Child process: the anchor's own runs (hf_baseline.run), with its clock also reading CPU time (CPU only)."""
+    import torch
+
+    mod = anchor_module()
+    clocks = []
+    base = cpu_clock(mod)
+
+    class Recorded(base):
+        def __init__(self):
+            super().__init__()
+            clocks.append(self)
+    mod.Clock = Recorded
+    mod.print = lambda *a, **k: None  # its RESULT line: ours below carries the CPU rate too
+    for spec in specs:
+        name, mode, seq, bs, steps, *rest = spec.split(":")
+        try:
+            res = mod.run(name, mode, int(seq), int(bs), int(steps), "compile" in rest, "gc" in rest, "liger" in rest,
+                          "varlen" in rest)
+            if not torch.cuda.is_available():
+                res["cpu_tokens_per_s"] = cpu_rate(clocks[-1], res["tokens_per_s"] * res["step_s"], int(steps))
+            print("RESULT", json.dumps(res), flush=True)
+        except Exception as exc:
             print("FAILED", spec, repr(exc)[:300], flush=True)
 
 
@@ -274,7 +335,7 @@ def run_flatten(name: str, mode: str, seq: int, bs: int, steps: int, varlen: boo
             r = rows[i]
             return {"input_ids": r["input_ids"].tolist(), "labels": r["labels"].tolist()}
 
-    clock = mod.Clock()
+    clock = cpu_clock(mod)()
     args = TrainingArguments(output_dir=str(WORK / "hf-flatten"), per_device_train_batch_size=bs, max_steps=steps,
                              bf16=cuda, logging_steps=1000, report_to=[], save_strategy="no", learning_rate=1e-4,
                              dataloader_num_workers=2, disable_tqdm=True, optim="adamw_torch_fused")
@@ -284,8 +345,10 @@ def run_flatten(name: str, mode: str, seq: int, bs: int, steps: int, varlen: boo
             data_collator=DataCollatorWithFlattening()).train()
     skip = min(10, steps // 3)
     dt = (clock.t[-1] - clock.t[skip - 1]) / (len(clock.t) - skip)
+    tokens = rows.len.float().mean().item() * bs
     return dict(model=name, mode=mode, seq=seq, bs=bs, compile=False, liger=False, flatten=True, varlen=varlen,
-                tokens_per_s=round(rows.len.float().mean().item() * bs / dt), step_s=round(dt, 4), mfu=None,
+                tokens_per_s=round(tokens / dt), step_s=round(dt, 4), mfu=None,
+                cpu_tokens_per_s=None if cuda else cpu_rate(clock, tokens, steps),
                 peak_mem_gb=round(torch.cuda.max_memory_allocated() / 2**30, 1) if cuda else None)
 
 
@@ -369,8 +432,8 @@ def table(ours: list[dict], anchors: list[dict], shapes: dict, every: list[dict]
     present = {anchor_name(r) for r in anchors}
     names = [n for n in ("plain Trainer", "+flatten", "+compile", "+liger") if n in present] or ["plain Trainer"]
     head = ("| shape / mode | run | tokens/s | MFU | peak GiB | peak RSS GiB | "
-            + " | ".join(f"ours ÷ {n}" for n in names) + " | ours ÷ plain, each repeat | RSS ours ÷ plain |")
-    lines = [head, "|" + "---|" * (8 + len(names))]
+            + " | ".join(f"ours ÷ {n}" for n in names) + " | ours ÷ plain, each repeat | per CPU-second: ours ÷ plain | RSS ours ÷ plain |")
+    lines = [head, "|" + "---|" * (9 + len(names))]
     for shape in shapes:
         k = shape_key(shape)
         mine = next((r for r in ours if key(r) == k), None)
@@ -386,20 +449,22 @@ def table(ours: list[dict], anchors: list[dict], shapes: dict, every: list[dict]
             ours_row = run == "ours"
             ratios = [cell(mine["tokens_per_s"] / theirs[n]["tokens_per_s"], "{:.2f}×")
                       if ours_row and n in theirs else "" for n in names]
+            cpu = cell(mine["cpu_tokens_per_s"] / plain["cpu_tokens_per_s"], "{:.2f}×") \
+                if ours_row and plain and mine.get("cpu_tokens_per_s") and plain.get("cpu_tokens_per_s") else ""
             rss = cell(mine.get("peak_rss_gb") / plain["peak_rss_gb"], "{:.2f}×") \
                 if ours_row and plain and mine.get("peak_rss_gb") and plain.get("peak_rss_gb") else ""
             lines.append(f"| {shape} | {run} | {cell(r and r['tokens_per_s'])} | {cell(r and r['mfu'], '{:.3f}')} "
                          f"| {cell(r and r['peak_mem_gb'], '{:.1f}')} | {cell(r and r.get('peak_rss_gb'), '{:.2f}')} | "
-                         + " | ".join(ratios) + f" | {paired if ours_row else ''} | {rss} |")
+                         + " | ".join(ratios) + f" | {paired if ours_row else ''} | {cpu} | {rss} |")
     return "\n".join(lines)
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("device", choices=["gpu", "cpu", "ours", "flatten"])
+    p.add_argument("device", choices=["gpu", "cpu", "ours", "flatten", "anchor"])
     p.add_argument("specs", nargs="*", help=argparse.SUPPRESS)  # children: MODEL:MODE:SEQ:BS:STEPS[:varlen]
     p.add_argument("--shapes", nargs="+", help="MODEL:MODE[:varlen][@SEQxBATCH] (default: the device's preset)")
-    p.add_argument("--steps", type=int, help="optimizer steps per run (gpu 20, cpu 30); the first min(10, steps/3) "
+    p.add_argument("--steps", type=int, help="optimizer steps per run (gpu 15, cpu 30); the first min(10, steps/3) "
                    "are warm-up")
     p.add_argument("--seq", type=int, help="sequence length (gpu 2048, cpu 512)")
     p.add_argument("--batch", type=int, default=8)
@@ -423,8 +488,11 @@ def main() -> int:
     if a.device == "flatten":
         flatten_main(a.specs)
         return 0
+    if a.device == "anchor":
+        anchor_main(a.specs)
+        return 0
     gpu = a.device == "gpu"
-    steps, seq = a.steps or (20 if gpu else 30), a.seq or (2048 if gpu else 512)
+    steps, seq = a.steps or (15 if gpu else 30), a.seq or (2048 if gpu else 512)
     preset = GPU_SHAPES if gpu else CPU_SHAPES
     shapes = {s: preset.get(s, ("plain",)) for s in a.shapes} if a.shapes else preset
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -465,7 +533,7 @@ def main() -> int:
                         for s in group for kind in shapes[s] if kind not in ("flatten", "liger") or (kind == "liger" and liger)]
                 flat = [spec_of(s) for s in group if "flatten" in shapes[s]]
                 if use_anchors:
-                    batches += [[str(ANCHOR), *runs]] if gpu else [[str(ANCHOR), r] for r in runs]
+                    batches += [[str(ANCHOR), *runs]] if gpu else [[__file__, "anchor", r] for r in runs]
                     batches += ([[__file__, "flatten", *flat]] if gpu else [[__file__, "flatten", f] for f in flat]) \
                         if flat else []
                 for args in batches:

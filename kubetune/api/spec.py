@@ -178,6 +178,10 @@ class Hyperparameters(APIModel):
     """Compute precision; auto picks bf16 where the GPU supports it, fp32 on CPUs."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass to save memory."""
+    compile: bool = False
+    """Compile the transformer blocks' MLPs and norms with torch.compile (dynamic shapes, so varying lengths do not
+    recompile). The first steps pay the compilation (seconds on a small model, minutes on a large one); the
+    attention keeps its fused kernel. Off by default: it pays off on long runs on GPUs."""
 
     __rules__: ClassVar = (
         Rule(

@@ -122,14 +122,13 @@ class HeadSkip:
 
     @classmethod
     def of(cls, model) -> "HeadSkip | None":
-        """The model's head when it is a plain linear layer with plain weights (not a LoRA-wrapped head, not
-        FSDP's DTensor shards); None otherwise."""
+        """The model's head when it is a plain linear layer (not a LoRA-wrapped head); None otherwise. Under FSDP2
+        its weight is a shard between steps, but the root module's weights stay gathered from its forward to its
+        backward, which is when the loss uses them (and their gradient is reduced with the root's)."""
         from kubetune.trainer import parallel
 
         head = parallel.unwrap(model).get_output_embeddings()
-        if type(head) is not torch.nn.Linear or parallel.is_dtensor(head.weight):
-            return None
-        return cls(head)
+        return cls(head) if type(head) is torch.nn.Linear else None
 
     @contextmanager
     def skipped(self):

@@ -28,7 +28,7 @@ from kubetune.trainer.model import (apply_method, load_model, load_tokenizer, lo
 from kubetune.trainer.rows import load_data
 from kubetune.trainer.settings import TrainerSettings
 from kubetune.trainer.storage import Store, join
-from kubetune.trainer.unfreeze import GradualUnfreezing, gradual
+from kubetune.trainer.unfreeze import GradualUnfreezing, gradual, transformer_blocks
 
 
 @dataclass
@@ -245,11 +245,14 @@ def setup(job: FineTuneJob, run_id: str, settings: TrainerSettings, on_log=None)
     task = classify.Classification(labels, spec.classification and spec.classification.class_weights) \
         if labels else causal_lm_task(job, settings, model, tok, dist.device, amp,
                                       ddp_unused=strategy == "ddp" and unfreezer is not None)
+    if hp.compile:
+        compile_blocks(model)
     if strategy == "ddp":
         model = torch.nn.parallel.DistributedDataParallel(  # frozen blocks send no gradients while they wait
             model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None,
             find_unused_parameters=unfreezer is not None)
-    trained = {k for k, p in model.named_parameters() if p.requires_grad}  # before gradual freezing
+    # Before gradual freezing; the model's own names (not DDP's module.*), as trainable_state keys them.
+    trained = {k for k, p in parallel.unwrap(model).named_parameters() if p.requires_grad}
     micro = hp.micro_batch_size
     if hp.batch_size % (micro * dist.world):
         raise BadInput(f"hyperparameters.batchSize {hp.batch_size} is not a multiple of microBatchSize x "
@@ -271,6 +274,16 @@ def setup(job: FineTuneJob, run_id: str, settings: TrainerSettings, on_log=None)
                train_rows, val, test, stats, opt, sched, scaler, unfreezer, trained, total, micro,
                spec.evaluation.every_steps or max(1, total // 10), telemetry,
                Checkpointer(store, run_uri, spec.checkpoint.keep, scratch, telemetry, dist), scratch)
+
+
+def compile_blocks(model) -> None:
+    """torch.compile, in place (the state-dict keys stay), on each transformer block's parts other than its
+    attention: the MLP and the norms gain from fused kernels; the attention is one fused kernel already and its
+    padding-free form loops over examples of varying lengths."""
+    for block in transformer_blocks(model):
+        for name, part in block.named_children():
+            if "attn" not in name and "attention" not in name:
+                part.compile(dynamic=True)
 
 
 def causal_lm_task(job: FineTuneJob, settings: TrainerSettings, model, tok, device, amp, ddp_unused: bool

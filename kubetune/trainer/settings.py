@@ -28,6 +28,7 @@ class TrainerSettings(BaseSettings):
     (linear_ce.py), never the whole batch's logits; off computes the full logits (the unoptimised path, kept for
     comparisons). The results are the same either way."""
     fused_optimizer: bool = True
-    """AdamW's fused kernel (foreach under FSDP); off: torch's per-parameter loop."""
+    """AdamW's fused kernel on CUDA, its multi-tensor (foreach) path on CPUs and under FSDP; off: torch's
+    per-parameter loop."""
     prefetch: bool = True
     """Build the next step's batches in a thread while this step computes."""

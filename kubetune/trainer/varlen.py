@@ -60,8 +60,7 @@ def attention(module, query, key, value, attention_mask, dropout: float = 0.0, s
 
         q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # [T, H, D]
         longest = max(lengths)
-        out = varlen_attn(q, k, v, cu.to(q.device, non_blocking=True), cu.to(q.device, non_blocking=True),
-                          longest, longest, scale=scaling, window_size=(-1, 0), enable_gqa=q.shape[1] != k.shape[1])
+        out = varlen_attn(q, k, v, cu, cu, longest, longest, scale=scaling, window_size=(-1, 0), enable_gqa=q.shape[1] != k.shape[1])
         return out[None], None
     if len(set(lengths)) == 1:  # equal lengths (full rows): one batched call, as padded rows would make
         n, hq, hkv = len(lengths), query.shape[1], key.shape[1]
@@ -102,19 +101,26 @@ def forward_kwargs(batch: dict, device) -> dict:
     """What a padding-free batch adds to the model's forward (nothing for a padded one)."""
     if LENGTHS not in batch:
         return {}
-    return {LENGTHS: batch[LENGTHS], CU_SEQLENS: batch[CU_SEQLENS]}
+    return {LENGTHS: batch[LENGTHS], CU_SEQLENS: batch[CU_SEQLENS].to(device, non_blocking=True)}
 
 
 def enable(model) -> bool:
-    """Switches the model's attention to `attention` when it routes attention through transformers' interface and
-    uses SDPA today; False (nothing changed) otherwise."""
+    """Switches the model's attention to `attention` when it routes attention through transformers' interface,
+    uses SDPA today and has no sliding-window layers (per-example attention here is full causal); False (nothing
+    changed) otherwise."""
     pretrained = transformers_model(model)
     if pretrained is None or not getattr(pretrained, "_supports_attention_backend", False) \
-            or pretrained.config._attn_implementation != "sdpa":
+            or pretrained.config._attn_implementation != "sdpa" or sliding(pretrained.config):
         return False
     register()
     pretrained.set_attn_implementation(NAME)
     return True
+
+
+def sliding(config) -> bool:
+    if "sliding_attention" in (getattr(config, "layer_types", None) or ()):
+        return True
+    return bool(getattr(config, "sliding_window", None)) and getattr(config, "use_sliding_window", True) is not False
 
 
 def disable(model) -> None:
@@ -133,9 +139,21 @@ def transformers_model(model):
     return m if isinstance(m, PreTrainedModel) else None
 
 
-@torch.no_grad()
 def probe(model, vocab: int, device, amp) -> bool:
-    """True when two examples packed into one row give the logits each gives alone."""
+    """True when two examples packed into one row give the logits each gives alone (False, not an error, where a
+    kernel refuses the device or dtype: the run keeps padded batches)."""
+    try:
+        return _probe(model, vocab, device, amp)
+    except (RuntimeError, NotImplementedError) as exc:
+        import logging
+
+        logging.getLogger(__name__).warning("padding-free batching is off: %s", exc)
+        model.train()
+        return False
+
+
+@torch.no_grad()
+def _probe(model, vocab: int, device, amp) -> bool:
     a = (torch.arange(9) * 5 + 3) % vocab
     b = (torch.arange(6) * 11 + 1) % vocab
     training = model.training

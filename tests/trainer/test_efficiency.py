@@ -171,7 +171,8 @@ def run_losses(tmp_path, model_dir, technique: str, **dataset) -> tuple[list[flo
     """Per-step losses of the trainer with one technique on ("all": the defaults; "none": every one off)."""
     from kubetune.trainer.loop import train
 
-    on = {"chunked_loss", "fused_optimizer", "prefetch", "padding_free"} if technique == "all" else {technique}
+    defaults = {"chunked_loss", "fused_optimizer", "prefetch", "padding_free"}
+    on = defaults if technique == "all" else defaults | {"compile"} if technique == "compile" else {technique}
     out = tmp_path / technique
     data = write_jsonl(out / "train.jsonl", chats(64))
     job = finetunejob("efficiency", {
@@ -179,7 +180,7 @@ def run_losses(tmp_path, model_dir, technique: str, **dataset) -> tuple[list[flo
         "dataset": {"train": data, "maxSeqLength": 64, "paddingFree": "padding_free" in on, **dataset},
         "method": {"type": "lora", "lora": {"r": 8, "alpha": 16}},
         "hyperparameters": {"maxSteps": STEPS, "batchSize": 8, "microBatchSize": 4, "learningRate": 3e-3,
-                            "warmupRatio": 0.1, "maxGradNorm": 1.0, "seed": 42},
+                            "warmupRatio": 0.1, "maxGradNorm": 1.0, "seed": 42, "compile": "compile" in on},
         "checkpoint": {"everyMinutes": None},
         "output": {"uri": f"file://{out}/out/"},
         "resources": {"gpusPerNode": 0},
@@ -220,3 +221,12 @@ def test_packed_training_matches_with_and_without_padding_free(tmp_path, tiny_mo
     free, batching = run_losses(tmp_path / "b", tiny_model, "padding_free", packing=True)
     assert batching["padding_free"]
     assert max(abs(a - b) for a, b in zip(free, padded)) < 5e-5, list(zip(free, padded))
+
+
+@pytest.mark.slow  # inductor compiles C++ kernels for the CPU: about a minute on 2 shared cores
+def test_compiled_blocks_match_the_unoptimised_trainer(tmp_path, tiny_model, unoptimised):
+    """hyperparameters.compile on top of the defaults. Tolerance 2e-4: inductor's fused kernels sum in another
+    order (fp32), and 12 steps of training carry the difference forward."""
+    torch.set_num_threads(2)
+    losses, _ = run_losses(tmp_path, tiny_model, "compile")
+    assert max(abs(a - b) for a, b in zip(losses, unoptimised)) < 2e-4, list(zip(losses, unoptimised))
