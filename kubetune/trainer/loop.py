@@ -36,8 +36,8 @@ from kubetune.trainer.storage import Store, join
 # --- Evaluation ----------------------------------------------------------------------------------------------
 
 def evaluate(model, examples: list, micro: int, pad_id: int, device, amp, with_ci: bool = False,
-             task=CausalLM) -> dict:
-    scored = task.score(model, examples, micro, pad_id, device, amp)
+             task=None) -> dict:
+    scored = (task or CausalLM()).score(model, examples, micro, pad_id, device, amp)
     return ev.with_intervals(scored) if with_ci else ev.metrics(scored)
 
 
