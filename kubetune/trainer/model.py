@@ -124,11 +124,17 @@ def apply_method(job: FineTuneJob, model):
                             bias=lora.bias, use_rslora=lora.use_rslora, use_dora=lora.use_dora,
                             modules_to_save=keep or None, task_type="SEQ_CLS" if seq_cls else "CAUSAL_LM")
         try:
-            return get_peft_model(model, config)
+            model = get_peft_model(model, config)
         except ValueError as exc:
             linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
             raise BadInput(f"method.lora.targetModules {lora.target_modules}: {exc} The model's linear layers are: "
                            f"{', '.join(linear)} (or use all-linear)") from exc
+        # peft keeps adapters in fp32 but a trained copy of a module (a new head, modulesToSave) in the base's
+        # half dtype: GradScaler cannot unscale fp16 gradients, and bf16 weights and AdamW states lose small updates.
+        for p in model.parameters():
+            if p.requires_grad and p.dtype in (torch.float16, torch.bfloat16):
+                p.data = p.data.float()
+        return model
     freeze = method.freeze
     if freeze is not None:
         if freeze.embeddings:

@@ -230,3 +230,26 @@ def test_compiled_blocks_match_the_unoptimised_trainer(tmp_path, tiny_model, uno
     torch.set_num_threads(2)
     losses, _ = run_losses(tmp_path, tiny_model, "compile")
     assert max(abs(a - b) for a, b in zip(losses, unoptimised)) < 2e-4, list(zip(losses, unoptimised))
+
+
+def test_a_lora_classifiers_trained_head_keeps_fp32_weights_over_a_half_precision_base(tiny_model):
+    """Over a bf16 (or fp16) base, peft's copy of the new head trained in the base's dtype: under fp16 GradScaler
+    refused to unscale its gradients (the crash on GPUs), under bf16 its weights and AdamW states lost small updates.
+    bf16 stands in for fp16 here (fp16 needs a GPU); the head must train in fp32 either way.
+
+    Seen failing before the fix: the score head's weight was torch.bfloat16."""
+    from transformers import AutoModelForSequenceClassification
+
+    from kubetune.trainer.model import apply_method
+
+    job = finetunejob("cls", {"task": "sequence-classification", "baseModel": {"uri": f"file://{tiny_model}"},
+                              "dataset": {"train": "file:///nowhere.jsonl"},
+                              "method": {"type": "lora", "lora": {"r": 4, "alpha": 8}},
+                              "hyperparameters": {"maxSteps": 1, "precision": "bf16"},
+                              "output": {"uri": "file:///nowhere/"}, "resources": {"gpusPerNode": 0}})
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=3, dtype=torch.bfloat16)
+    model = apply_method(job, base)
+    trained = {k: p.dtype for k, p in model.named_parameters() if p.requires_grad}
+    assert any("score" in k for k in trained) and set(trained.values()) == {torch.float32}, trained
+    frozen = {p.dtype for p in model.parameters() if not p.requires_grad}
+    assert frozen == {torch.bfloat16}  # the base stays in half precision
