@@ -71,6 +71,13 @@ class Dataset(APIModel):
     """Pack several short examples into each sequence (attention never crosses examples). batchSize and
     microBatchSize then count packed sequences of up to maxSeqLength tokens, so a step trains on more examples
     than without packing: compare runs by trained tokens (summary.json trainTokens), not steps."""
+    padding_free: bool = True
+    """Causal LM: each micro-batch trains as one row of its examples back to back, without padding, position ids
+    restarting per example and attention that never crosses examples (per-example attention: flash-attention
+    varlen on CUDA GPUs, SDPA per example elsewhere). The same examples make each step as with padding, so the
+    losses are the same; only the padding's compute goes. It applies to models whose attention goes through
+    transformers' attention interface (checked once per run; others keep padded batches); false pads each
+    micro-batch to its longest example."""
     mask_prompt: bool = True
     """Causal LM: compute the loss on assistant/completion tokens only."""
     max_samples: int | None = Field(None, ge=1)
@@ -84,8 +91,10 @@ class Lora(APIModel):
     """Rank of the update matrices."""
     alpha: int = Field(32, ge=1)
     """Scaling numerator (the update is scaled by alpha / r, or alpha / sqrt(r) with useRslora)."""
-    dropout: float = Field(0.05, ge=0.0, lt=1.0)
-    """Dropout on the adapter input."""
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    """Dropout on the adapter input. 0 by default: dropout copies every adapted layer's input (a quarter of a
+    small model's forward) and the short fine-tunes kubetune runs rarely overfit enough for it to pay; set e.g.
+    0.05 for many epochs over a small dataset."""
     target_modules: list[str] = Field(default_factory=lambda: ["all-linear"], min_length=1, max_length=64)
     """Module names (or suffixes) to adapt; all-linear adapts every linear layer except the output head."""
     bias: Literal["none", "all", "lora_only"] = "none"
@@ -169,6 +178,10 @@ class Hyperparameters(APIModel):
     """Compute precision; auto picks bf16 where the GPU supports it, fp32 on CPUs."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass to save memory."""
+    compile: bool = False
+    """Compile the transformer blocks' MLPs and norms with torch.compile (dynamic shapes, so varying lengths do not
+    recompile). The first steps pay the compilation (seconds on a small model, minutes on a large one); the
+    attention keeps its fused kernel. Off by default: it pays off on long runs on GPUs."""
 
     __rules__: ClassVar = (
         Rule(

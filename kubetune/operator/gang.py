@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from kubetune.api import Reason
 from kubetune.operator.labels import ANNOTATION_RESTART_REASON, INDEX_ANNOTATION
 from kubetune.operator.runs import Run
-from kubetune.operator.status import State, failure_of, fatal_failure, job_condition, terminated
+from kubetune.operator.observed import failure_of, fatal_failure, job_condition, terminated
+from kubetune.operator.status import State
 
 _RULE = re.compile(r"matching FailJob rule at index (\d+)")
 _ATTEMPT_SUFFIX = re.compile(r"-a\d+$")

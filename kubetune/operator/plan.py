@@ -12,6 +12,7 @@ from kubetune.api import FineTuneJob
 from kubetune.operator import children, gang, kueue, labels, runs
 from kubetune.operator.children import controlled_by
 from kubetune.operator.labels import ANNOTATION_GENERATION
+from kubetune.operator.observed import job_finished, stopped
 from kubetune.operator.runs import TERMINAL, Run
 from kubetune.operator.settings import OperatorSettings
 from kubetune.operator.status import State
@@ -51,24 +52,6 @@ def _name(obj: dict) -> str:
 
 def _terminating(obj: dict) -> bool:
     return bool(obj["metadata"].get("deletionTimestamp"))
-
-
-def _stopped(job: dict) -> bool:
-    """Every pod of the Job has stopped: Complete and Failed come only after its last pod did."""
-    return any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
-               for c in (job.get("status") or {}).get("conditions") or [])
-
-
-def job_failed(job: dict) -> bool:
-    """Failed or about to be: a gang attempt to judge (gang.py)."""
-    return any(c.get("type") in ("Failed", "FailureTarget") and c.get("status") == "True"
-               for c in (job.get("status") or {}).get("conditions") or [])
-
-
-def job_finished(job: dict) -> bool:
-    """Finished or about to be (SuccessCriteriaMet and FailureTarget come before Complete and Failed)."""
-    return any(c.get("type") in ("Complete", "Failed", "SuccessCriteriaMet", "FailureTarget")
-               and c.get("status") == "True" for c in (job.get("status") or {}).get("conditions") or [])
 
 
 def plan(job: FineTuneJob, observed: dict[str, list[dict]], settings: OperatorSettings) -> Plan:
@@ -129,7 +112,7 @@ def _plan(job: FineTuneJob, observed: dict[str, list[dict]], owned: dict[str, li
     # run must be gone, pods included (Foreground), before its successor starts: two trainers would write one
     # run's checkpoints. Those of an earlier run may stop beside the new one: it writes under its own prefix.
     # A Job whose pods have all stopped (Complete, Failed: an ended gang attempt) is no such risk.
-    replaced = [j for j in owned["Job"] if _name(j) != run.job_name and not _stopped(j)
+    replaced = [j for j in owned["Job"] if _name(j) != run.job_name and not stopped(j)
                 and (j["metadata"].get("annotations") or {}).get(ANNOTATION_GENERATION) == str(run.generation)]
     deletes = [Action("delete", kind, _name(o), propagation="Foreground" if o in replaced else "Background",
                       uid=o["metadata"].get("uid"))

@@ -19,7 +19,8 @@ from kubetune.operator.labels import LABEL_KUEUE_QUEUE
 from kubetune.operator.errors import (TRANSIENT_DELAY_SECONDS, ApiError, PermanentFailure, RetryLater,
                                        api_message, is_transient)
 from kubetune.operator.kube import Kube
-from kubetune.operator.plan import Action, conflict_message, job_failed, job_finished, plan
+from kubetune.operator.observed import job_failed, job_finished
+from kubetune.operator.plan import Action, conflict_message, plan
 from kubetune.operator.settings import OperatorSettings
 from kubetune.operator.sources import ApiSource, newer
 from kubetune.operator.status import Event, State, compute_status, conditions, parse_time

@@ -2,7 +2,6 @@
 status), the current run's Job and Pods, and the trainer's latest metrics. No I/O; the same inputs always give
 the same status, so a restarted operator continues where the last one stopped.
 """
-import json
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -11,8 +10,8 @@ from pydantic import ValidationError
 from kubetune.api import Condition, ConditionType, FineTuneJob, FineTuneJobStatus, Reason, contract
 from kubetune.api.status import Artifacts, BestMetric, Comparison, Metrics, Progress, RunRecord
 from kubetune.operator import kueue
-from kubetune.operator.children import CONTAINER
 from kubetune.operator.labels import ANNOTATION_RESTART_REASON
+from kubetune.operator.observed import failure_of, fatal_failure, job_condition, termination_json
 from kubetune.operator.runs import Run
 
 TERMINAL = ("Succeeded", "Failed")
@@ -39,58 +38,6 @@ class Event:
 
 def parse_time(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
-
-
-def job_condition(job: dict, kind: str) -> dict | None:
-    return next((c for c in job.get("status", {}).get("conditions") or []
-                 if c.get("type") == kind and c.get("status") == "True"), None)
-
-
-def terminated(pod: dict) -> dict | None:
-    for cs in pod.get("status", {}).get("containerStatuses") or []:
-        if cs.get("name") == CONTAINER and "terminated" in (cs.get("state") or {}):
-            return cs["state"]["terminated"]
-    return None
-
-
-def termination_json(pod: dict) -> dict | None:
-    """The trainer's ≤4 KB termination message, when it is the trainer's JSON (not a log tail)."""
-    message = (terminated(pod) or {}).get("message") or ""
-    try:
-        value = json.loads(message)
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def failure_of(pod: dict) -> tuple[str, str] | None:
-    """(reason, message) of a failed trainer pod, from its exit code and termination message."""
-    t = terminated(pod)
-    if pod.get("status", {}).get("phase") != "Failed" and not (t and t.get("exitCode")):
-        return None
-    t = t or {}
-    error = (termination_json(pod) or {}).get("error") or {}
-    code = t.get("exitCode")
-    message = error.get("message") or t.get("message") or pod.get("status", {}).get("message") or ""
-    if t.get("reason") == "OOMKilled" or code == contract.EXIT_OUT_OF_MEMORY:
-        return Reason.OOM_KILLED, message or "the trainer ran out of memory"
-    if code == contract.EXIT_BAD_INPUT:
-        return Reason.BAD_INPUT, message
-    return error.get("reason") or t.get("reason") or "Error", message or f"exit code {code}"
-
-
-def fatal_failure(pods: list[dict]) -> tuple[str, str] | None:
-    """A pod outcome that retrying the same spec cannot fix and that no pod failure policy can match: the
-    kernel's OOM kill (exit 137 with reason OOMKilled; a bare 137 is any SIGKILL) and an eviction for outgrowing
-    the cache's ephemeral storage (kubelet marks it a disruption, which the policy would ignore forever)."""
-    for pod in pods:
-        t = terminated(pod) or {}
-        if t.get("reason") == "OOMKilled":
-            return Reason.OOM_KILLED, t.get("message") or "the kernel killed the trainer: out of memory"
-        st = pod.get("status", {})
-        if st.get("reason") == "Evicted" and any(w in str(st.get("message")).lower() for w in ("ephemeral", "emptydir")):
-            return Reason.EPHEMERAL_STORAGE_EXCEEDED, st.get("message") or "evicted for ephemeral storage"
-    return None
 
 
 def pending_state(pods: list[dict]) -> State:

@@ -9,19 +9,33 @@ import torch.nn.functional as F
 
 from kubetune.trainer import data as d
 from kubetune.trainer import evaluation as ev
+from kubetune.trainer import linear_ce, varlen
+from kubetune.trainer.linear_ce import HeadSkip
+
+
+def model_output(model, batch: dict, device, amp, skip: HeadSkip | None = None) -> torch.Tensor:
+    """The model's logits, or with `skip` its final hidden states (the head is applied in chunks by the loss). A
+    padding-free batch (varlen.collate) carries its examples' lengths to the attention."""
+    extra = varlen.forward_kwargs(batch, device)
+    # No KV cache: with one, transformers skips deriving per-example attention from packed position ids.
+    with torch.autocast(device.type, dtype=amp) if amp else nullcontext(), \
+            varlen.packed_forward() if extra else nullcontext(), skip.skipped() if skip else nullcontext():
+        return model(input_ids=batch["input_ids"].to(device, non_blocking=True),
+                     position_ids=batch["position_ids"].to(device, non_blocking=True), use_cache=False, **extra).logits
 
 
 def forward_logits(model, batch: dict, device, amp) -> torch.Tensor:
-    # No KV cache: with one, transformers skips deriving per-example attention from packed position ids.
-    with torch.autocast(device.type, dtype=amp) if amp else nullcontext():
-        return model(input_ids=batch["input_ids"].to(device), position_ids=batch["position_ids"].to(device),
-                     use_cache=False).logits
+    return model_output(model, batch, device, amp)
 
 
-def token_losses(model, batch: dict, device, amp) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def token_losses(model, batch: dict, device, amp, skip: HeadSkip | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-row summed loss, target-token count and correct next-token predictions."""
-    labels = batch["labels"][:, 1:].to(device)
-    logits = forward_logits(model, batch, device, amp)[:, :-1].float()
+    if skip is not None:
+        with torch.autocast(device.type, dtype=amp) if amp else nullcontext():
+            return linear_ce.token_stats(model_output(model, batch, device, amp, skip), skip.head, batch["labels"])
+    labels = batch["labels"][:, 1:].to(device, non_blocking=True)
+    logits = model_output(model, batch, device, amp)[:, :-1].float()
     loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=d.IGNORE,
                            reduction="none").view(labels.shape)
     mask = labels != d.IGNORE
@@ -29,31 +43,44 @@ def token_losses(model, batch: dict, device, amp) -> tuple[torch.Tensor, torch.T
     return loss.sum(1), mask.sum(1), correct
 
 
+def loss_sum(model, batch: dict, device, amp, skip: HeadSkip | None = None) -> torch.Tensor:
+    """The batch's summed token loss, a scalar for the backward: with `skip`, chunked linear + cross-entropy on the
+    hidden states (linear_ce.py); else cross-entropy on the full logits. No argmax either way."""
+    if skip is not None:  # the labels stay on the host: the targets are counted there
+        return linear_ce.loss_sum(model_output(model, batch, device, amp, skip), skip.head, batch["labels"])
+    labels = batch["labels"].to(device, non_blocking=True)
+    logits = model_output(model, batch, device, amp)[:, :-1]
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), labels[:, 1:].reshape(-1),
+                           ignore_index=d.IGNORE, reduction="sum")
+
+
 class CausalLM:
-    """What the loop calls per task, for causal LMs (classify.Classification is the classifier's)."""
+    """What the loop calls per task, for causal LMs (classify.Classification is the classifier's). `skip`: the
+    model's head when the chunked loss applies to it (linear_ce.HeadSkip); `padding_free`: training micro-batches
+    are one unpadded row each (varlen.py)."""
 
-    def __init__(self, tok=None):
-        self.tok = tok
+    def __init__(self, tok=None, skip: HeadSkip | None = None, padding_free: bool = False):
+        self.tok, self.skip, self.padding_free = tok, skip, padding_free
 
-    collate = staticmethod(d.collate)
+    def collate(self, rows: list[dict], pad_id: int) -> dict:
+        return (varlen.collate if self.padding_free else d.collate)(rows, pad_id)
 
     @staticmethod
     def targets(batch: dict) -> float:
         """The loss normaliser: target tokens (labels are shifted by one against the inputs)."""
         return float((batch["labels"][:, 1:] != d.IGNORE).sum())
 
-    @staticmethod
-    def losses(model, batch: dict, device, amp) -> torch.Tensor:
-        return token_losses(model, batch, device, amp)[0]
+    def losses(self, model, batch: dict, device, amp) -> torch.Tensor:
+        return loss_sum(model, batch, device, amp, self.skip)
 
-    @staticmethod
     @torch.no_grad()
-    def score(model, examples: list, micro: int, pad_id: int, device, amp) -> ev.Scored:
+    def score(self, model, examples: list, micro: int, pad_id: int, device, amp) -> ev.Scored:
         model.eval()
         order = d.length_order(examples)
         sums, counts, correct = [], [], []
         for i in range(0, len(examples), micro):
-            s, n, c = token_losses(model, d.collate([examples[j] for j in order[i: i + micro]], pad_id), device, amp)
+            s, n, c = token_losses(model, d.collate([examples[j] for j in order[i: i + micro]], pad_id), device, amp,
+                                   self.skip)
             sums += s.tolist()
             counts += n.tolist()
             correct += c.tolist()

@@ -39,9 +39,13 @@ class Dist:
         if self.world > 1:
             torch.distributed.barrier()
 
-    def sum(self, *values: float) -> list[float]:
-        """Sums of per-rank numbers over all ranks (float64 on the collective device)."""
-        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+    def sum(self, *values: float | torch.Tensor) -> list[float]:
+        """Sums of per-rank numbers (or one-element tensors, e.g. a loss kept on the device) over all ranks
+        (float64 on the collective device; one host sync)."""
+        if any(isinstance(v, torch.Tensor) for v in values):
+            t = torch.stack([torch.as_tensor(v, device=self.device).to(torch.float64).reshape(()) for v in values])
+        else:
+            t = torch.tensor(values, dtype=torch.float64, device=self.device)
         if self.world > 1:
             torch.distributed.all_reduce(t)
         return t.tolist()

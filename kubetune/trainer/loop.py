@@ -36,9 +36,49 @@ from kubetune.trainer.storage import Store, join
 # --- Evaluation ----------------------------------------------------------------------------------------------
 
 def evaluate(model, examples: list, micro: int, pad_id: int, device, amp, with_ci: bool = False,
-             task=CausalLM) -> dict:
-    scored = task.score(model, examples, micro, pad_id, device, amp)
+             task=None) -> dict:
+    scored = (task or CausalLM()).score(model, examples, micro, pad_id, device, amp)
     return ev.with_intervals(scored) if with_ci else ev.metrics(scored)
+
+
+# --- Batches ---------------------------------------------------------------------------------------------------
+
+def step_batches(run: Run, step: int) -> tuple[list[dict], int, float]:
+    """This rank's micro-batches of optimizer step `step`, its real (non-padding) tokens and its loss
+    normaliser (pinned host memory on CUDA, so the copies to the device run asynchronously)."""
+    hp = run.job.spec.hyperparameters
+    rows = rows_of_step(step, hp.batch_size, len(run.train_rows), hp.seed)[run.dist.rank:: run.dist.world]
+    step_rows = [run.train_rows[i] for i in rows]
+    pad = run.tok.pad_token_id
+    batches = [run.task.collate(step_rows[j: j + run.micro], pad) for j in range(0, len(step_rows), run.micro)]
+    if run.device.type == "cuda":
+        batches = [{k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in b.items()} for b in batches]
+    real_tokens = sum(len(r["input_ids"]) for r in step_rows)  # throughput never counts padding
+    return batches, real_tokens, sum(run.task.targets(b) for b in batches)
+
+
+class Prefetch:
+    """Builds the next step's batches in a thread while this step computes (the rows of a step are a pure
+    function of the step, so the next one is always known)."""
+
+    def __init__(self, run: Run):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.run = run
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="prefetch") if run.settings.prefetch else None
+        self.next = None  # (step, future)
+
+    def take(self, step: int):
+        if self.pool is None:
+            return step_batches(self.run, step)
+        ready = self.next[1] if self.next and self.next[0] == step else self.pool.submit(step_batches, self.run, step)
+        self.next = (step + 1, self.pool.submit(step_batches, self.run, step + 1)) \
+            if step + 1 < self.run.total else None
+        return ready.result()
+
+    def close(self) -> None:
+        if self.pool:
+            self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 # --- The loop -------------------------------------------------------------------------------------------------
@@ -53,27 +93,24 @@ def train_steps(run: Run, state: RunState) -> None:
     peak = flops.peak_flops(torch.cuda.get_device_name(run.device)) if run.device.type == "cuda" else None
     per_token = flops.flops_per_token(model)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    pad = run.tok.pad_token_id
     last_ckpt = time.monotonic()
     # Rates and the ETA count only what this process did: a resumed run starts its clock at the checkpoint.
     step_started, first_step, first_tokens = time.monotonic(), state.step, state.tokens
+    prefetch = Prefetch(run)
     try:
         while state.step < run.total:
             if run.unfreezer and (units := run.unfreezer.apply(state.step)) is not None:
                 run.telemetry.log("unfreeze", step=state.step, trainable_units=units, of=len(run.unfreezer.units))
-            rows = rows_of_step(state.step, hp.batch_size, len(run.train_rows), hp.seed)[dist.rank:: dist.world]
-            step_rows = [run.train_rows[i] for i in rows]
-            batches = [run.task.collate(step_rows[j: j + run.micro], pad) for j in range(0, len(step_rows), run.micro)]
-            real_tokens = sum(len(r["input_ids"]) for r in step_rows)  # throughput never counts padding
+            batches, real_tokens, targets = prefetch.take(state.step)
             # The step's normaliser: target tokens (or examples' class weights) over every rank.
-            (n_targets,) = dist.sum(sum(run.task.targets(b) for b in batches))
-            loss_sum = 0.0
+            (n_targets,) = dist.sum(targets)
+            loss_sum = torch.zeros((), dtype=torch.float32, device=run.device)  # on the device: no sync per batch
             for k, batch in enumerate(batches):
                 with parallel.no_sync(model, sync=k == len(batches) - 1):
                     s = run.task.losses(model, batch, run.device, run.amp).sum()
                     loss = s / n_targets * dist.world  # data parallelism averages gradients over the ranks
                     (run.scaler.scale(loss) if run.scaler else loss).backward()
-                loss_sum += s.item()
+                loss_sum += s.detach().float()
             if run.scaler:
                 run.scaler.unscale_(run.opt)
             grad_norm = torch.nn.utils.clip_grad_norm_(trainable, hp.max_grad_norm or float("inf"))
@@ -118,6 +155,8 @@ def train_steps(run: Run, state: RunState) -> None:
     except torch.OutOfMemoryError as exc:
         raise OutOfMemory(f"out of memory at step {state.step}: lower microBatchSize or maxSeqLength, or enable "
                           "hyperparameters.gradientCheckpointing") from exc
+    finally:
+        prefetch.close()
     run.ckpt.wait()
     state.stop_reason = state.stop_reason or (Reason.MAX_STEPS if hp.max_steps else Reason.EPOCHS)
 

@@ -124,11 +124,17 @@ def apply_method(job: FineTuneJob, model):
                             bias=lora.bias, use_rslora=lora.use_rslora, use_dora=lora.use_dora,
                             modules_to_save=keep or None, task_type="SEQ_CLS" if seq_cls else "CAUSAL_LM")
         try:
-            return get_peft_model(model, config)
+            model = get_peft_model(model, config)
         except ValueError as exc:
             linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
             raise BadInput(f"method.lora.targetModules {lora.target_modules}: {exc} The model's linear layers are: "
                            f"{', '.join(linear)} (or use all-linear)") from exc
+        # peft keeps adapters in fp32 but a trained copy of a module (a new head, modulesToSave) in the base's
+        # half dtype: GradScaler cannot unscale fp16 gradients, and bf16 weights and AdamW states lose small updates.
+        for p in model.parameters():
+            if p.requires_grad and p.dtype in (torch.float16, torch.bfloat16):
+                p.data = p.data.float()
+        return model
     freeze = method.freeze
     if freeze is not None:
         if freeze.embeddings:
@@ -142,29 +148,36 @@ def apply_method(job: FineTuneJob, model):
 
 def trainable_state(model, names: set[str] | None = None) -> dict:
     """The weights training changes; `names` also counts blocks that gradual unfreezing has yet to thaw. Sharded
-    (FSDP) weights stay shards where they are; replicated ones are copied to the host."""
+    (FSDP) weights stay shards where they are; replicated ones are copied to the host. Keys are the model's own,
+    never DDP's `module.` ones, so a checkpoint resumes on any world size."""
     return {k: (v.detach().clone() if parallel.is_dtensor(v) else v.detach().to("cpu", copy=True))
-            for k, v in model.named_parameters() if (k in names if names is not None else v.requires_grad)}
+            for k, v in parallel.unwrap(model).named_parameters()
+            if (k in names if names is not None else v.requires_grad)}
 
 
 def load_trainable(model, state: dict) -> None:
-    params = dict(model.named_parameters())
+    params = dict(parallel.unwrap(model).named_parameters())
     with torch.no_grad():
         for k, v in state.items():
-            params[k].copy_(v)
+            params[k.removeprefix("module.")].copy_(v)  # checkpoints written under DDP before names were unwrapped
 
 
-def optimizer_for(job: FineTuneJob, model, total_steps: int):
+def optimizer_for(job: FineTuneJob, model, total_steps: int, fused: bool = True):
     """AdamW (no decay on biases and norms) and transformers' schedule: linear warmup, then cosine, linear or
-    constant."""
+    constant. `fused`: one fused kernel for all parameters on CUDA, the multi-tensor (foreach) path elsewhere;
+    else torch's loop over the parameters."""
     from transformers import get_scheduler
 
     hp = job.spec.hyperparameters
     lr = hp.learning_rate or (2e-5 if job.spec.method.type == "full" else 2e-4)
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]  # biases and norms
+    # Fused on CUDA; foreach on CPUs and for FSDP's DTensors, so one process, DDP and FSDP on a CPU take the same
+    # kernel and end on the same weights (fused and foreach round differently in the last bits).
+    cuda = all(p.device.type == "cuda" and not parallel.is_dtensor(p) for p in decay + no_decay)
+    kernel = ({"fused": True} if cuda else {"foreach": True}) if fused else {"foreach": False}
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": hp.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+                             {"params": no_decay, "weight_decay": 0.0}], lr=lr, **kernel)
     name = "constant_with_warmup" if hp.scheduler == "constant" else hp.scheduler
     return opt, get_scheduler(name, opt, num_warmup_steps=int(hp.warmup_ratio * total_steps),
                               num_training_steps=total_steps)

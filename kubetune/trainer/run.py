@@ -16,7 +16,9 @@ from kubetune.trainer import classify, parallel
 from kubetune.trainer import data as d
 from kubetune.trainer import dist as dist_
 from kubetune.trainer import evaluation as ev
+from kubetune.trainer import varlen
 from kubetune.trainer.causal_lm import CausalLM
+from kubetune.trainer.linear_ce import HeadSkip
 from kubetune.trainer.checkpoint import Checkpointer
 from kubetune.trainer.dist import Dist
 from kubetune.trainer.errors import BadInput
@@ -26,7 +28,7 @@ from kubetune.trainer.model import (apply_method, load_model, load_tokenizer, lo
 from kubetune.trainer.rows import load_data
 from kubetune.trainer.settings import TrainerSettings
 from kubetune.trainer.storage import Store, join
-from kubetune.trainer.unfreeze import GradualUnfreezing, gradual
+from kubetune.trainer.unfreeze import GradualUnfreezing, gradual, transformer_blocks
 
 
 @dataclass
@@ -238,21 +240,25 @@ def setup(job: FineTuneJob, run_id: str, settings: TrainerSettings, on_log=None)
     # Tokenized once per node into memory-mapped arrays, shared under the run's prefix so a restarted pod skips it.
     train_rows, val, test = dist.local_first(lambda: load_data(job, store, tok, stats, labels,
                                                                share_uri=join(run_uri, "tokenized")))
-    task = classify.Classification(labels, spec.classification and spec.classification.class_weights) \
-        if labels else CausalLM(tok)
     unfreezer = GradualUnfreezing(model, spec.method.freeze, math.ceil(len(train_rows) / hp.batch_size)) \
         if gradual(spec.method.freeze) else None
+    task = classify.Classification(labels, spec.classification and spec.classification.class_weights) \
+        if labels else causal_lm_task(job, settings, model, tok, dist.device, amp,
+                                      ddp_unused=strategy == "ddp" and unfreezer is not None)
+    if hp.compile:
+        compile_blocks(model)
     if strategy == "ddp":
         model = torch.nn.parallel.DistributedDataParallel(  # frozen blocks send no gradients while they wait
             model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None,
             find_unused_parameters=unfreezer is not None)
-    trained = {k for k, p in model.named_parameters() if p.requires_grad}  # before gradual freezing
+    # Before gradual freezing; the model's own names (not DDP's module.*), as trainable_state keys them.
+    trained = {k for k, p in parallel.unwrap(model).named_parameters() if p.requires_grad}
     micro = hp.micro_batch_size
     if hp.batch_size % (micro * dist.world):
         raise BadInput(f"hyperparameters.batchSize {hp.batch_size} is not a multiple of microBatchSize x "
                        f"world size ({micro} x {dist.world})")
     total = hp.max_steps or math.ceil(hp.epochs * len(train_rows) / hp.batch_size)
-    opt, sched = optimizer_for(job, model, total)
+    opt, sched = optimizer_for(job, model, total, fused=settings.fused_optimizer)
     scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None  # fp16 gradients underflow unscaled
     val = val[: spec.evaluation.max_samples] if spec.evaluation.max_samples else val
     telemetry = Telemetry(settings.metrics_port if dist.main else None,
@@ -261,11 +267,41 @@ def setup(job: FineTuneJob, run_id: str, settings: TrainerSettings, on_log=None)
                   truncated=stats.truncated, dropped_too_long=stats.dropped_too_long,
                   dropped_no_target=stats.dropped_no_target, max_seq_length=spec.dataset.max_seq_length)
     telemetry.log("distributed", strategy=strategy, world=dist.world, device=str(dist.device))
+    if not labels:
+        telemetry.log("batching", padding_free=task.padding_free, chunked_loss=task.skip is not None)
     scratch = Path(tempfile.mkdtemp(prefix="kubetune-", dir=settings.cache_dir))
     return Run(job, run_id, settings, dist, store, run_uri, started, amp, strategy, tok, model, task, labels,
                train_rows, val, test, stats, opt, sched, scaler, unfreezer, trained, total, micro,
                spec.evaluation.every_steps or max(1, total // 10), telemetry,
                Checkpointer(store, run_uri, spec.checkpoint.keep, scratch, telemetry, dist), scratch)
+
+
+def compile_blocks(model) -> None:
+    """torch.compile, in place (the state-dict keys stay), on each transformer block's parts other than its
+    attention: the MLP and the norms gain from fused kernels; the attention is one fused kernel already and its
+    padding-free form loops over examples of varying lengths."""
+    for block in transformer_blocks(model):
+        for name, part in block.named_children():
+            if "attn" not in name and "attention" not in name:
+                part.compile(dynamic=True)
+
+
+def causal_lm_task(job: FineTuneJob, settings: TrainerSettings, model, tok, device, amp, ddp_unused: bool
+                   ) -> CausalLM:
+    """The causal-LM task with the techniques this model can take, each checked on it once: the chunked loss
+    (the head applied to the hidden states must give the model's logits) and padding-free batching (an example's
+    logits must be the same alone and packed beside another). Under DDP with unused parameters (gradual
+    unfreezing) the head's gradient arrives outside the forward DDP traced, so the chunked loss stays off."""
+    vocab = parallel.unwrap(model).get_output_embeddings().weight.shape[0]
+    skip = HeadSkip.of(model) if settings.chunked_loss and not ddp_unused else None
+    if skip is not None and not skip.probe(model, vocab, device, amp):
+        skip = None
+    padding_free = job.spec.dataset.padding_free and varlen.enable(model)
+    if padding_free and not varlen.probe(model, vocab, device, amp):
+        varlen.disable(model)
+        padding_free = False
+    parallel.reshard(model)  # the probes ran forwards without a backward
+    return CausalLM(tok, skip, padding_free)
 
 
 def early_stop_for(job: FineTuneJob) -> EarlyStop:

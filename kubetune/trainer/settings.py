@@ -23,3 +23,12 @@ class TrainerSettings(BaseSettings):
     collective_timeout_minutes: int = Field(60, ge=1)
     """How long a rank waits for the others at a collective (barrier, all-reduce) before failing; local rank 0
     downloads the base model while the node's other ranks wait."""
+    chunked_loss: bool = True
+    """Causal LMs: the output projection and cross-entropy in chunks of tokens on the final hidden states
+    (linear_ce.py), never the whole batch's logits; off computes the full logits (the unoptimised path, kept for
+    comparisons). The results are the same either way."""
+    fused_optimizer: bool = True
+    """AdamW's fused kernel on CUDA, its multi-tensor (foreach) path on CPUs and under FSDP; off: torch's
+    per-parameter loop."""
+    prefetch: bool = True
+    """Build the next step's batches in a thread while this step computes."""

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from kubetune.api import contract
-from kubetune.operator.status import failure_of
+from kubetune.operator.observed import failure_of
 from kubetune.trainer.errors import Preempted
 from tests.plugins.cluster import wait_for
 

@@ -79,7 +79,10 @@ def test_a_run_recorded_with_a_pinned_hash_keeps_its_run_id():
     upgrade the run goes on under its run id, it does not start over as g2."""
     spec, training, *_ = PINNED["multi-node-queued"]
     status = {"runId": "g1-0f1e2d3c", "specHash": training, "jobName": "pinned-g1", "phase": "Running"}
-    ftj = FineTuneJob.model_validate({**job(spec).to_wire(), "status": status} | {"metadata": {
+    # The object as the API server holds it: the applied manifest (not today's model written back with today's
+    # defaults, which an older operator never saw).
+    ftj = FineTuneJob.model_validate({"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "spec": spec,
+                                      "status": status, "metadata": {
         "name": "pinned", "namespace": "team-a", "uid": "0f1e2d3c-4b5a-6978-8695-a4b3c2d1e0f9", "generation": 2}})
     assert identity.current_run(ftj).run_id == "g1-0f1e2d3c"
 

@@ -157,10 +157,10 @@ def simulated_oom(*args, **kwargs):
 
 @pytest.mark.parametrize("where", ["baseline evaluation", "training step"])
 def test_out_of_memory_exits_65_simulated(monkeypatch, tmp_path, tiny_model, where):
-    """Simulated: no real allocation fails; the model's loss function raises torch.OutOfMemoryError instead."""
+    """Simulated: no real allocation fails; the model's forward (causal_lm.model_output) raises torch.OutOfMemoryError."""
     from kubetune.trainer import causal_lm
 
-    monkeypatch.setattr(causal_lm, "token_losses", simulated_oom)
+    monkeypatch.setattr(causal_lm, "model_output", simulated_oom)
     job = make_job(tmp_path, tiny_model, evaluation={"baseline": where == "baseline evaluation"})
     code, outcome = run_main(monkeypatch, tmp_path, job)
     assert code == contract.EXIT_OUT_OF_MEMORY
