@@ -5,7 +5,6 @@ import re
 import urllib.request
 
 import pytest
-import yaml
 
 from kubetune.operator.handlers import login
 from kubetune.operator.kube import Connection, Kube
@@ -136,45 +135,3 @@ def test_a_run_applied_suspended_with_a_queue_starts_nothing_until_resumed(clust
     assert not cluster.kubectl_json("get", "workloads", "-n", namespace)["items"]
     cluster.kubectl("patch", "ftj", "later", "-n", namespace, "--type=merge", "-p", '{"spec":{"suspend":false}}')
     cluster.kubectl("wait", "--for=condition=Succeeded", "ftj/later", "-n", namespace, "--timeout=120s")
-
-
-def test_an_operator_that_may_not_read_workloads_says_so(cluster, namespace, operators, queue, tmp_path):
-    """RBAC without `list workloads.kueue.x-k8s.io` (a hand-made install, a trimmed ClusterRole): the status names
-    the missing permission at once, with a Warning event, instead of "waiting for admission" forever."""
-    account, role = "kubetune-test-no-kueue", "kubetune-test-no-kueue"
-    rules = [r for r in cluster.kubectl_json("get", "clusterrole", "kubetune-operator")["rules"]
-             if "kueue.x-k8s.io" not in r.get("apiGroups", [])]
-    lease_role = cluster.kubectl_json("get", "rolebinding", "-n", "kubetune-system")["items"]
-    lease_role = next(b["roleRef"]["name"] for b in lease_role if b["roleRef"]["kind"] == "Role" and any(
-        s.get("name") == "kubetune-operator" for s in b.get("subjects") or []))
-    subject = [{"kind": "ServiceAccount", "name": account, "namespace": "kubetune-system"}]
-    cluster.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": account, "namespace": "kubetune-system"}},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": role},
-         "rules": rules},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": role},
-         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
-         "subjects": subject},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-         "metadata": {"name": role, "namespace": "kubetune-system"},
-         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": lease_role},
-         "subjects": subject}]}))
-    try:
-        config = yaml.safe_load(cluster.operator_kubeconfig.read_text())
-        config["users"][0]["user"] = {"token": cluster.kubectl(
-            "create", "token", account, "-n", "kubetune-system").stdout.strip()}
-        kubeconfig = tmp_path / "no-kueue.kubeconfig"
-        kubeconfig.write_text(yaml.safe_dump(config))
-        operators.stop_all()  # the queue fixture's operator has the full rights
-        operators.start(kubeconfig=kubeconfig)
-        cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest(
-            "blind", {"scheduling": {"queueName": queue}}, kwok(seconds=1)))
-        suspended = wait_for("the KueueForbidden reason", lambda: next(
-            (c for c in status(cluster, namespace, "blind").get("conditions") or []
-             if c["type"] == "Suspended" and c["reason"] == "KueueForbidden"), None), timeout=60)
-        assert "may not list Kueue Workloads" in suspended["message"]
-        wait_for("a Warning event", lambda: [e for e in cluster.kubectl_json("get", "events", "-n", namespace)["items"]
-                                              if e["reason"] == "KueueForbidden" and e["type"] == "Warning"])
-    finally:
-        cluster.kubectl("delete", "clusterrole,clusterrolebinding", role, "--ignore-not-found")
-        cluster.kubectl("delete", "rolebinding,serviceaccount", role, "-n", "kubetune-system", "--ignore-not-found")
