@@ -9,9 +9,6 @@ from kubetune.api import Reason
 from kubetune.operator.labels import ANNOTATION_DEACTIVATED, LABEL_KUEUE_JOB_UID
 
 GROUP, VERSION, PLURAL = "kueue.x-k8s.io", "v1beta2", "workloads"
-# Kueue's reasons for the Workload's Evicted condition (apis/kueue/v1beta2/workload_types.go) that the status
-# passes on: Preempted, PodsReadyTimeout, AdmissionCheck, ClusterQueueStopped, LocalQueueStopped, Deactivated...
-DEACTIVATED = Reason.DEACTIVATED
 
 
 def condition(workload: dict, kind: str) -> dict | None:
@@ -53,6 +50,8 @@ def waiting(queue: str, workload: dict | None, problem: tuple[str, str] | None =
     if evicted:
         preempted = condition(workload, "Preempted") if holds(workload, "Preempted") else None
         detail = evicted.get("message") or (preempted or {}).get("message") or ""
+        # Kueue's own reason (apis/kueue/v1beta2/workload_types.go): Preempted, PodsReadyTimeout, AdmissionCheck,
+        # ClusterQueueStopped, LocalQueueStopped...
         return "Queued", evicted.get("reason") or Reason.EVICTED, (
             f"evicted by Kueue ({detail}); waiting in queue {queue} to resume from the last checkpoint")
     if holds(workload, "Admitted"):
@@ -75,8 +74,6 @@ def look_again_seconds(workload: dict | None, job_age_seconds: float | None, no_
     pass), then at the resync interval."""
     young = job_age_seconds is not None and job_age_seconds < max(60.0, no_workload_seconds + 2)
     return 2.0 if young and not condition(workload or {}, "QuotaReserved") else resync_seconds
-
-
 
 
 def workload_of(workloads: list[dict], job: dict) -> dict | None:

@@ -32,6 +32,8 @@ SAMPLE_JOB_UID = "jobUid"  # which Job's pods a progress sample was read from
 
 class StatusConflict(Exception):
     """The status write was refused (409): the object changed since the copy the status was computed from."""
+
+
 _locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
 _waiting: defaultdict[tuple[str, str], int] = defaultdict(int)  # reconciles queued on each object's lock
 _waiting_lock = threading.Lock()

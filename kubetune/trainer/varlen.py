@@ -63,7 +63,7 @@ def attention(module, query, key, value, attention_mask, dropout: float = 0.0, s
         out = varlen_attn(q, k, v, cu, cu, longest, longest, scale=scaling, window_size=(-1, 0), enable_gqa=q.shape[1] != k.shape[1])
         return out[None], None
     if len(set(lengths)) == 1:  # equal lengths (full rows): one batched call, as padded rows would make
-        n, hq, hkv = len(lengths), query.shape[1], key.shape[1]
+        n = len(lengths)
         q, k, v = (t[0].unflatten(1, (n, lengths[0])).transpose(0, 1) for t in (query, key, value))  # [n, H, L, D]
         out, _ = sdpa_attention_forward(module, q, k, v, None, dropout=dropout, scaling=scaling, is_causal=True)
         return out.reshape(1, -1, *out.shape[2:]), None  # [n, L, H, D] -> [1, T, H, D]
