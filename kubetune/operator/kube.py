@@ -142,6 +142,10 @@ class Kube:
                 time.sleep(exc.retry_after)
         raise AssertionError("unreachable")
 
+    def get(self, url_path: str, params: dict | None = None) -> dict:
+        """A GET of any path (the relist's pages), throttling waited out like every other read."""
+        return self._call("GET", url_path, params=params)
+
     def read(self, kind: str, namespace: str, name: str, timeout: float | None = None) -> dict | None:
         """The object, or None when there is none. With `timeout` (the Lease), one bounded try."""
         try:

@@ -95,7 +95,7 @@ class Relister:
         while True:
             params = {"limit": PAGE, **({"labelSelector": selector} if selector else {}),
                       **({"continue": token} if token else {})}
-            page = self.kube.api.request("GET", url, params=params)
+            page = self.kube.get(url, params=params)
             uids.update(item["metadata"]["uid"] for item in page.get("items") or [])
             meta = page.get("metadata") or {}
             version = version or meta.get("resourceVersion", "")  # the first page's: the snapshot's

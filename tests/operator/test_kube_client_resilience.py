@@ -77,3 +77,14 @@ def test_the_kubeconfigs_proxy_url_carries_every_request(server):
     assert Kube(Connection(lambda: info)).get_finetunejob("ns", "x") == {"metadata": {"name": "x"}}
     [(_, target, _)] = Throttling.seen
     assert target.startswith("http://api.cluster.invalid:6443/apis/kubetune.io/")
+
+
+def test_the_periodic_relist_waits_out_throttling_like_every_other_read(server):
+    """The relist pages through every kind each period: a 429 must not cost it the round (and the ghosts it finds)."""
+    from kubetune.operator.relist import Relister
+
+    Throttling.throttled = 1
+    kube = Kube(Connection(lambda: kopf.ConnectionInfo(server=server, token="t")))
+    relister = Relister(kube, ["ns"], 60, evict=lambda *a: [], enqueue=lambda *a: None)
+    assert relister.list_uids("Job", "ns", "kubetune.io/finetunejob") == ("", set())
+    assert len(Throttling.seen) == 2
