@@ -186,8 +186,10 @@ class Trainers:
 class Operator:
     """One operator process at a time; keeps the last numbers each process reported before it went away."""
 
-    def __init__(self, e: dict, namespace: str, progress_seconds: float = 10.0):
+    def __init__(self, e: dict, namespace: str, progress_seconds: float = 10.0, lease_seconds: float = 6):
         self.e, self.namespace, self.progress_seconds = e, namespace, progress_seconds
+        self.lease_seconds = lease_seconds
+        self.restarts: list[str] = []  # why each exited process was replaced
         self.lease = f"bench-{os.getpid()}"
         self.proc: subprocess.Popen | None = None
         self.last: dict[int, dict] = {}  # pid -> {"requests": {...}, "reconciles", "cpu", "rss_peak"}
@@ -198,7 +200,7 @@ class Operator:
         env = dict(os.environ, KUBECONFIG=self.e["KUBETUNE_OPERATOR_KUBECONFIG"], KUBETUNE_OPERATOR_NAMESPACES=self.namespace,
                    KUBETUNE_OPERATOR_METRICS_PORT=str(self.metrics_port),
                    KUBETUNE_OPERATOR_HEALTH_PORT=str(self.health_port), KUBETUNE_OPERATOR_LEASE_NAME=self.lease,
-                   KUBETUNE_OPERATOR_LEASE_DURATION_SECONDS="6",
+                   KUBETUNE_OPERATOR_LEASE_DURATION_SECONDS=str(self.lease_seconds),
                    KUBETUNE_OPERATOR_PROGRESS_INTERVAL_SECONDS=str(self.progress_seconds),
                    KUBETUNE_OPERATOR_IDENTITY=f"bench-{time.monotonic_ns()}",
                    KUBETUNE_OPERATOR_POD_ANNOTATION_PREFIXES="kwok.kubetune.io/")
@@ -238,6 +240,14 @@ class Operator:
         while True:
             self.sample()
             time.sleep(1)
+
+    def restart_if_exited(self) -> None:
+        """What the Deployment does: a process that exited (a lost Lease under load) is replaced, and counted."""
+        if self.proc is not None and self.proc.poll() is not None:
+            log = Path(f"/tmp/{self.lease}.log").read_text(errors="replace").strip().splitlines()
+            self.restarts.append(f"exit {self.proc.returncode}: {log[-1] if log else ''}"[:300])
+            print(f"  operator exited ({self.restarts[-1]}); starting a new one", file=sys.stderr)
+            self.start()
 
     def kill(self) -> None:
         self.sample()
@@ -309,7 +319,8 @@ def progress_numbers(recorder: Recorder, trainers: "Trainers | None", log: Path)
 
 
 def run(n: int, run_seconds: float, kill: bool, timeout: float, serve_metrics: bool = False,
-        progress_seconds: float = 10.0, step_seconds: float = 1.0, kill_at: float | None = None) -> dict:
+        progress_seconds: float = 10.0, step_seconds: float = 1.0, kill_at: float | None = None,
+        lease_seconds: float = 6) -> dict:
     e = cluster_env(ROOT / "hack" / "cluster")
     trainers = Trainers(step_seconds, int(run_seconds / step_seconds)) if serve_metrics else None
     namespace = f"bench-{os.getpid()}"
@@ -321,7 +332,7 @@ def run(n: int, run_seconds: float, kill: bool, timeout: float, serve_metrics: b
     api = kubernetes.config.new_client_from_config(config_file=e["KUBECONFIG"])
     recorder = Recorder(api, namespace)
     recorder.start()
-    operator = Operator(e, namespace, progress_seconds)
+    operator = Operator(e, namespace, progress_seconds, lease_seconds)
     operator.start()
     killed_at = None
     try:
@@ -337,6 +348,7 @@ def run(n: int, run_seconds: float, kill: bool, timeout: float, serve_metrics: b
                 operator.kill()
                 killed_at = time.monotonic() - started
                 operator.start()  # a fresh process, as the Deployment would start it
+            operator.restart_if_exited()
             if time.monotonic() - started > timeout:
                 print(f"  timed out: {len(recorder.t['ftj_terminal'])}/{n} terminal", file=sys.stderr)
                 break
@@ -370,7 +382,8 @@ def run(n: int, run_seconds: float, kill: bool, timeout: float, serve_metrics: b
         "requests": {f"{verb} {resource}": count for (verb, resource), count in sorted(requests.items())},
         "reconciles": reconciles, "cpu_seconds": cpu,
         "duplicates": sum(len(uids) > 1 for uids in recorder.job_uids.values()), "orphans": orphan_count,
-        "progress_seconds": progress_seconds,
+        "progress_seconds": progress_seconds, "lease_seconds": lease_seconds, "restarts": operator.restarts,
+        "load_average": os.getloadavg(),
         **progress_numbers(recorder, trainers, Path(f"/tmp/{operator.lease}.log")),
     }
 
@@ -404,6 +417,8 @@ def table(r: dict) -> str:
         f"| operator CPU per reconcile | {1000 * r['cpu_seconds'] / max(r['reconciles'], 1):.1f} ms "
         f"({r['cpu_seconds']:.1f} s in all) | | |",
         f"| duplicate Jobs / orphaned children | {r['duplicates']} / {r['orphans']} | | |",
+        f"| operator restarts after an exit (Lease {r['lease_seconds']:g} s) | {len(r['restarts'])} | | |",
+        f"| load average at the end (1, 5, 15 min) | {', '.join(f'{x:.1f}' for x in r['load_average'])} | | |",
         *([f"| progress scrapes / rounds over the interval | {r['scrapes']} / {r['slow_progress_rounds']} | | |"]
           if "scrapes" in r else []),
         "", "requests by verb and resource (whole run, all operator processes): "
@@ -419,6 +434,8 @@ def main() -> None:
     parser.add_argument("--kill-at", type=float, help="SIGKILL it this many seconds after the apply starts "
                         "(comparable runs; the restart's peak memory depends on the moment)")
     parser.add_argument("--timeout", type=float, default=1800)
+    parser.add_argument("--lease-seconds", type=float, default=6, help="the operator's Lease duration (the "
+                        "chart's is 15; 6 makes a killed leader's successor take over sooner)")
     parser.add_argument("--json", type=Path, help="also write the raw numbers here")
     parser.add_argument("--serve-metrics", action="store_true",
                         help="answer every kwok pod's trainer metrics port (progress scraping under load)")
@@ -426,7 +443,7 @@ def main() -> None:
     parser.add_argument("--step-seconds", type=float, default=1.0, help="a stand-in trainer's time per step")
     args = parser.parse_args()
     result = run(args.n, args.run_seconds, args.kill, args.timeout, args.serve_metrics, args.progress_seconds,
-                 args.step_seconds, args.kill_at)
+                 args.step_seconds, args.kill_at, args.lease_seconds)
     print(table(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))

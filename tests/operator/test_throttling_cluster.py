@@ -3,6 +3,7 @@ ServiceAccount (one seat, excess rejected with 429) while a hundred FineTuneJobs
 server's Retry-After, keep its Lease (the chart's FlowSchema sends Lease requests to the `leader-election`
 priority level), never call a run Stalled for it, and still run every job."""
 import json
+import os
 import re
 import urllib.request
 
@@ -12,7 +13,9 @@ from tests.operator.conftest import manifest, wait_for
 from tests.operator.test_operator_cluster import kwok
 
 pytestmark = pytest.mark.cluster
-JOBS = 100
+# 100 in `make test` (about a minute); the issue's 1,000 run by hand with KUBETUNE_TEST_THROTTLED_JOBS=1000 (about
+# ten minutes on this machine, numbers in docs/operator-scale.md).
+JOBS = int(os.environ.get("KUBETUNE_TEST_THROTTLED_JOBS", "100"))
 STARVED = "kubetune-test-starved"
 
 
@@ -53,7 +56,7 @@ def test_a_throttled_operator_keeps_its_lease_and_runs_every_job(cluster, namesp
             assert operator.proc.poll() is None, f"the operator exited:\n{operator.output()[-3000:]}"
             return sum((o.get("status") or {}).get("phase") == "Succeeded" for o in items) == JOBS
 
-        wait_for(f"all {JOBS} jobs Succeeded", done, timeout=300, interval=2)
+        wait_for(f"all {JOBS} jobs Succeeded", done, timeout=max(300, JOBS * 1.2), interval=2)
         assert metric(operator, "kubetune_operator_api_throttled_total") > 0, "never throttled: proved nothing"
         assert "lost leadership" not in operator.output()
         assert not stalled, f"Stalled while only throttled: {sorted(stalled)[:5]}"
