@@ -82,6 +82,10 @@ class Reason:
     CHILD_FORBIDDEN = "ChildForbidden"
     """The API server refused a child for now (a ResourceQuota, a missing PriorityClass...): retried."""
     SPEC_CHANGED = "SpecChanged"
+    RERUN = "Rerun"
+    """Event: a new spec.rerunToken started another attempt of the failed run."""
+    RERUN_IGNORED = "RerunIgnored"
+    """Event: a new spec.rerunToken was declined: the run had not failed (it runs, is held, or succeeded)."""
     # While Kueue holds a queued run (kueue.x-k8s.io Workload conditions, passed on with the queue's name).
     ADMITTED = "Admitted"
     QUOTA_RESERVED = "QuotaReserved"
@@ -244,5 +248,8 @@ class FineTuneJobStatus(APIModel):
     """Why training stopped: MaxStepsReached, EpochsCompleted or EarlyStopped."""
     artifacts: Artifacts | None = None
     """Artifact locations of the current run."""
+    rerun_token: str | None = None
+    """The spec.rerunToken the operator has acted on last: the rerun it started, or the value it declined (the
+    run had not failed). A spec.rerunToken equal to it asks for nothing."""
     runs: list[RunRecord] = Field(default_factory=list, max_length=10)
     """Earlier runs, newest first (at most 10)."""

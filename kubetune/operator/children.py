@@ -183,6 +183,8 @@ def build_job(job: FineTuneJob, run: Run, settings: OperatorSettings) -> dict:
                            ANNOTATION_TEMPLATE_HASH: run.template_hash}
     if gang:
         meta["annotations"].update({ANNOTATION_ATTEMPT: str(run.attempt), ANNOTATION_FAILURES: str(run.failures)})
+    elif run.attempt > 1:  # a rerun of a failed run (spec.rerunToken)
+        meta["annotations"][ANNOTATION_ATTEMPT] = str(run.attempt)
     if spec.scheduling.queue_name:
         meta["labels"][LABEL_KUEUE_QUEUE] = spec.scheduling.queue_name
     job_spec = {

@@ -114,3 +114,12 @@ def test_a_new_object_with_a_token_records_it_without_an_event():
     assert p.run.job_name == "chat-g1"
     status, events = compute_status(job, p.run, None, [], None, NOW)
     assert status.rerun_token == "first" and Reason.RERUN_IGNORED not in [e.reason for e in events]
+
+
+def test_a_token_on_a_success_whose_job_the_ttl_removed_is_declined_too():
+    job = failed("again-1", phase="Succeeded")
+    p = plan(job, {}, SETTINGS)
+    assert steps(p) == [] and p.child is None
+    status, events = compute_status(job, p.run, None, [], None, NOW)
+    assert (status.phase, status.rerun_token, status.observed_generation) == ("Succeeded", "again-1", 2)
+    assert [e.reason for e in events] == [Reason.RERUN_IGNORED]
