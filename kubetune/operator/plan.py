@@ -63,7 +63,7 @@ def plan(job: FineTuneJob, observed: dict[str, list[dict]], settings: OperatorSe
     run = runs.current_run(job, owned["Job"])
     if runs.rerun_asked(job, run):
         # Before the gang's verdict: that is on the failed attempt, which the rerun leaves behind.
-        return _plan(job, observed, owned, settings, runs.rerun(run), rerun_cause=rerun_cause(job))
+        return _plan(job, observed, owned, settings, runs.rerun(run), rerun_cause=runs.rerun_cause(job))
     ended = _gang_verdict(job, run, owned["Job"], observed.get("Pod") or [])
     if ended is not None and ended.restart and ended.stopped:
         return _plan(job, observed, owned, settings, gang.next_run(run, ended), ended)
@@ -95,15 +95,6 @@ def _finished(job: FineTuneJob, run: Run) -> bool:
     prior = job.status
     return (prior is not None and prior.run_id == run.run_id and prior.phase in TERMINAL
             and prior.job_name in (None, run.job_name))
-
-
-def rerun_cause(job: FineTuneJob) -> str:
-    """Why the rerun's Job exists (its restart-reason annotation, which the status shows while its pods start)."""
-    status = job.status
-    failed = next((c for c in status.conditions if c.type == "Failed"), None)
-    why = f"{failed.reason}: {failed.message}" if failed else "Failed"
-    return (f"rerun for spec.rerunToken {job.spec.rerun_token!r} of Job {status.job_name}, which failed: "
-            f"{why}")[:1000]
 
 
 def _gang_verdict(job: FineTuneJob, run: Run, jobs: list[dict], pods: list[dict]) -> gang.Verdict | None:

@@ -149,3 +149,12 @@ def rerun(run: Run) -> Run:
     attempt = max(run.attempt, int(match.group(1)) if match else 1) + 1
     base = run.job_name[:match.start()] if match else run.job_name
     return replace(run, job_name=f"{base}-a{attempt}", attempt=attempt, failures=0)
+
+
+def rerun_cause(job: FineTuneJob) -> str:
+    """Why the rerun's Job exists (its restart-reason annotation, which the status shows while its pods start)."""
+    status = job.status
+    failed = next((c for c in status.conditions if c.type == "Failed"), None)
+    why = f"{failed.reason}: {failed.message}" if failed else "Failed"
+    return (f"rerun for spec.rerunToken {job.spec.rerun_token!r} of Job {status.job_name}, which failed: "
+            f"{why}")[:1000]
