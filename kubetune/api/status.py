@@ -235,11 +235,13 @@ class FineTuneJobStatus(APIModel):
     """When the current run ended."""
     attempts: int = Field(0, ge=0)
     """Starts of the current run's trainer: pods (one node; the Job retries the pod), or gang attempts (several
-    nodes: all pods restart together, each attempt a new Job)."""
+    nodes: all pods restart together, each attempt a new Job). A rerun (spec.rerunToken) counts one node's afresh
+    with its new Job; a gang's attempts count on."""
     restarts: int = Field(0, ge=0)
     """Restarts of the current run after a failure or a disruption (preemption, eviction)."""
     failures: int = Field(0, ge=0)
-    """Failures of the current run counted against runPolicy.backoffLimit (disruptions are not counted)."""
+    """Failures of the current run counted against runPolicy.backoffLimit (disruptions are not counted); a rerun
+    starts them again from zero."""
     progress: Progress | None = None
     """Training progress."""
     metrics: Metrics | None = None

@@ -123,3 +123,27 @@ def test_a_token_on_a_success_whose_job_the_ttl_removed_is_declined_too():
     status, events = compute_status(job, p.run, None, [], None, NOW)
     assert (status.phase, status.rerun_token, status.observed_generation) == ("Succeeded", "again-1", 2)
     assert [e.reason for e in events] == [Reason.RERUN_IGNORED]
+
+
+def test_a_failed_gang_reruns_as_its_next_attempt_with_no_failures_counted():
+    from kubetune.operator import children
+    from kubetune.operator.labels import ANNOTATION_FAILURES
+    from tests.operator.test_plan import MULTI_NODE
+
+    gang = ftj(MULTI_NODE)
+    run = runs.Run(1, runs.current_run(gang).run_id, runs.training_hash(gang), "chat-g1-a3",
+                   runs.template_hash(gang), attempt=3, failures=4)
+    ended = {**children.build_job(gang, run, SETTINGS), "status": {"conditions": FAILED}}
+    ended["metadata"].update(uid="uid-a3", creationTimestamp="2026-11-22T11:00:00Z")
+    status = FineTuneJobStatus(observed_generation=1, phase="Failed", run_id=run.run_id, spec_hash=run.spec_hash,
+                               job_name="chat-g1-a3", attempts=3, failures=4)
+    job = FineTuneJob.model_validate({**ftj({**MULTI_NODE, "spec": {**MULTI_NODE["spec"], "rerunToken": "r"}},
+                                            generation=2).to_wire(), "status": status.to_wire()})
+    p = plan(job, {"Job": [ended]}, SETTINGS)
+    created = next(a.body for a in p.actions if a.verb == "create" and a.kind == "Job")
+    assert created["metadata"]["name"] == "chat-g1-a4" and p.run.run_id == run.run_id
+    assert (created["metadata"]["annotations"][ANNOTATION_ATTEMPT],
+            created["metadata"]["annotations"][ANNOTATION_FAILURES]) == ("4", "0")
+    assert ("create", "Service", "chat-g1-a4") in steps(p)
+    st, _ = compute_status(job, p.run, {**created, "status": {}}, [], None, NOW)
+    assert (st.attempts, st.failures, st.phase) == (4, 0, "Running")
