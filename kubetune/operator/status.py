@@ -228,16 +228,17 @@ def ended(prior: FineTuneJobStatus) -> State | None:
     return State(prior.phase, said.reason if said else prior.phase, said.message if said else "")
 
 
-def rerun_token(job: FineTuneJob, prior: FineTuneJobStatus, same_run: bool, rerun: bool, child: dict | None,
+def rerun_token(job: FineTuneJob, prior: FineTuneJobStatus, same_run: bool, rerun: bool, started: bool,
                 events: list[Event]) -> str | None:
-    """status.rerunToken: spec.rerunToken once acted on. A rerun's once its Job exists (until then plan.py still
-    asks for it); a new value for a run that has not failed is recorded as declined, with an event saying why
+    """status.rerunToken: spec.rerunToken once acted on. A rerun's once `started`: its Job exists, or the API
+    server refused it (the status says why; asking again would only name another attempt), while until then
+    plan.py still asks for it; a new value for a run that has not failed is recorded as declined, with an event saying why
     (an object's first value, or one that comes with a new run, needs no rerun and no event)."""
     token, before = job.spec.rerun_token, prior.rerun_token
     if not token or token == before:
         return before
     if rerun:
-        return token if child is not None else before
+        return token if started else before
     if same_run and prior.run_id:
         why = ("succeeded: a rerun would write over its model (change a training field to train again)"
                if prior.phase == "Succeeded" else f"is {prior.phase or 'Pending'}, not Failed: nothing to rerun "
@@ -258,7 +259,7 @@ def compute_status(job: FineTuneJob, run: Run, child: dict | None, pods: list[di
     events: list[Event] = []
     # A rerun (spec.rerunToken, plan.py): the run that ended on one Job goes on on another.
     rerun = same_run and prior.phase in TERMINAL and bool(prior.job_name) and prior.job_name != run.job_name
-    token = rerun_token(job, prior, same_run, rerun, child, events)
+    token = rerun_token(job, prior, same_run, rerun, child is not None or problem is not None, events)
     if rerun and child is not None:
         events.append(Event("Normal", Reason.RERUN, (
             f"spec.rerunToken {token!r}: attempt {run.attempt} of run {run.run_id} (Job {run.job_name}) resumes "

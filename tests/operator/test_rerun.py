@@ -147,3 +147,15 @@ def test_a_failed_gang_reruns_as_its_next_attempt_with_no_failures_counted():
     assert ("create", "Service", "chat-g1-a4") in steps(p)
     st, _ = compute_status(job, p.run, {**created, "status": {}}, [], None, NOW)
     assert (st.attempts, st.failures, st.phase) == (4, 0, "Running")
+
+
+def test_a_rerun_the_api_server_refuses_is_recorded_not_asked_again():
+    from kubetune.operator.status import State
+
+    job = failed("again-1")
+    p = plan(job, observed_children(ftj(), conditions=FAILED), SETTINGS)
+    refused = State("Failed", Reason.CHILD_REJECTED, "the API server refused to create Job chat-g1-a2", stalled=True)
+    status, _ = compute_status(job, p.run, None, [], None, NOW, problem=refused)
+    assert (status.phase, status.job_name, status.rerun_token) == ("Failed", "chat-g1-a2", "again-1")
+    again = FineTuneJob.model_validate({**job.to_wire(), "status": status.to_wire()})
+    assert not runs.rerun_asked(again, runs.current_run(again))  # no attempt 3, 4... on every reconcile
