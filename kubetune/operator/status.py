@@ -231,9 +231,9 @@ def ended(prior: FineTuneJobStatus) -> State | None:
 def rerun_token(job: FineTuneJob, prior: FineTuneJobStatus, same_run: bool, rerun: bool, started: bool,
                 events: list[Event]) -> str | None:
     """status.rerunToken: spec.rerunToken once acted on. A rerun's once `started`: its Job exists, or the API
-    server refused it (the status says why; asking again would only name another attempt), while until then
-    plan.py still asks for it; a new value for a run that has not failed is recorded as declined, with an event saying why
-    (an object's first value, or one that comes with a new run, needs no rerun and no event)."""
+    server refused it (the status says why; asking again would only name another attempt); until then plan.py
+    still asks for it. A new value for a run that has not failed is recorded as declined, with an event saying
+    why (an object's first value, or one that comes with a new run, needs no rerun and no event)."""
     token, before = job.spec.rerun_token, prior.rerun_token
     if not token or token == before:
         return before
@@ -281,7 +281,8 @@ def compute_status(job: FineTuneJob, run: Run, child: dict | None, pods: list[di
             c.model_copy(update={"observed_generation": generation}) for c in prior.conditions]}), events
 
     summary = next((s for s in map(termination_json, pods) if s and "stopReason" in s), None)
-    state = problem or (ended(prior) if same_run and not rerun else None) or observe(job, child, pods, summary, workload, kueue_problem)
+    state = problem or (ended(prior) if same_run and not rerun else None) or observe(
+        job, child, pods, summary, workload, kueue_problem)
     if run.attempt > 1 and state.reason in (Reason.PENDING, Reason.CREATED):
         # a gang's next attempt whose pods have not started yet: still the run restarting, not a new start
         why = ((child or {}).get("metadata", {}).get("annotations") or {}).get(ANNOTATION_RESTART_REASON)

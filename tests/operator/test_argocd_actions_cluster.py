@@ -37,9 +37,10 @@ def outcome(cluster, namespace, name: str) -> tuple:
     suffixes (-g1, -g1-a2) with their suspend, and the observed generation."""
     st = status(cluster, namespace, name)
     ready = next((c["reason"] for c in st.get("conditions") or [] if c["type"] == "Ready"), None)
-    mine = tuple(sorted((j["metadata"]["name"].removeprefix(name), j["spec"].get("suspend")) for j in jobs(cluster, namespace)
-                  if j["metadata"]["labels"].get("kubetune.io/finetunejob") == name
-                  and not j["metadata"].get("deletionTimestamp")))
+    mine = tuple(sorted((j["metadata"]["name"].removeprefix(name), j["spec"].get("suspend"))
+                        for j in jobs(cluster, namespace)
+                        if j["metadata"]["labels"].get("kubetune.io/finetunejob") == name
+                        and not j["metadata"].get("deletionTimestamp")))
     return st.get("phase"), ready, st.get("runId", "").split("-")[0], mine, st.get("observedGeneration")
 
 

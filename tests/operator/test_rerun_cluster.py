@@ -27,7 +27,8 @@ def failed_again(cluster, namespace, token: str | None):
     def probe():
         st = status(cluster, namespace, "again")
         done = st.get("phase") == "Failed" and st.get("rerunToken") == token
-        return done and st.get("observedGeneration") == ftj(cluster, namespace, "again")["metadata"]["generation"] and st
+        current = st.get("observedGeneration") == ftj(cluster, namespace, "again")["metadata"]["generation"]
+        return done and current and st
     return probe
 
 
