@@ -66,3 +66,10 @@ def test_crd_command_prints_the_committed_file():
     result = kubetune("crd")
     assert result.returncode == 0
     assert result.stdout == ROOT.joinpath(CRD_PATH).read_text()
+
+
+def test_validate_names_a_rerun_token_too_long(tmp_path):
+    path = tmp_path / "long.yaml"
+    path.write_text(yaml.safe_dump(make_job({"spec": {"rerunToken": "x" * 254}})))
+    result = kubetune("validate", str(path))
+    assert result.returncode == 1 and "spec.rerunToken" in result.stderr and "253" in result.stderr

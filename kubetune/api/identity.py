@@ -14,6 +14,10 @@ ADDED_FIELDS: dict[tuple[str, ...], object] = {
 }
 """Fields added after hashes were first recorded, with the default they were added with."""
 
+NOT_HASHED: tuple[tuple[str, ...], ...] = (("rerunToken",),)
+"""Spec fields that ask the operator to act and describe no training: no identity hash takes them, whatever
+their value (a rerun is the same run, and the trainer resumes it rather than refusing a different spec)."""
+
 EARLIER_DEFAULTS: dict[tuple[str, ...], object] = {
     ("method", "lora", "dropout"): 0.05,
 }
@@ -41,6 +45,10 @@ def hashed_wire(spec: BaseModel) -> dict:
     for path, default in ADDED_FIELDS.items():
         parent = _parent(wire, path)
         if parent is not None and parent.get(path[-1], default) == default:
+            parent.pop(path[-1], None)
+    for path in NOT_HASHED:
+        parent = _parent(wire, path)
+        if parent is not None:
             parent.pop(path[-1], None)
     for path, earlier in EARLIER_DEFAULTS.items():
         parent = _parent(wire, path)

@@ -348,6 +348,12 @@ class FineTuneJobSpec(APIModel):
     """Where and when the trainer pods run."""
     suspend: bool = False
     """Hold the run (or pause it: pods stop, the next start resumes from the last checkpoint)."""
+    rerun_token: str | None = Field(None, max_length=253)
+    """Set to a new value to run a Failed run again without editing its training spec (a Git commit or the
+    Argo CD rerun action changes only this): a new attempt of the same run, which resumes from the run's last
+    checkpoint, with a fresh runPolicy.backoffLimit. Any value not yet honoured (status.rerunToken) asks once; the
+    same value re-applied, an empty one, or a value given while the run is not Failed (it is recorded, and an
+    event says why it was declined) starts nothing. Not a training field: no run identity includes it."""
     run_policy: RunPolicy = Field(default_factory=RunPolicy)
     """Retries, deadline and clean-up."""
 

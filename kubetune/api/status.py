@@ -82,6 +82,10 @@ class Reason:
     CHILD_FORBIDDEN = "ChildForbidden"
     """The API server refused a child for now (a ResourceQuota, a missing PriorityClass...): retried."""
     SPEC_CHANGED = "SpecChanged"
+    RERUN = "Rerun"
+    """Event: a new spec.rerunToken started another attempt of the failed run."""
+    RERUN_IGNORED = "RerunIgnored"
+    """Event: a new spec.rerunToken was declined: the run had not failed (it runs, is held, or succeeded)."""
     # While Kueue holds a queued run (kueue.x-k8s.io Workload conditions, passed on with the queue's name).
     ADMITTED = "Admitted"
     QUOTA_RESERVED = "QuotaReserved"
@@ -231,11 +235,13 @@ class FineTuneJobStatus(APIModel):
     """When the current run ended."""
     attempts: int = Field(0, ge=0)
     """Starts of the current run's trainer: pods (one node; the Job retries the pod), or gang attempts (several
-    nodes: all pods restart together, each attempt a new Job)."""
+    nodes: all pods restart together, each attempt a new Job). A rerun (spec.rerunToken) counts one node's afresh
+    with its new Job; a gang's attempts count on."""
     restarts: int = Field(0, ge=0)
     """Restarts of the current run after a failure or a disruption (preemption, eviction)."""
     failures: int = Field(0, ge=0)
-    """Failures of the current run counted against runPolicy.backoffLimit (disruptions are not counted)."""
+    """Failures of the current run counted against runPolicy.backoffLimit (disruptions are not counted); a rerun
+    starts them again from zero."""
     progress: Progress | None = None
     """Training progress."""
     metrics: Metrics | None = None
@@ -244,5 +250,8 @@ class FineTuneJobStatus(APIModel):
     """Why training stopped: MaxStepsReached, EpochsCompleted or EarlyStopped."""
     artifacts: Artifacts | None = None
     """Artifact locations of the current run."""
+    rerun_token: str | None = None
+    """The spec.rerunToken the operator has acted on last: the rerun it started, or the value it declined (the
+    run had not failed). A spec.rerunToken equal to it asks for nothing."""
     runs: list[RunRecord] = Field(default_factory=list, max_length=10)
     """Earlier runs, newest first (at most 10)."""

@@ -10,9 +10,9 @@ import json
 from kubetune.api import FineTuneJob, contract
 from kubetune.api.job import API_VERSION, KIND
 from kubetune.operator.labels import (ANNOTATION_ATTEMPT, ANNOTATION_FAILURES, ANNOTATION_GENERATION,
-                                      ANNOTATION_SPEC_HASH, ANNOTATION_TEMPLATE_HASH, LABEL_FINETUNEJOB,
-                                      LABEL_JOB_NAME, LABEL_KUEUE_QUEUE, LABEL_RUN_ID)
-from kubetune.operator.runs import Run, current_run
+                                      ANNOTATION_RESTART_REASON, ANNOTATION_SPEC_HASH, ANNOTATION_TEMPLATE_HASH,
+                                      LABEL_FINETUNEJOB, LABEL_JOB_NAME, LABEL_KUEUE_QUEUE, LABEL_RUN_ID)
+from kubetune.operator.runs import Run, current_run, rerun, rerun_asked, rerun_cause
 from kubetune.operator.settings import OperatorSettings
 
 CONTAINER = "trainer"
@@ -183,6 +183,8 @@ def build_job(job: FineTuneJob, run: Run, settings: OperatorSettings) -> dict:
                            ANNOTATION_TEMPLATE_HASH: run.template_hash}
     if gang:
         meta["annotations"].update({ANNOTATION_ATTEMPT: str(run.attempt), ANNOTATION_FAILURES: str(run.failures)})
+    elif run.attempt > 1:  # a rerun of a failed run (spec.rerunToken)
+        meta["annotations"][ANNOTATION_ATTEMPT] = str(run.attempt)
     if spec.scheduling.queue_name:
         meta["labels"][LABEL_KUEUE_QUEUE] = spec.scheduling.queue_name
     job_spec = {
@@ -253,6 +255,12 @@ def in_place_patch(job: FineTuneJob, observed: dict, kueue_managed: bool = False
 
 
 def render(job: FineTuneJob, settings: OperatorSettings) -> list[dict]:
-    """Every child of a new run, in creation order: the dependents, then the Job that mounts them."""
+    """Every child of a new run, in creation order: the dependents, then the Job that mounts them. Given a status
+    (`kubectl get -o yaml`) whose failed run a new spec.rerunToken asks to rerun, the rerun's children."""
     run = current_run(job)
+    if rerun_asked(job, run):
+        run = rerun(run)
+        k8s_job = build_job(job, run, settings)
+        k8s_job["metadata"]["annotations"][ANNOTATION_RESTART_REASON] = rerun_cause(job)
+        return [*build_dependents(job, run, settings), k8s_job]
     return [*build_dependents(job, run, settings), build_job(job, run, settings)]

@@ -61,6 +61,9 @@ def plan(job: FineTuneJob, observed: dict[str, list[dict]], settings: OperatorSe
     uid = job.metadata.uid
     owned = {kind: [o for o in observed.get(kind) or [] if controlled_by(o, uid)] for kind in KINDS}
     run = runs.current_run(job, owned["Job"])
+    if runs.rerun_asked(job, run):
+        # Before the gang's verdict: that is on the failed attempt, which the rerun leaves behind.
+        return _plan(job, observed, owned, settings, runs.rerun(run), rerun_cause=runs.rerun_cause(job))
     ended = _gang_verdict(job, run, owned["Job"], observed.get("Pod") or [])
     if ended is not None and ended.restart and ended.stopped:
         return _plan(job, observed, owned, settings, gang.next_run(run, ended), ended)
@@ -88,8 +91,10 @@ def _without_ttl(actions: list[Action]) -> list[Action]:
 
 
 def _finished(job: FineTuneJob, run: Run) -> bool:
+    """The status records `run` as ended on its Job (a rerun of it is a new Job, not finished)."""
     prior = job.status
-    return prior is not None and prior.run_id == run.run_id and prior.phase in TERMINAL
+    return (prior is not None and prior.run_id == run.run_id and prior.phase in TERMINAL
+            and prior.job_name in (None, run.job_name))
 
 
 def _gang_verdict(job: FineTuneJob, run: Run, jobs: list[dict], pods: list[dict]) -> gang.Verdict | None:
@@ -104,7 +109,8 @@ def _gang_verdict(job: FineTuneJob, run: Run, jobs: list[dict], pods: list[dict]
 
 
 def _plan(job: FineTuneJob, observed: dict[str, list[dict]], owned: dict[str, list[dict]],
-          settings: OperatorSettings, run: Run, restart: gang.Verdict | None = None) -> Plan:
+          settings: OperatorSettings, run: Run, restart: gang.Verdict | None = None,
+          rerun_cause: str | None = None) -> Plan:
     """The actions for `run`; `restart`: the verdict on the gang attempt this run's new Job follows (its children
     are created before the ended attempt's go, so a crash between the two loses no count)."""
     uid = job.metadata.uid
@@ -166,6 +172,8 @@ def _plan(job: FineTuneJob, observed: dict[str, list[dict]], owned: dict[str, li
         for obj in [*children.build_dependents(job, run, settings), children.build_job(job, run, settings)]:
             if current[obj["kind"]] is None and obj["kind"] in wanted:
                 obj = gang.annotate(obj, restart) if restart and obj["kind"] == "Job" else obj
+                if rerun_cause and obj["kind"] == "Job":
+                    obj["metadata"]["annotations"][labels.ANNOTATION_RESTART_REASON] = rerun_cause
                 actions.append(Action("create", obj["kind"], _name(obj), obj))
     if restart:
         actions += deletes

@@ -4,7 +4,7 @@ level-based from the owned Jobs and the status (docs/operator-fields.md)."""
 import hashlib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from kubetune.api import FineTuneJob, contract
 from kubetune.api.identity import hashed_wire
@@ -12,6 +12,7 @@ from kubetune.operator.labels import (ANNOTATION_ATTEMPT, ANNOTATION_FAILURES, A
                                       ANNOTATION_SPEC_HASH, ANNOTATION_TEMPLATE_HASH)
 
 TERMINAL = ("Succeeded", "Failed")
+_ATTEMPT_SUFFIX = re.compile(r"-a(\d+)$")
 # What a spec edit does (docs/operator-fields.md). Everything not listed here is the run's identity: changing
 # it starts a new run (new run id, new artifacts prefix, step 0).
 IN_PLACE_FIELDS = ("suspend", ("runPolicy", "activeDeadlineSeconds"), ("runPolicy", "ttlSecondsAfterFinished"))
@@ -128,3 +129,32 @@ def current_run(job: FineTuneJob, owned_jobs: list[dict] = ()) -> Run:
         counts = (max(1, status.attempts), status.failures)
     return Run(generation, run_id, spec_hash, job_name or f"{job.metadata.name}-g{job.metadata.generation or 1}",
                template, *counts)
+
+
+def rerun_asked(job: FineTuneJob, run: Run) -> bool:
+    """spec.rerunToken holds a value the operator has not acted on and `run` (current_run's) is the run the status
+    records as Failed. Level-based: the status records the token once the rerun's Job exists, so the same value
+    re-applied, or read again by a restarted operator, asks for nothing."""
+    token, status = job.spec.rerun_token, job.status
+    return (bool(token) and status is not None and token != status.rerun_token and status.phase == "Failed"
+            and status.run_id == run.run_id and status.job_name == run.job_name)
+
+
+def rerun(run: Run) -> Run:
+    """The failed run's next attempt: the same run (id, hence the checkpoints it resumes from) on a new Job
+    `<run's first Job>-a<N>`, as a gang's next attempt is named (gang.py), with no failures counted yet: a rerun
+    gets runPolicy.backoffLimit afresh. N follows the ended Job's attempt, read from its name too: the Job's TTL
+    may have removed the Job and its annotations."""
+    match = _ATTEMPT_SUFFIX.search(run.job_name)
+    attempt = max(run.attempt, int(match.group(1)) if match else 1) + 1
+    base = run.job_name[:match.start()] if match else run.job_name
+    return replace(run, job_name=f"{base}-a{attempt}", attempt=attempt, failures=0)
+
+
+def rerun_cause(job: FineTuneJob) -> str:
+    """Why the rerun's Job exists (its restart-reason annotation, which the status shows while its pods start)."""
+    status = job.status
+    failed = next((c for c in status.conditions if c.type == "Failed"), None)
+    why = f"{failed.reason}: {failed.message}" if failed else "Failed"
+    return (f"rerun for spec.rerunToken {job.spec.rerun_token!r} of Job {status.job_name}, which failed: "
+            f"{why}")[:1000]

@@ -228,6 +228,25 @@ def ended(prior: FineTuneJobStatus) -> State | None:
     return State(prior.phase, said.reason if said else prior.phase, said.message if said else "")
 
 
+def rerun_token(job: FineTuneJob, prior: FineTuneJobStatus, same_run: bool, rerun: bool, started: bool,
+                events: list[Event]) -> str | None:
+    """status.rerunToken: spec.rerunToken once acted on. A rerun's once `started`: its Job exists, or the API
+    server refused it (the status says why; asking again would only name another attempt); until then plan.py
+    still asks for it. A new value for a run that has not failed is recorded as declined, with an event saying
+    why (an object's first value, or one that comes with a new run, needs no rerun and no event)."""
+    token, before = job.spec.rerun_token, prior.rerun_token
+    if not token or token == before:
+        return before
+    if rerun:
+        return token if started else before
+    if same_run and prior.run_id:
+        why = ("succeeded: a rerun would write over its model (change a training field to train again)"
+               if prior.phase == "Succeeded" else f"is {prior.phase or 'Pending'}, not Failed: nothing to rerun "
+               "(set a new value once it has failed)")
+        events.append(Event("Normal", Reason.RERUN_IGNORED, f"spec.rerunToken {token!r} declined: the run {why}"))
+    return token
+
+
 def compute_status(job: FineTuneJob, run: Run, child: dict | None, pods: list[dict], sample: dict | None,
                    now: datetime, max_runs: int = 10, problem: State | None = None, workload: dict | None = None,
                    kueue_problem: tuple[str, str] | None = None) -> tuple[FineTuneJobStatus, list[Event]]:
@@ -238,6 +257,16 @@ def compute_status(job: FineTuneJob, run: Run, child: dict | None, pods: list[di
     same_run = prior.run_id == run.run_id  # a run id names one generation of one object: one identity
     runs = list(prior.runs)
     events: list[Event] = []
+    # A rerun (spec.rerunToken, plan.py): the run that ended on one Job goes on on another.
+    rerun = same_run and prior.phase in TERMINAL and bool(prior.job_name) and prior.job_name != run.job_name
+    token = rerun_token(job, prior, same_run, rerun, child is not None or problem is not None, events)
+    if rerun and child is not None:
+        events.append(Event("Normal", Reason.RERUN, (
+            f"spec.rerunToken {token!r}: attempt {run.attempt} of run {run.run_id} (Job {run.job_name}) resumes "
+            f"from its last checkpoint after Job {prior.job_name} failed")[:1000]))
+        # The counts are the new Job's, as its backoffLimit is; what the run has learnt stays.
+        prior = prior.model_copy(update={"attempts": 0, "restarts": 0, "failures": 0, "completion_time": None,
+                                         "stop_reason": None})
     if not same_run:
         if prior.run_id:
             runs = [archive(prior), *runs][:max_runs]
@@ -248,15 +277,17 @@ def compute_status(job: FineTuneJob, run: Run, child: dict | None, pods: list[di
         # The Job's TTL removed it; the outcome stays on the status, which still describes the latest spec
         # (an in-place edit after the end must not leave kstatus reading an old observedGeneration forever).
         generation = job.metadata.generation
-        return prior.model_copy(update={"observed_generation": generation, "conditions": [
-            c.model_copy(update={"observed_generation": generation}) for c in prior.conditions]}), []
+        return prior.model_copy(update={"observed_generation": generation, "rerun_token": token, "conditions": [
+            c.model_copy(update={"observed_generation": generation}) for c in prior.conditions]}), events
 
     summary = next((s for s in map(termination_json, pods) if s and "stopReason" in s), None)
-    state = problem or (ended(prior) if same_run else None) or observe(job, child, pods, summary, workload, kueue_problem)
+    state = problem or (ended(prior) if same_run and not rerun else None) or observe(
+        job, child, pods, summary, workload, kueue_problem)
     if run.attempt > 1 and state.reason in (Reason.PENDING, Reason.CREATED):
         # a gang's next attempt whose pods have not started yet: still the run restarting, not a new start
         why = ((child or {}).get("metadata", {}).get("annotations") or {}).get(ANNOTATION_RESTART_REASON)
-        state = State("Running", Reason.RESTARTING, (f"gang attempt {run.attempt} is starting"
+        state = State("Running", Reason.RESTARTING, (f"{'gang ' if job.spec.nodes > 1 else ''}attempt {run.attempt} "
+                                                     "is starting"
                                                      + (f" after: {why}" if why else ""))[:1000])
     child_status = (child or {}).get("status", {})
     starts = [parse_time(p.get("status", {}).get("startTime")) for p in pods]
@@ -287,7 +318,7 @@ def compute_status(job: FineTuneJob, run: Run, child: dict | None, pods: list[di
         progress=progress_of(prior.progress, sample, summary, state.phase),
         metrics=live_metrics(prior.metrics, sample, summary),
         stop_reason=(summary or {}).get("stopReason") or prior.stop_reason,
-        artifacts=artifacts, runs=runs)
+        artifacts=artifacts, runs=runs, rerun_token=token)
     was = next((c for c in prior.conditions if c.type == ConditionType.READY), None)
     if (not was or was.reason != state.reason or prior.phase != state.phase) and state.reason != Reason.PENDING:
         # (no event for the ordinary wait for a pod to start: JobCreated said it, and its problems have reasons)

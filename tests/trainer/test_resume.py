@@ -92,3 +92,24 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(work, job_file, ref
     assert summary["trainTokens"] == reference["trainTokens"]
     assert losses(work, run_id) == pytest.approx(losses(work, "reference"), rel=1e-6)
     assert summary["eval"]["loss"] == pytest.approx(reference["eval"]["loss"], rel=1e-6)
+
+
+def test_a_rerun_resumes_the_failed_run_from_its_checkpoint(work, job_file, reference):
+    """A rerun (spec.rerunToken, issue 25) is the same run: the trainer started with the token in its spec resumes
+    from the checkpoint the failed attempt left, and records the run's spec hash as without the token."""
+    run_id = "rerun"
+    proc = trainer(work, job_file, run_id)
+    run_until_step(proc, 13)
+    proc.send_signal(signal.SIGKILL)  # the attempt that failed (its retries spent)
+    proc.communicate(timeout=120)
+    newest = max(int(p.name.removeprefix("step-")) for p in (work / "out" / run_id / "checkpoints").iterdir())
+    spec = json.loads(job_file.read_text())
+    rerun_file = work / "rerun.json"
+    rerun_file.write_text(json.dumps({**spec, "spec": {**spec["spec"], "rerunToken": "r1"}}))
+    resumed = trainer(work, rerun_file, run_id)
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err[-3000:]
+    assert [json.loads(x)["step"] for x in out.splitlines() if x.startswith('{"kind": "resume"')] == [newest]
+    summary = json.loads((work / "out" / run_id / "summary.json").read_text())
+    assert summary["steps"] == reference["steps"] and summary["specHash"] == reference["specHash"]
+    assert losses(work, run_id) == pytest.approx(losses(work, "reference"), rel=1e-6)
