@@ -99,8 +99,20 @@ def test_an_operator_that_may_not_read_workloads_says_so(cluster, namespace, ope
     the missing permission at once, with a Warning event, instead of "waiting for admission" forever."""
     kubeconfig, created = restricted_operator_kubeconfig(cluster, "kubetune-test-no-kueue", namespace, tmp_path)
     try:
+        # The `queue` fixture's operator has every right and shares the test's Lease: while it runs, the restricted
+        # one only stands by (which of the two led first was a race). Stopped, it hands the Lease over.
+        for full in operators.started:
+            full.stop()
         operator = operators.start(kubeconfig=kubeconfig)
-        wait_for("the restricted operator to lead", lambda: "leading as" in operator.output(), timeout=60)
+
+        def leads() -> bool:
+            assert operator.proc.poll() is None, f"the restricted operator exited:\n{operator.output()[-3000:]}"
+            return "leading as" in operator.output()
+
+        try:
+            wait_for("the restricted operator to lead", leads, timeout=60)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{operator.output()[-3000:]}") from None
         cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest(
             "blind", {"scheduling": {"queueName": queue}}, kwok(seconds=1)))
         condition = wait_for("the KueueForbidden reason", lambda: suspended_reason(
