@@ -15,7 +15,7 @@ from kubetune.operator.reconcile import reconcile
 from kubetune.operator.settings import OperatorSettings
 from kubetune.operator.sources import ApiSource
 from tests.operator.conftest import manifest, wait_for
-from tests.operator.test_kueue_cluster import queue  # noqa: F401  (fixture)
+from tests.operator.test_kueue_cluster import MANAGED_LABEL
 from tests.operator.test_operator_cluster import kwok, status
 
 pytestmark = pytest.mark.cluster
@@ -32,7 +32,7 @@ def warning_events(cluster, namespace: str, reason: str) -> list[dict]:
             if e["reason"] == reason and e["type"] == "Warning"]
 
 
-def test_an_api_server_without_our_kueue_version_is_named_at_once(cluster, namespace, monkeypatch):
+def test_an_api_server_without_our_kueue_version_is_named_at_once(cluster, namespace, finetunejob_crd, monkeypatch):
     """Kueue absent or serving another version: nothing admits the suspended Job (this namespace is not one Kueue
     manages), and the real API server answers 404 for the Workloads' path: the operator's own reconcile
     (in-process, the operator's ServiceAccount) is pointed at a version nobody serves."""
@@ -94,33 +94,37 @@ def restricted_operator_kubeconfig(cluster, account: str, namespace: str, tmp_pa
     return path, items
 
 
-def test_an_operator_that_may_not_read_workloads_says_so(cluster, namespace, operators, queue, tmp_path):
+def test_an_operator_that_may_not_read_workloads_says_so(cluster, namespace, operators, tmp_path):
     """RBAC without `list workloads.kueue.x-k8s.io` (a hand-made install, a trimmed ClusterRole): the status names
-    the missing permission at once, with a Warning event, instead of "waiting for admission" forever."""
+    the missing permission at once, with a Warning event, instead of "waiting for admission" forever. The queue
+    points at a ClusterQueue nobody made, so Kueue holds the Job and the operator must look at its Workload (a run
+    Kueue admits at once never needs to)."""
+    cluster.kubectl("label", "namespace", namespace, f"{MANAGED_LABEL}=true")
+    cluster.kubectl("apply", "-f", "-", input=json.dumps({
+        "apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "LocalQueue", "metadata": {"name": "nowhere",
+        "namespace": namespace}, "spec": {"clusterQueue": "kubetune-test-absent"}}))
     kubeconfig, created = restricted_operator_kubeconfig(cluster, "kubetune-test-no-kueue", namespace, tmp_path)
     try:
-        # The `queue` fixture's operator has every right and shares the test's Lease: while it runs, the restricted
-        # one only stands by (which of the two led first was a race). Stopped, it hands the Lease over.
-        for full in operators.started:
-            full.stop()
         operator = operators.start(kubeconfig=kubeconfig)
 
         def leads() -> bool:
             assert operator.proc.poll() is None, f"the restricted operator exited:\n{operator.output()[-3000:]}"
             return "leading as" in operator.output()
 
-        try:
-            wait_for("the restricted operator to lead", leads, timeout=60)
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}\n{operator.output()[-3000:]}") from None
+        wait_for("the restricted operator to lead", leads, timeout=60)
         cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest(
-            "blind", {"scheduling": {"queueName": queue}}, kwok(seconds=1)))
-        condition = wait_for("the KueueForbidden reason", lambda: suspended_reason(
-            cluster, namespace, "blind", "KueueForbidden"), timeout=60)
+            "blind", {"scheduling": {"queueName": "nowhere"}}, kwok(seconds=1)))
+        try:
+            condition = wait_for("the KueueForbidden reason", lambda: suspended_reason(
+                cluster, namespace, "blind", "KueueForbidden"), timeout=60)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\nstatus: {status(cluster, namespace, 'blind')}\n"
+                                 f"{operator.output()[-3000:]}") from None
         assert "may not list Kueue Workloads" in condition["message"]
         wait_for("a Warning event", lambda: warning_events(cluster, namespace, "KueueForbidden"))
     finally:
         operators.stop_all()
+        cluster.kubectl("delete", "finetunejobs", "--all", "-n", namespace, "--timeout=60s", check=False)
         for item in reversed(created):
             meta = item["metadata"]
             cluster.kubectl("delete", item["kind"].lower(), meta["name"],
