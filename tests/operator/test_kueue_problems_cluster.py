@@ -73,8 +73,9 @@ def restricted_operator_kubeconfig(cluster, account: str, namespace: str, tmp_pa
             ref, where = binding["roleRef"], binding["metadata"].get("namespace")
             role = cluster.kubectl_json("get", ref["kind"].lower(), ref["name"], *(["-n", where] if where else []))
             meta = {"name": f"{account}-{ref['name']}", **({"namespace": where} if where else {})}
+            rules = [r for r in role.get("rules") or [] if "kueue.x-k8s.io" not in r.get("apiGroups", [])]
             items.append({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": ref["kind"], "metadata": meta,
-                          "rules": [r for r in role.get("rules") or [] if "kueue.x-k8s.io" not in r.get("apiGroups", [])]})
+                          "rules": rules})
             items.append({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": kind, "metadata": meta,
                           "roleRef": {**ref, "name": meta["name"]}, "subjects": subject})
     cluster.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
