@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 
 from kubetune.api.crd import crd_yaml
-from kubetune.api.validate import is_finetunejob, load_documents, validate_manifest
+from kubetune.api.validate import is_finetunejob, is_kubetune, load_documents, validate_any, validate_manifest
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.splitlines()[0])
 out = Console(soft_wrap=True)
@@ -17,7 +17,8 @@ err = Console(stderr=True, soft_wrap=True)
 
 @app.command()
 def validate(files: list[Path] = typer.Argument(..., exists=True, dir_okay=False, readable=True)) -> None:
-    """Validate FineTuneJob manifests with the same model the operator uses; print every error, one per line."""
+    """Validate FineTuneJob and FineTuneSweep manifests with the same models the operator uses; print every
+    error, one per line."""
     failed = False
     for file in files:
         try:
@@ -26,27 +27,30 @@ def validate(files: list[Path] = typer.Argument(..., exists=True, dir_okay=False
             err.print(f"{file}: {exc}", markup=False)
             failed = True
             continue
-        jobs = [d for d in docs if is_finetunejob(d)]
+        jobs = [d for d in docs if is_kubetune(d)]
         if not jobs:
-            err.print(f"{file}: no FineTuneJob (kind: FineTuneJob, apiVersion: kubetune.io/v1alpha1) in the file",
+            err.print(f"{file}: no FineTuneJob or FineTuneSweep (apiVersion: kubetune.io/v1alpha1) in the file",
                       markup=False)
             failed = True
         for doc in jobs:
-            _, errors = validate_manifest(doc)
+            _, errors = validate_any(doc)
             name = doc.get("metadata", {}).get("name", "?") if isinstance(doc.get("metadata"), dict) else "?"
             for e in errors:
                 err.print(f"{file}: {e}", markup=False)
             if errors:
                 failed = True
             else:
-                out.print(f"{file}: FineTuneJob/{name} is valid", markup=False)
+                out.print(f"{file}: {doc['kind']}/{name} is valid", markup=False)
     raise typer.Exit(1 if failed else 0)
 
 
 @app.command()
-def crd() -> None:
-    """Print the FineTuneJob CustomResourceDefinition (the file in crds/ is exactly this)."""
-    print(crd_yaml(), end="")
+def crd(kind: str = typer.Option("FineTuneJob", help="FineTuneJob or FineTuneSweep.")) -> None:
+    """Print a kind's CustomResourceDefinition (the file in crds/ is exactly this)."""
+    if kind not in ("FineTuneJob", "FineTuneSweep"):
+        err.print(f"--kind: must be FineTuneJob or FineTuneSweep (got {kind})", markup=False)
+        raise typer.Exit(2)
+    print(crd_yaml(kind), end="")
 
 
 PLACEHOLDER_UID = "00000000-0000-0000-0000-000000000000"
