@@ -243,8 +243,6 @@ def plan(sweep: FineTuneSweep, observed: list[dict], now: datetime) -> SweepPlan
                 continue
             out.create.append(manifest)
             trials.append(Trial(name=manifest["metadata"]["name"], number=number, params=params, phase="Pending"))
-            out.events.append(("Normal", SweepReason.TRIAL_CREATED,
-                               f"created trial {manifest['metadata']['name']} with {params}"))
     out.status = status_of(sweep, prior, trials, budget, now, out.conflict)
     return out
 
