@@ -58,27 +58,35 @@ PLACEHOLDER_UID = "00000000-0000-0000-0000-000000000000"
 
 @app.command()
 def render(file: Path = typer.Argument(..., exists=True, dir_okay=False, readable=True)) -> None:
-    """Print the Kubernetes objects the operator creates for each FineTuneJob in FILE (same builder, no cluster)."""
+    """Print the Kubernetes objects the operator creates for each FineTuneJob in FILE (same builder, no cluster),
+    and for each FineTuneSweep its first trials (as many FineTuneJobs as its parallelism allows, by the same
+    planner; their own Jobs come once they exist)."""
+    from datetime import datetime, timezone
+
     import yaml
 
     from kubetune.operator.children import render as render_children
     from kubetune.operator.settings import OperatorSettings
+    from kubetune.operator.sweep_plan import plan as plan_sweep
 
-    docs = [d for d in load_documents(file.read_text()) if is_finetunejob(d)]
+    docs = [d for d in load_documents(file.read_text()) if is_kubetune(d)]
     settings, failed, objects = OperatorSettings(), False, []
     for doc in docs:
         doc.setdefault("metadata", {}).setdefault("namespace", "default")
-        job, errors = validate_manifest(doc)
+        obj, errors = validate_any(doc)
         for e in errors:
             err.print(f"{file}: {e}", markup=False)
         if errors:
             failed = True
             continue
-        job.metadata.uid = job.metadata.uid or PLACEHOLDER_UID
-        job.metadata.generation = job.metadata.generation or 1
-        objects += render_children(job, settings)
+        obj.metadata.uid = obj.metadata.uid or PLACEHOLDER_UID
+        obj.metadata.generation = obj.metadata.generation or 1
+        if doc["kind"] == "FineTuneSweep":
+            objects += plan_sweep(obj, [], datetime.now(timezone.utc)).create
+        else:
+            objects += render_children(obj, settings)
     if not docs:
-        err.print(f"{file}: no FineTuneJob in the file", markup=False)
+        err.print(f"{file}: no FineTuneJob or FineTuneSweep in the file", markup=False)
         failed = True
     yaml.SafeDumper.add_representer(str, lambda dumper, value: dumper.represent_scalar(
         "tag:yaml.org,2002:str", value, style="|" if "\n" in value else None))  # the spec file stays readable
