@@ -13,7 +13,7 @@ from tests.api.test_crd import _cel, _rule_holders, _server_defaults, _walk
 
 ROOT = Path(__file__).parents[2]
 SWEEP_EXAMPLES = [p for p in sorted(ROOT.joinpath("examples").glob("*.yaml"))
-                  if "kind: FineTuneSweep" in p.read_text()]
+                  if "\nkind: FineTuneSweep\n" in p.read_text()]
 
 
 def schema() -> dict:
@@ -127,3 +127,11 @@ def test_every_spec_field_has_a_description():
     spec = schema()["properties"]["spec"]
     missing = [p for p, n in _walk(spec, "spec") if p != "spec" and "[]" not in p and not n.get("description")]
     assert [p for p in missing if ".tolerations" not in p] == []
+
+
+def test_there_is_a_sweep_example_and_it_is_valid():
+    assert SWEEP_EXAMPLES
+    for path in SWEEP_EXAMPLES:
+        sweep, errors = validate_any(yaml.safe_load(path.read_text()))
+        assert errors == [], [str(e) for e in errors]
+        assert FineTuneSweep.model_validate(sweep.to_wire()) == sweep
