@@ -45,6 +45,8 @@ class SweepReason:
     RECONCILED = "Reconciled"
     FINISHED = "Finished"
     AS_EXPECTED = "AsExpected"
+    RETRYING = "Retrying"
+    """Stalled=False while a refused or taken trial is retried: it may clear up without a spec change."""
     NOT_FINISHED = "NotFinished"
     INVALID_SPEC = "InvalidSpec"
     CHILD_CONFLICT = "ChildConflict"

@@ -40,7 +40,7 @@ def reconcile_sweep(kube: Kube, namespace: str, name: str, retry_delay_seconds: 
         message = "; ".join(map(str, errors))[:1000]
         status = prior_status(obj).model_copy(update={
             "observed_generation": obj["metadata"].get("generation"), "phase": "Failed",
-            "conditions": sweep_conditions("Failed", SweepReason.INVALID_SPEC, message, True,
+            "conditions": sweep_conditions("Failed", SweepReason.INVALID_SPEC, message, "permanent",
                                            prior_status(obj).conditions, obj["metadata"].get("generation"), at)})
         write_status(kube, obj, status)
         kube.post_event(obj, "Warning", SweepReason.INVALID_SPEC, message, COMPONENT)
@@ -74,8 +74,9 @@ def reconcile_sweep(kube: Kube, namespace: str, name: str, retry_delay_seconds: 
                     from exc
     if problem is not None:
         reason, message = problem
+        kind = "permanent" if reason == SweepReason.CHILD_REJECTED else "retry"
         status = status.model_copy(update={"conditions": sweep_conditions(
-            "Running", reason, message, True, prior_status(obj).conditions, sweep.metadata.generation, at)})
+            "Running", reason, message, kind, prior_status(obj).conditions, sweep.metadata.generation, at)})
     elif p.conflict:
         problem = (SweepReason.CHILD_CONFLICT, p.conflict)
     before = prior_status(obj).phase

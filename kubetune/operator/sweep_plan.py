@@ -312,17 +312,21 @@ def status_of(sweep: FineTuneSweep, prior: FineTuneSweepStatus, trials: list[Tri
     generation = sweep.metadata.generation
     return FineTuneSweepStatus(
         observed_generation=generation, phase=phase,
-        conditions=sweep_conditions(phase, reason, message, conflict is not None, prior.conditions, generation, now),
+        conditions=sweep_conditions(phase, reason, message, "retry" if conflict else None, prior.conditions,
+                                    generation, now),
         trials=trials, best=best, counts=counts,
         start_time=prior.start_time or now,
         completion_time=(prior.completion_time or now) if phase in ("Succeeded", "Failed") else None)
 
 
-def sweep_conditions(phase: str, reason: str, message: str, stalled: bool, previous: list[Condition],
+def sweep_conditions(phase: str, reason: str, message: str, problem: str | None, previous: list[Condition],
                      generation: int | None, now: datetime) -> list[Condition]:
-    """Ready, Reconciling, Stalled, Succeeded and Failed, each with its own reason (kstatus reads the first
-    three: InProgress while trials run, Current once the sweep has succeeded, Failed through Stalled)."""
+    """Ready, Reconciling, Stalled, Succeeded and Failed, each with its own reason. kstatus (Flux `wait: true`)
+    reads the first three: InProgress while trials run and while a refusal is retried (`problem` "retry": a name
+    taken, a quota), Current once the sweep has succeeded, Failed through Stalled (it failed, or `problem`
+    "permanent": only a spec change helps)."""
     ended = phase in ("Succeeded", "Failed")
+    stalled = phase == "Failed" or problem == "permanent"
 
     def unless(holds: bool, why_not: tuple[str, str]) -> tuple[bool, str, str]:
         return (True, reason, message) if holds else (False, *why_not)
@@ -331,8 +335,9 @@ def sweep_conditions(phase: str, reason: str, message: str, stalled: bool, previ
         ConditionType.READY: (phase == "Succeeded", reason, message),
         ConditionType.RECONCILING: unless(phase == "Running" and not stalled, (
             (SweepReason.FINISHED, "every trial has ended") if ended else (SweepReason.RECONCILED, message))),
-        ConditionType.STALLED: unless(phase == "Failed" or stalled,
-                                      (SweepReason.AS_EXPECTED, "nothing stops the sweep")),
+        ConditionType.STALLED: unless(stalled, (
+            (SweepReason.RETRYING, f"the operator retries: {message}") if problem == "retry" else
+            (SweepReason.AS_EXPECTED, "nothing stops the sweep"))),
         ConditionType.SUCCEEDED: unless(phase == "Succeeded", (
             (reason, message) if phase == "Failed" else (SweepReason.NOT_FINISHED, "trials are still to run"))),
         ConditionType.FAILED: unless(phase == "Failed", (SweepReason.AS_EXPECTED, "the sweep has not failed")),

@@ -128,8 +128,9 @@ def test_a_trial_not_controlled_by_the_sweep_is_a_conflict_and_nothing_is_create
                              "ownerReferences": [{"uid": "someone-else", "controller": True}]}}
     p = plan(make_sweep(), [stranger], NOW)
     assert p.create == [] and "sweep-t0" in p.conflict
-    stalled = {c.type: c for c in p.status.conditions}["Stalled"]
-    assert stalled.status == "True" and stalled.reason == "ChildConflict"
+    conditions = {c.type: c for c in p.status.conditions}  # retried: in progress for kstatus, not Failed
+    assert conditions["Reconciling"].status == "True" and conditions["Reconciling"].reason == "ChildConflict"
+    assert conditions["Stalled"].status == "False" and conditions["Stalled"].reason == "Retrying"
 
 
 def test_a_trial_deleted_before_it_ended_is_created_again_with_its_params():

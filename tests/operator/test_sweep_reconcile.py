@@ -121,12 +121,14 @@ def test_a_refused_trial_is_on_the_status_and_retried_or_not():
     kube.refuse_create = ApiError(403, "Forbidden", '{"message": "exceeded quota"}')
     with pytest.raises(RetryLater):
         reconcile_sweep(kube, "ml", "sweep")
-    stalled = {c["type"]: c for c in kube.objects[("FineTuneSweep", "sweep")]["status"]["conditions"]}["Stalled"]
-    assert stalled["status"] == "True" and stalled["reason"] == "ChildForbidden" and "quota" in stalled["message"]
+    conditions = {c["type"]: c for c in kube.objects[("FineTuneSweep", "sweep")]["status"]["conditions"]}
+    assert conditions["Reconciling"]["reason"] == "ChildForbidden" and "quota" in conditions["Reconciling"]["message"]
+    assert conditions["Stalled"]["status"] == "False" and conditions["Stalled"]["reason"] == "Retrying"
     kube.refuse_create = ApiError(422, "Invalid", '{"message": "spec.x: bad"}')
-    kube.objects[("FineTuneSweep", "sweep")]["metadata"]["resourceVersion"] = str(kube.version)
     with pytest.raises(PermanentFailure):
         reconcile_sweep(kube, "ml", "sweep")
+    conditions = {c["type"]: c for c in kube.objects[("FineTuneSweep", "sweep")]["status"]["conditions"]}
+    assert conditions["Stalled"]["status"] == "True" and conditions["Stalled"]["reason"] == "ChildRejected"
 
 
 def test_a_trial_someone_else_owns_is_a_conflict():

@@ -3,7 +3,7 @@
 -- status.counts and observedGeneration: a status computed from an older spec is Progressing, whatever it says.
 -- Healthy once every trial has ended and one has the objective; Degraded when none has (NoObjective) or the
 -- operator cannot go on (a trial's name held by another object, a trial the API server refuses); else
--- Progressing with the trials done, running and pruned.
+-- Progressing with the trials done and running.
 local hs = {status = "Progressing", message = "Waiting for the kubetune operator"}
 
 if obj.metadata.deletionTimestamp ~= nil then
@@ -49,8 +49,14 @@ if c ~= nil and c.status == "True" then
   hs.message = describe(c)
   return hs
 end
+-- Refusals the operator retries (kstatus: InProgress) that someone must clear: a trial's name held by another
+-- object, a trial refused for now (a quota).
+local stuck = {ChildConflict = true, ChildForbidden = true}
 c = conditions["Reconciling"]
 if c ~= nil and c.reason ~= nil then
+  if stuck[c.reason] then
+    hs.status = "Degraded"
+  end
   hs.message = describe(c)
 end
 return hs
