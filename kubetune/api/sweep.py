@@ -10,7 +10,7 @@ import copy
 from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, ValidationError, WithJsonSchema, model_validator
+from pydantic import Field, PlainValidator, ValidationError, WithJsonSchema, model_validator
 
 from kubetune.api.base import APIModel
 from kubetune.api.job import API_VERSION, MAX_NAME_LENGTH, NAME_PATTERN, ObjectMeta
@@ -29,8 +29,16 @@ PATH_PATTERN = r"^[a-z][A-Za-z0-9]*(\.[a-z][A-Za-z0-9]*)*$"
 NOT_SEARCHABLE = ("suspend", "rerunToken")
 """Spec fields a sweep may not search: the operator prunes a trial through spec.suspend."""
 
-# Any JSON scalar: the CRD keeps it as given (a structural schema has no "one of these types" but int-or-string).
-Scalar = Annotated[bool | int | float | str, WithJsonSchema({"x-kubernetes-preserve-unknown-fields": True})]
+# A number that stays an integer when written as one (a LoRA rank) and a float otherwise (a learning rate). The CRD
+# says `number`: a structural schema has no "one of these types" but int-or-string, and CEL cannot see a field
+# whose items have no type.
+def _number(value: Any) -> int | float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError("must be a number (strings go in choices)")
+    return value
+
+
+Number = Annotated[int | float, PlainValidator(_number), WithJsonSchema({"type": "number"})]
 
 
 class SweepReason:
@@ -98,28 +106,36 @@ class FloatRange(APIModel):
 
 
 class Parameter(APIModel):
-    """One searched spec field and the values it may take: exactly one of values, intRange, floatRange."""
+    """One searched spec field and the values it may take: exactly one of values, choices, intRange, floatRange."""
 
     path: str = Field(pattern=PATH_PATTERN, max_length=253)
     """The field of the trial's FineTuneJob spec, as a dotted camelCase path: hyperparameters.learningRate,
     method.lora.r, hyperparameters.scheduler."""
-    values: list[Scalar] | None = Field(None, min_length=1, max_length=100)
-    """The values to try (categorical; the only kind grid search takes)."""
+    values: list[Number] | None = Field(None, min_length=1, max_length=100)
+    """Numbers to try (categorical), for numeric fields: [1.0e-4, 2.0e-4], [8, 16]."""
+    choices: list[str] | None = Field(None, min_length=1, max_length=100)
+    """Strings to try (categorical), for the other fields: [cosine, linear]; "true" and "false" for a boolean."""
     int_range: IntRange | None = None
     """Whole numbers between min and max."""
     float_range: FloatRange | None = None
     """Numbers between min and max, uniform or log-uniform."""
 
     __rules__: ClassVar = (
-        Rule(cel="(has(self.values) ? 1 : 0) + (has(self.intRange) ? 1 : 0) + (has(self.floatRange) ? 1 : 0) == 1",
-             message="set exactly one of values, intRange and floatRange", field="values",
-             check=lambda p: sum(x is not None for x in (p.values, p.int_range, p.float_range)) == 1),
+        Rule(cel="(has(self.values) ? 1 : 0) + (has(self.choices) ? 1 : 0) + (has(self.intRange) ? 1 : 0) + "
+             "(has(self.floatRange) ? 1 : 0) == 1",
+             message="set exactly one of values, choices, intRange and floatRange", field="values",
+             check=lambda p: sum(x is not None for x in (p.values, p.choices, p.int_range, p.float_range)) == 1),
     )
+
+    def categories(self) -> list | None:
+        """The values or choices, for a categorical parameter."""
+        return list(self.values) if self.values is not None else (
+            list(self.choices) if self.choices is not None else None)
 
     def samples(self) -> list:
         """Values that stand for the whole range when checking that the path accepts them."""
-        if self.values is not None:
-            return list(self.values)
+        if self.categories() is not None:
+            return self.categories()
         r = self.int_range or self.float_range
         return [r.min, r.max] if r is not None else []
 
@@ -193,10 +209,10 @@ class FineTuneSweepSpec(APIModel):
     """Early stopping of losing trials on their live eval loss; needs validation data in the template."""
 
     __rules__: ClassVar = (
-        Rule(cel="self.algorithm != 'grid' || self.searchSpace.all(p, has(p.values))",
-             message="grid search takes lists of values only: give each parameter values, or use random or tpe",
+        Rule(cel="self.algorithm != 'grid' || self.searchSpace.all(p, has(p.values) || has(p.choices))",
+             message="grid search takes lists only: give each parameter values or choices, or use random or tpe",
              field="algorithm",
-             check=lambda s: s.algorithm != "grid" or all(p.values is not None for p in s.search_space)),
+             check=lambda s: s.algorithm != "grid" or all(p.categories() is not None for p in s.search_space)),
         Rule(cel="self.algorithm == 'grid' || has(self.maxTrials)",
              message="random and tpe need maxTrials (only a grid has an end of its own)", field="maxTrials",
              check=lambda s: s.algorithm == "grid" or s.max_trials is not None),
@@ -237,7 +253,7 @@ class FineTuneSweepSpec(APIModel):
             return None
         size = 1
         for param in self.search_space:
-            size *= len(param.values or [])
+            size *= len(param.categories() or [])
         return size
 
     def trial_budget(self) -> int:

@@ -7,7 +7,8 @@ that restarts replays the same study. The study is in memory and thrown away aft
 is enqueued with its params (`enqueue_trial` + `ask`), its eval losses reported, and it is told its outcome; then
 each running trial goes to the pruner, and new trials are asked for. A trial's number is its place in creation
 order (<sweep>-t<N>), and the sampler that proposes trial N is seeded from the sweep's uid and N, so the same
-world proposes the same trial, and a name that exists already is never proposed again.
+world proposes the same trial, and a name that exists already is never proposed again (a grid's sampler has one
+seed for the sweep: it shuffles the grid once, and trial N takes point N).
 """
 import json
 import logging
@@ -15,6 +16,7 @@ import warnings
 from dataclasses import dataclass, field
 from datetime import datetime
 import optuna
+from pydantic import ValidationError
 
 from kubetune.api.job import API_VERSION, KIND
 from kubetune.api.spec import FineTuneJobSpec
@@ -54,8 +56,8 @@ def seed(uid: str | None, number: int) -> int:
 
 
 def distribution(param: Parameter) -> optuna.distributions.BaseDistribution:
-    if param.values is not None:
-        return optuna.distributions.CategoricalDistribution(list(param.values))
+    if param.categories() is not None:
+        return optuna.distributions.CategoricalDistribution(param.categories())
     if param.int_range is not None:
         r = param.int_range
         return optuna.distributions.IntDistribution(r.min, r.max, log=r.log, step=r.step)
@@ -66,8 +68,10 @@ def distribution(param: Parameter) -> optuna.distributions.BaseDistribution:
 def sampler(sweep: FineTuneSweep, number: int) -> optuna.samplers.BaseSampler:
     spec, s = sweep.spec, seed(sweep.metadata.uid, number)
     if spec.algorithm == "grid":
-        # Trial N of a grid is grid point N (GridSampler's own order: parameters sorted, values as given).
-        return optuna.samplers.GridSampler({p.path: list(p.values) for p in spec.search_space}, seed=s)
+        # Trial N of a grid is point N of GridSampler's order, which its seed shuffles: one seed for the whole
+        # sweep, so that every N takes a different point of one permutation.
+        return optuna.samplers.GridSampler({p.path: p.categories() for p in spec.search_space},
+                                           seed=seed(sweep.metadata.uid, 0))
     if spec.algorithm == "random":
         return optuna.samplers.RandomSampler(seed=s)
     return optuna.samplers.TPESampler(seed=s)
@@ -145,26 +149,24 @@ def eval_history(previous: list[EvalPoint], status: dict) -> list[EvalPoint]:
 
 # --- Building a trial -------------------------------------------------------------------------------------
 
-def trial_manifest(sweep: FineTuneSweep, number: int, params: dict) -> dict:
-    """The trial FineTuneJob: the template's spec with the params set, owned by the sweep."""
+def trial_manifest(sweep: FineTuneSweep, number: int, params: dict) -> tuple[dict, str | None]:
+    """The trial FineTuneJob, owned by the sweep: the template's spec with the params set, as the FineTuneJob model
+    writes it (a choice "true" becomes a boolean, 8.0 for an integer field 8); or, with the reason, the raw spec
+    when the params together break a FineTuneJob rule (each fits alone: batchSize 12 with microBatchSize 8)."""
     meta, template = sweep.metadata, sweep.spec.template
     labels = {**(template.metadata.labels or {}), LABEL_SWEEP: meta.name, LABEL_TRIAL: str(number)}
     annotations = {**(template.metadata.annotations or {}),
                    ANNOTATION_TRIAL_PARAMS: json.dumps(params, sort_keys=True)}
+    spec, problem = apply_params(template.spec.to_wire(), params), None
+    try:
+        spec = FineTuneJobSpec.model_validate(spec).to_wire()
+    except (ValidationError, KeyError, TypeError) as exc:
+        problem = str(exc).replace("\n", " ")[:500]
     return {"apiVersion": API_VERSION, "kind": KIND,
             "metadata": {"name": trial_name(meta.name, number), "namespace": meta.namespace, "labels": labels,
                          "annotations": annotations,
                          "ownerReferences": [owner_reference(API_VERSION, SWEEP_KIND, meta.name, meta.uid)]},
-            "spec": apply_params(template.spec.to_wire(), params)}
-
-
-def spec_problem(manifest: dict) -> str | None:
-    """Why the trial's spec is not a valid FineTuneJob spec (params that clash with a rule), or None."""
-    try:
-        FineTuneJobSpec.model_validate(manifest["spec"])
-    except Exception as exc:  # pydantic's ValidationError, with every broken field
-        return str(exc).replace("\n", " ")[:500]
-    return None
+            "spec": spec}, problem
 
 
 # --- The plan ---------------------------------------------------------------------------------------------
@@ -197,7 +199,7 @@ def plan(sweep: FineTuneSweep, observed: list[dict], now: datetime) -> SweepPlan
             if before is None:
                 continue
             # Deleted before it ended: created again with the same params (ensure every trial, every time).
-            manifest = trial_manifest(sweep, number, before.params)
+            manifest, _ = trial_manifest(sweep, number, before.params)
             out.create.append(manifest)
             trials.append(before.model_copy(update={"phase": "Pending"}))
             continue
@@ -233,8 +235,7 @@ def plan(sweep: FineTuneSweep, observed: list[dict], now: datetime) -> SweepPlan
         for number in range(next_number, next_number + max(room, 0)):
             study.sampler = sampler(sweep, number)
             params = study.ask(distributions).params
-            manifest = trial_manifest(sweep, number, params)
-            problem = spec_problem(manifest)
+            manifest, problem = trial_manifest(sweep, number, params)
             if problem:  # never created: the record alone says why
                 trials.append(Trial(name=manifest["metadata"]["name"], number=number, params=params,
                                     phase="Failed", reason=SweepReason.INVALID_SPEC))

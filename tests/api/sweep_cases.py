@@ -23,6 +23,9 @@ SWEEP_INVALID = [
     Case("two-kinds-of-values", space({"path": LR, "values": [1e-4], "floatRange": {"min": 1e-5, "max": 1e-3}}),
          "spec.searchSpace[0].values"),
     Case("no-values", space({"path": LR}), "spec.searchSpace[0].values"),
+    Case("values-and-choices", space({"path": LR, "values": [1e-4], "choices": ["x"]}), "spec.searchSpace[0].values"),
+    Case("strings-in-values", space({"path": "hyperparameters.scheduler", "values": ["cosine"]}),
+         "spec.searchSpace[0].values[0]"),
     Case("range-upside-down", space({"path": "method.lora.r", "intRange": {"min": 8, "max": 4}}),
          "spec.searchSpace[0].intRange.max"),
     Case("log-from-zero", space({"path": "hyperparameters.weightDecay",
@@ -50,7 +53,8 @@ SWEEP_INVALID_PATHS = [
     Case("range-out-of-range", {**space({"path": LR, "floatRange": {"min": 1e-5, "max": 2.0}}),
                                 "spec": {**space({"path": LR, "floatRange": {"min": 1e-5, "max": 2.0}})["spec"],
                                          "algorithm": "random", "maxTrials": 4}}, "spec"),
-    Case("suspend-not-searchable", space({"path": "suspend", "values": [True]}), "spec"),
+    Case("suspend-not-searchable", space({"path": "suspend", "choices": ["true"]}), "spec"),
+    Case("choice-not-a-number", space({"path": LR, "choices": ["fast"]}), "spec"),
 ]
 
 SWEEP_VALID = [
@@ -59,7 +63,7 @@ SWEEP_VALID = [
         {"path": "method.lora.r", "intRange": {"min": 4, "max": 64, "step": 4}}]}}, ""),
     Case("tpe-with-median-pruning", {"spec": {"algorithm": "tpe", "maxTrials": 12, "pruning": {"type": "median"},
                                               "searchSpace": [{"path": "hyperparameters.scheduler",
-                                                               "values": ["cosine", "linear"]},
+                                                               "choices": ["cosine", "linear"]},
                                                               {"path": LR, "floatRange": {"min": 1e-5,
                                                                                           "max": 1e-3}}]}}, ""),
     Case("test-objective", spec(objective={"dataset": "test", "metric": "loss"},
@@ -67,6 +71,8 @@ SWEEP_VALID = [
     Case("pruning-on-split", spec(pruning={"type": "successiveHalving", "minResource": 10},
                                   template={"spec": {"dataset": {"validation": DELETE, "validationSplit": 0.1}}}), ""),
     Case("grid-capped", spec(maxTrials=3), ""),
+    Case("grid-of-choices", space({"path": "hyperparameters.scheduler", "choices": ["cosine", "linear"]},
+                                  {"path": "dataset.packing", "choices": ["true", "false"]}), ""),
     Case("int-log", {"spec": {"algorithm": "random", "maxTrials": 3, "searchSpace": [
         {"path": "method.lora.r", "intRange": {"min": 4, "max": 64, "log": True}}]}}, ""),
 ]

@@ -96,12 +96,22 @@ def test_grid_sweep_of_four_with_parallelism_two_survives_a_sigkill(cluster, nam
     assert reasons.count("TrialCreated") >= 4 and "Completed" in reasons
 
 
-def test_a_stranger_holding_a_trial_name_stalls_the_sweep(cluster, namespace, operator, finetunesweep_crd):
+def test_a_stranger_holding_a_trial_name_holds_the_sweep(cluster, namespace, operator, finetunesweep_crd):
     stranger = make_job({"metadata": {"labels": {"kubetune.io/finetunesweep": "held", "kubetune.io/trial": "0"}},
                          "spec": {"suspend": True}}, name="held-t0")
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(stranger))
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(sweep_manifest(name="held")))
-    stalled = wait_for("Stalled", lambda: {c["type"]: c for c in sweep_status(cluster, namespace, "held").get(
-        "conditions", [])}.get("Stalled", {}).get("status") == "True" and sweep_status(cluster, namespace, "held"))
-    assert {c["type"]: c for c in stalled["conditions"]}["Stalled"]["reason"] == "ChildConflict"
+
+    def conditions():
+        return {c["type"]: c for c in sweep_status(cluster, namespace, "held").get("conditions", [])}
+
+    held = wait_for("ChildConflict", lambda: conditions().get("Reconciling", {}).get("reason") == "ChildConflict"
+                    and conditions())
+    assert "held-t0" in held["Reconciling"]["message"]
+    assert held["Stalled"]["status"] == "False" and held["Stalled"]["reason"] == "Retrying"  # retried, not failed
     assert [t["metadata"]["name"] for t in trials(cluster, namespace, "held")] == ["held-t0"]
+    # Once the stranger goes, the sweep goes on (a retry, not a spec change).
+    cluster.kubectl("delete", "ftj", "held-t0", "-n", namespace)
+    wait_for("the sweep's own trials", lambda: sorted(
+        (t["metadata"]["name"], bool(t["metadata"].get("ownerReferences"))) for t in trials(
+            cluster, namespace, "held")) == [("held-t0", True), ("held-t1", True)], timeout=60)

@@ -238,3 +238,33 @@ def test_a_trial_whose_params_break_a_rule_fails_without_being_created():
 def test_seeds_differ_by_trial_and_sweep():
     assert seed(UID, 0) != seed(UID, 1) and seed(UID, 0) != seed("00000000-0000", 0)
     assert trial_name("sweep", 12) == "sweep-t12"
+
+
+def test_trial_specs_are_written_as_the_model_writes_them():
+    sweep = make_sweep({"spec": {"parallelism": 4, "searchSpace": [
+        {"path": "dataset.packing", "choices": ["true", "false"]},
+        {"path": "method.lora.r", "values": [8.0, 16]}]}})
+    created = plan(sweep, [], NOW).create
+    assert {(m["spec"]["dataset"]["packing"], m["spec"]["method"]["lora"]["r"]) for m in created} == {
+        (True, 8), (True, 16), (False, 8), (False, 16)}
+    assert all(type(m["spec"]["method"]["lora"]["r"]) is int for m in created)  # the CRD says integer
+
+
+@pytest.mark.parametrize("uid", [UID, "00000000-0000-4000-8000-000000000000", "ffffffff-1234-4000-8000-00000000000f",
+                                 "0badcafe-0000-4000-8000-000000000002"])
+def test_a_grid_takes_every_point_once_whatever_the_uid_and_the_pace(uid):
+    """Trials created one reconcile at a time (one ends, one starts): each is a new point of the grid."""
+    doc = sweep_manifest({"spec": {"parallelism": 2, "searchSpace": [
+        {"path": LR, "values": [1e-4, 2e-4, 3e-4]}, {"path": "method.lora.r", "values": [8, 16]}]}})
+    doc["metadata"].update(namespace="ml", uid=uid, generation=1)
+    sweep = FineTuneSweep.model_validate(doc)
+    observed: list[dict] = []
+    for _ in range(8):
+        p = plan(sweep, observed, NOW)
+        observed += p.create
+        sweep = sweep.model_copy(update={"status": p.status})
+        pending = [o for o in observed if not o.get("status")]
+        if pending:
+            succeed(pending[0], 1.0)
+    combos = [(o["spec"]["hyperparameters"]["learningRate"], o["spec"]["method"]["lora"]["r"]) for o in observed]
+    assert len(combos) == 6 and len(set(combos)) == 6, combos
