@@ -59,15 +59,19 @@ def test_grid_sweep_of_four_with_parallelism_two_survives_a_sigkill(cluster, nam
         cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(doc))
         wait_for("two trials running", lambda: sum((t.get("status") or {}).get("phase") == "Running"
                                                    for t in trials(cluster, namespace, "grid")) == 2, timeout=60)
+        before_kill = {t["metadata"]["name"] for t in trials(cluster, namespace, "grid")}
         first.stop(sig=9)  # mid-sweep, no goodbye: the next replica waits for the Lease to expire
-        operators.start()
+        second = operators.start()
         cluster.kubectl("wait", "--for=condition=Succeeded", "fts/grid", "-n", namespace, "--timeout=120s")
     finally:
         sampler.halt.set()
         sampler.join(5)
     found = trials(cluster, namespace, "grid")
     assert sorted(t["metadata"]["name"] for t in found) == ["grid-t0", "grid-t1", "grid-t2", "grid-t3"]
+    # The killed replica made the first two; the next one rebuilt the study from them and made the rest.
+    assert before_kill == {"grid-t0", "grid-t1"} and "leading as" in second.output()
     assert all(len(uids) == 1 for uids in sampler.uids.values()), sampler.uids  # none deleted and made again
+    print(f"trials sampled {sampler.samples} times; at most {sampler.most_unfinished} unfinished at once")
     assert sampler.samples >= 20 and sampler.most_unfinished == 2, (sampler.samples, sampler.most_unfinished)
     uid = cluster.kubectl_json("get", "fts", "grid", "-n", namespace)["metadata"]["uid"]
     for t in found:
