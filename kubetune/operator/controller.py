@@ -15,7 +15,6 @@ from kubetune.operator.kube import Kube
 from kubetune.operator.leader import NotLeading
 from kubetune.operator.reconcile import read_progress, reconcile, resync_due
 from kubetune.operator.settings import OperatorSettings
-from kubetune.operator.sweep import reconcile_sweep
 from kubetune.operator.ticker import Ticker
 from kubetune.operator.workqueue import WorkQueue, Workers
 
@@ -122,6 +121,10 @@ class Controller:
 
     def reconcile_sweep_one(self, key: tuple[str, str], _sample: dict | None) -> None:
         """One sweep reconcile, with the same error kinds as reconcile_one."""
+        # Imported with the first sweep: Optuna (and numpy, SQLAlchemy) cost an operator without sweeps 17 MB of
+        # memory and half a second of start-up (docs/operator-scale.md counts both).
+        from kubetune.operator.sweep import reconcile_sweep
+
         if not self.may_act():
             return
         namespace, name = key

@@ -154,3 +154,13 @@ def test_an_invalid_sweep_fails_with_the_field_named():
 def test_a_deleted_sweep_does_nothing():
     kube = MemoryKube(sweep())
     assert reconcile_sweep(kube, "ml", "other") is None and kube.log == []
+
+
+def test_an_operator_without_sweeps_does_not_load_optuna():
+    """Optuna, numpy and SQLAlchemy come with the first sweep reconcile (17 MB of memory, half a second)."""
+    import subprocess
+    import sys
+
+    code = "import sys, kubetune.operator.__main__; assert 'optuna' not in sys.modules, 'optuna loaded at start'"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
