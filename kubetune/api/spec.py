@@ -178,6 +178,15 @@ class Hyperparameters(APIModel):
     """Compute precision; auto picks bf16 where the GPU supports it, fp32 on CPUs."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass to save memory."""
+    gradient_checkpointing_every_layers: int | None = Field(None, ge=1)
+    """With gradientCheckpointing: recompute only every Nth transformer block (the first, then every N); the others
+    keep their activations. Unset (or 1) recomputes every block; a larger N gives memory back for speed, worth it
+    where full checkpointing frees memory that goes unused."""
+    gradient_checkpointing_offload: bool | None = None
+    """With gradientCheckpointing: keep the activations saved for the recomputation (each checkpointed block's
+    input) in host memory, pinned on GPUs, instead of device memory. Frees layers x sequence x hidden of device
+    memory, the part that dominates at long sequences, for a copy to the host in the forward and back in the
+    backward. Unset means false."""
     compile: bool = False
     """Compile the transformer blocks' MLPs and norms with torch.compile (dynamic shapes, so varying lengths do not
     recompile). The first steps pay the compilation (seconds on a small model, minutes on a large one); the
@@ -189,6 +198,15 @@ class Hyperparameters(APIModel):
             message="set exactly one of epochs and maxSteps",
             field="epochs",
             check=lambda h: (h.epochs is None) != (h.max_steps is None),
+        ),
+        Rule(
+            cel="self.gradientCheckpointing || (!has(self.gradientCheckpointingEveryLayers) && "
+                "!(has(self.gradientCheckpointingOffload) && self.gradientCheckpointingOffload))",
+            message="gradientCheckpointingEveryLayers and gradientCheckpointingOffload apply only with "
+                    "gradientCheckpointing: true",
+            field="gradientCheckpointing",
+            check=lambda h: h.gradient_checkpointing or (h.gradient_checkpointing_every_layers is None
+                                                         and not h.gradient_checkpointing_offload),
         ),
     )
 

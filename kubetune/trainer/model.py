@@ -146,6 +146,22 @@ def apply_method(job: FineTuneJob, model):
     return model
 
 
+def checkpointing(model, job: FineTuneJob) -> None:
+    """hyperparameters.gradientCheckpointing and its choices: every block (or every Nth:
+    gradientCheckpointingEveryLayers) recomputes its activations in the backward, their saved inputs on the host
+    with gradientCheckpointingOffload (transformers' activation_checkpointing_enable, torch's save_on_cpu)."""
+    hp = job.spec.hyperparameters
+    if not hp.gradient_checkpointing:
+        return
+    every, offload = hp.gradient_checkpointing_every_layers or 1, bool(hp.gradient_checkpointing_offload)
+    if every == 1 and not offload:
+        model.gradient_checkpointing_enable()  # the on/off behaviour, as before the choices existed
+        return
+    base = parallel.unwrap(model)
+    base = base.get_base_model() if hasattr(base, "get_base_model") else base  # under peft: the transformers model
+    base.activation_checkpointing_enable(every_n_layers=every, offload=offload)
+
+
 def trainable_state(model, names: set[str] | None = None) -> dict:
     """The weights training changes; `names` also counts blocks that gradual unfreezing has yet to thaw. Sharded
     (FSDP) weights stay shards where they are; replicated ones are copied to the host. Keys are the model's own,

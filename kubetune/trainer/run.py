@@ -23,8 +23,8 @@ from kubetune.trainer.checkpoint import Checkpointer
 from kubetune.trainer.dist import Dist
 from kubetune.trainer.errors import BadInput
 from kubetune.trainer.metrics import Telemetry
-from kubetune.trainer.model import (apply_method, load_model, load_tokenizer, load_trainable, meta_model, model_source,
-                                    optimizer_for, precision, trainable_state)
+from kubetune.trainer.model import (apply_method, checkpointing, load_model, load_tokenizer, load_trainable,
+                                    meta_model, model_source, optimizer_for, precision, trainable_state)
 from kubetune.trainer.rows import load_data
 from kubetune.trainer.settings import TrainerSettings
 from kubetune.trainer.storage import Store, join
@@ -226,16 +226,14 @@ def setup(job: FineTuneJob, run_id: str, settings: TrainerSettings, on_log=None)
         reference = apply_method(job, load_model(job, path, kw, dist.device, amp, tok.pad_token_id, labels,
                                                  dtype="auto", place=False)) if dist.main else None
         model = meta_model(job, path, kw, tok.pad_token_id, labels)
-        if hp.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
+        checkpointing(model, job)
         model = parallel.shard(model, dist, amp)
         parallel.materialise(model, reference, dist)
         del reference
         dist.checkpoint_group = torch.distributed.new_group(backend="gloo")
     else:
         model = apply_method(job, load_model(job, path, kw, dist.device, amp, tok.pad_token_id, labels))
-        if hp.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
+        checkpointing(model, job)
     stats = d.Stats()
     # Tokenized once per node into memory-mapped arrays, shared under the run's prefix so a restarted pod skips it.
     train_rows, val, test = dist.local_first(lambda: load_data(job, store, tok, stats, labels,

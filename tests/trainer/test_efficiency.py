@@ -253,3 +253,49 @@ def test_a_lora_classifiers_trained_head_keeps_fp32_weights_over_a_half_precisio
     assert any("score" in k for k in trained) and set(trained.values()) == {torch.float32}, trained
     frozen = {p.dtype for p in model.parameters() if not p.requires_grad}
     assert frozen == {torch.bfloat16}  # the base stays in half precision
+
+
+@pytest.mark.parametrize("choice", ["every-2-layers", "offload"])
+def test_gradient_checkpointing_choices_keep_the_loss_and_gradients(tiny_model, monkeypatch, choice):
+    """hyperparameters.gradientCheckpointingEveryLayers / gradientCheckpointingOffload (issue 22): the loss and the
+    gradients are those of training without checkpointing; every N layers recomputes exactly the first and every
+    Nth block in the backward (a recomputed block runs its forward twice); offload puts each checkpointed block's
+    saved input through torch's save_on_cpu. Without the fields the blocks kept the on/off behaviour (seen failing
+    before: both blocks recomputed, and save_on_cpu was never entered)."""
+    import transformers.modeling_utils as mu
+
+    from kubetune.trainer import data as d
+    from kubetune.trainer.causal_lm import loss_sum
+    from kubetune.trainer.model import checkpointing
+
+    hp = {"gradientCheckpointing": True}
+    hp.update({"gradientCheckpointingEveryLayers": 2} if choice == "every-2-layers" else
+              {"gradientCheckpointingOffload": True})
+    job = finetunejob("ckpt", {"baseModel": {"uri": f"file://{tiny_model}"}, "dataset": {"train": "file:///x.jsonl"},
+                               "hyperparameters": {"maxSteps": 1, **hp}, "output": {"uri": "file:///nowhere/"},
+                               "resources": {"gpusPerNode": 0}})
+    model = load(tiny_model, "lora")
+    vocab = model.get_output_embeddings().weight.shape[0]
+    batch = d.collate(examples([20, 9, 14], vocab), 0)
+    loss_sum(model, batch, CPU, None).backward()
+    want = grads(model)
+    model.zero_grad(set_to_none=True)
+
+    offloads = []
+    real = mu.save_on_cpu
+    monkeypatch.setattr(mu, "save_on_cpu", lambda *a, **k: offloads.append(k) or real(*a, **k))
+    checkpointing(model, job)
+    blocks = model.get_base_model().model.layers
+    forwards = [0] * len(blocks)
+    for i, block in enumerate(blocks):
+        block.input_layernorm.register_forward_pre_hook(lambda *_, i=i: forwards.__setitem__(i, forwards[i] + 1))
+    model.train()
+    loss_sum(model, batch, CPU, None).backward()
+    assert_close_grads(grads(model), want)
+    if choice == "every-2-layers":
+        assert [b.gradient_checkpointing for b in blocks] == [True, False]
+        assert forwards == [2, 1]  # block 0 recomputed in the backward, block 1 kept its activations
+        assert not offloads
+    else:
+        assert forwards == [2, 2]
+        assert len(offloads) == 2  # each checkpointed block's forward saved its input through save_on_cpu
