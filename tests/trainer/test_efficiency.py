@@ -299,3 +299,60 @@ def test_gradient_checkpointing_choices_keep_the_loss_and_gradients(tiny_model, 
     else:
         assert forwards == [2, 2]
         assert len(offloads) == 2  # each checkpointed block's forward saved its input through save_on_cpu
+
+
+def test_liger_is_chosen_on_cuda_where_it_is_installed(monkeypatch):
+    """linear_ce.kernel: Liger's fused linear cross-entropy on CUDA with liger-kernel installed, the pure-torch
+    chunked one otherwise (CPUs, or no liger-kernel)."""
+    import importlib.util
+
+    from kubetune.trainer import linear_ce
+
+    real = importlib.util.find_spec
+    for installed in (True, False):
+        monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a, installed=installed: (
+            object() if installed else None) if name == "liger_kernel" else real(name, *a))
+        assert linear_ce.kernel(torch.device("cuda", 0)) == ("liger" if installed else "torch")
+        assert linear_ce.kernel(CPU) == "torch"
+
+
+def test_the_liger_kernel_gets_the_targets_and_sums_like_the_torch_one(tiny_model, monkeypatch):
+    """Where Liger is chosen, loss_sum hands it the positions that have a target, their labels, the head's weights
+    and a summed reduction: a stand-in with Liger's signature (computing in torch) gives the chunked loss and
+    gradients."""
+    import sys
+    import types
+
+    import torch.nn.functional as F
+
+    from kubetune.trainer import data as d
+    from kubetune.trainer import linear_ce
+    from kubetune.trainer.causal_lm import loss_sum
+
+    calls = []
+
+    def liger_fused_linear_cross_entropy(input, weight, target, bias=None, ce_weight=None, ignore_index=-100,
+                                         lse_square_scale=0.0, label_smoothing=0.0, reduction="mean", **kwargs):
+        calls.append({"rows": input.shape[0], "ignore_index": ignore_index, "reduction": reduction,
+                      "ignored": int((target == ignore_index).sum())})
+        return F.cross_entropy(F.linear(input, weight, bias).float(), target, ignore_index=ignore_index,
+                               reduction=reduction)
+
+    functional = types.ModuleType("liger_kernel.transformers.functional")
+    functional.liger_fused_linear_cross_entropy = liger_fused_linear_cross_entropy
+    for name in ("liger_kernel", "liger_kernel.transformers"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, "liger_kernel.transformers.functional", functional)
+
+    model = load(tiny_model, "full")
+    vocab = model.get_output_embeddings().weight.shape[0]
+    skip = linear_ce.HeadSkip.of(model)
+    batch = d.collate(examples([20, 9, 14], vocab), 0)
+    loss_sum(model, batch, CPU, None, skip).backward()
+    want, want_calls = grads(model), list(calls)
+    model.zero_grad(set_to_none=True)
+    monkeypatch.setattr(linear_ce, "kernel", lambda device: "liger")
+    got = loss_sum(model, batch, CPU, None, skip)
+    got.backward()
+    assert not want_calls and calls == [{"rows": 17 + 6 + 11, "ignore_index": -100, "reduction": "sum", "ignored": 0}]
+    assert_close_grads(grads(model), want)
