@@ -14,6 +14,7 @@ ADDED_FIELDS: dict[tuple[str, ...], object] = {
     # Optional, no default (unset leaves them out already): a value that means what unset means hashes as unset.
     ("hyperparameters", "gradientCheckpointingEveryLayers"): 1,
     ("hyperparameters", "gradientCheckpointingOffload"): False,
+    ("hyperparameters", "weightPrecision"): "fp32",
 }
 """Fields added after hashes were first recorded, with the default they were added with (or, for an optional
 field, the value that behaves as leaving it unset)."""

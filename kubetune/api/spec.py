@@ -187,6 +187,11 @@ class Hyperparameters(APIModel):
     input) in host memory, pinned on GPUs, instead of device memory. Frees layers x sequence x hidden of device
     memory, the part that dominates at long sequences, for a copy to the host in the forward and back in the
     backward. Unset means false."""
+    weight_precision: Literal["fp32", "bf16"] | None = None
+    """Full fine-tuning: the dtype of the trained weights, their gradients and AdamW states. Unset or fp32: fp32
+    master weights under the compute precision's autocast (updates smaller than bf16's resolution of a weight still
+    count). bf16: pure bf16, as the Hugging Face Trainer trains in bf16 (half the memory of the weights, gradients
+    and optimizer states; updates below a weight's bf16 resolution are lost, so small learning rates may stall)."""
     compile: bool = False
     """Compile the transformer blocks' MLPs and norms with torch.compile (dynamic shapes, so varying lengths do not
     recompile). The first steps pay the compilation (seconds on a small model, minutes on a large one); the
@@ -401,6 +406,13 @@ class FineTuneJobSpec(APIModel):
             message="fp16 needs a GPU: use bf16 or fp32 on CPUs",
             field="hyperparameters.precision",
             check=lambda s: s.hyperparameters.precision != "fp16" or s.resources.gpus_per_node >= 1,
+        ),
+        Rule(
+            cel="!has(self.hyperparameters.weightPrecision) || self.hyperparameters.weightPrecision == 'fp32' || "
+                "self.method.type == 'full'",
+            message="weightPrecision bf16 applies only when method.type is full (adapters train in fp32)",
+            field="hyperparameters.weightPrecision",
+            check=lambda s: s.hyperparameters.weight_precision in (None, "fp32") or s.method.type == "full",
         ),
         Rule(
             cel="self.distributed.strategy != 'fsdp' || self.method.type != 'qlora'",

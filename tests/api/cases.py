@@ -90,6 +90,10 @@ INVALID = [
          "spec.hyperparameters.gradientCheckpointing"),
     Case("checkpointing-offload-without-checkpointing", spec(hyperparameters={"gradientCheckpointingOffload": True}),
          "spec.hyperparameters.gradientCheckpointing"),
+    Case("pure-bf16-on-lora", spec(hyperparameters={"weightPrecision": "bf16"}),
+         "spec.hyperparameters.weightPrecision"),
+    Case("weight-precision-fp16", spec(method={"type": "full"}, hyperparameters={"weightPrecision": "fp16"}),
+         "spec.hyperparameters.weightPrecision"),
     Case("checkpointing-every-zero", spec(hyperparameters={"gradientCheckpointing": True,
                                                            "gradientCheckpointingEveryLayers": 0}),
          "spec.hyperparameters.gradientCheckpointingEveryLayers"),
@@ -117,5 +121,7 @@ VALID = [
     Case("checkpointing-choices", spec(hyperparameters={"gradientCheckpointing": True,
                                                         "gradientCheckpointingEveryLayers": 2,
                                                         "gradientCheckpointingOffload": True}), ""),
+    Case("pure-bf16-full", spec(method={"type": "full"}, hyperparameters={"weightPrecision": "bf16"}), ""),
+    Case("fp32-weights-on-lora", spec(hyperparameters={"weightPrecision": "fp32"}), ""),
     Case("checkpointing-offload-false", spec(hyperparameters={"gradientCheckpointingOffload": False}), ""),
 ]

@@ -108,14 +108,15 @@ def test_added_fields_and_changed_defaults_are_hashed_as_before(monkeypatch):
 
 
 def test_gradient_checkpointing_choices_are_hashed_only_when_they_change_the_run():
-    """hyperparameters.gradientCheckpointingEveryLayers / gradientCheckpointingOffload (issue 22) are optional with
-    no default, so live objects do not change and the pins hold; a value that behaves as unset (every 1 layer, no
-    offload) keeps the run; another value is a new run, like any hyperparameter."""
+    """hyperparameters.gradientCheckpointingEveryLayers / gradientCheckpointingOffload / weightPrecision (issue 22)
+    are optional with no default, so live objects do not change and the pins hold; a value that behaves as unset
+    (every 1 layer, no offload, fp32 weights) keeps the run; another value is a new run, like any
+    hyperparameter."""
     spec, training, *_ = PINNED["multi-node-queued"]
     hp = spec["hyperparameters"]
     same = [job({**spec, "hyperparameters": {**hp, **extra}}) for extra in (
         {"gradientCheckpointingEveryLayers": 1}, {"gradientCheckpointingOffload": False},
-        {"gradientCheckpointingEveryLayers": 1, "gradientCheckpointingOffload": False})]
-    assert [identity.training_hash(j) for j in same] == [training] * 3
+        {"gradientCheckpointingEveryLayers": 1, "gradientCheckpointingOffload": False}, {"weightPrecision": "fp32"})]
+    assert [identity.training_hash(j) for j in same] == [training] * 4
     for extra in ({"gradientCheckpointingEveryLayers": 2}, {"gradientCheckpointingOffload": True}):
         assert identity.training_hash(job({**spec, "hyperparameters": {**hp, **extra}})) != training, extra
