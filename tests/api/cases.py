@@ -86,6 +86,17 @@ INVALID = [
     Case("endpoint-without-scheme", spec(storage={"endpoint": "minio:9000"}), "spec.storage.endpoint"),
     Case("seq-length-too-short", spec(dataset={"maxSeqLength": 8}), "spec.dataset.maxSeqLength"),
     Case("name-too-long", {"metadata": {"name": "n" * 46}}, "metadata.name"),
+    Case("checkpointing-every-without-checkpointing", spec(hyperparameters={"gradientCheckpointingEveryLayers": 2}),
+         "spec.hyperparameters.gradientCheckpointing"),
+    Case("checkpointing-offload-without-checkpointing", spec(hyperparameters={"gradientCheckpointingOffload": True}),
+         "spec.hyperparameters.gradientCheckpointing"),
+    Case("pure-bf16-on-lora", spec(hyperparameters={"weightPrecision": "bf16"}),
+         "spec.hyperparameters.weightPrecision"),
+    Case("weight-precision-fp16", spec(method={"type": "full"}, hyperparameters={"weightPrecision": "fp16"}),
+         "spec.hyperparameters.weightPrecision"),
+    Case("checkpointing-every-zero", spec(hyperparameters={"gradientCheckpointing": True,
+                                                           "gradientCheckpointingEveryLayers": 0}),
+         "spec.hyperparameters.gradientCheckpointingEveryLayers"),
 ]
 
 # Valid variants beyond examples/: each flips a rule's condition without breaking it.
@@ -107,4 +118,10 @@ VALID = [
     Case("integer-zeros", spec(dataset={"validationSplit": 0}, hyperparameters={"warmupRatio": 0, "weightDecay": 0}),
          ""),
     Case("multi-node", spec(nodes=2, resources={"gpusPerNode": 2}, hyperparameters={"batchSize": 16}), ""),
+    Case("checkpointing-choices", spec(hyperparameters={"gradientCheckpointing": True,
+                                                        "gradientCheckpointingEveryLayers": 2,
+                                                        "gradientCheckpointingOffload": True}), ""),
+    Case("pure-bf16-full", spec(method={"type": "full"}, hyperparameters={"weightPrecision": "bf16"}), ""),
+    Case("fp32-weights-on-lora", spec(hyperparameters={"weightPrecision": "fp32"}), ""),
+    Case("checkpointing-offload-false", spec(hyperparameters={"gradientCheckpointingOffload": False}), ""),
 ]
