@@ -65,7 +65,8 @@ def test_signs_images_and_chart_and_attests_sboms():
 
 
 def test_the_tag_must_name_the_chart_app_and_package_version():
-    run = lambda tag: subprocess.run([ROOT / "hack" / "release-version", tag], capture_output=True, text=True)  # noqa: E731
+    def run(tag: str) -> subprocess.CompletedProcess:
+        return subprocess.run([ROOT / "hack" / "release-version", tag], capture_output=True, text=True)
     assert CHART["version"] == CHART["appVersion"]
     ok = run(f"v{CHART['version']}")
     assert ok.returncode == 0 and ok.stdout.strip() == CHART["version"], ok.stderr
