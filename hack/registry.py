@@ -2,8 +2,8 @@
 them to ghcr.io, and where the real node's containerd pulls from.
 
 `hack/cluster` imports this module and passes itself as `c` (state dir, ports, process helpers). The registry is
-the CNCF distribution registry (what Docker Hub, GHCR's predecessor and most self-hosted registries run), built
-from its Go module by `hack/distribution` with only the filesystem storage driver linked. It serves plain HTTP on
+the CNCF distribution registry (the open-source registry Docker Hub grew from; Harbor's and GitLab's build on it),
+built from its Go module by `hack/distribution` with only the filesystem storage driver linked. It serves plain HTTP on
 127.0.0.1 only, without auth: nothing off this machine can reach it, and containerd is told to use HTTP for it
 (a hosts.toml, `containerd_hosts`). Its storage sits in the cluster dir and survives `down` (as the node's
 containerd images do): an image pushed once is found again, so a warm `make deploy` pushes nothing.
