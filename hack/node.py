@@ -156,6 +156,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "{cni_dir}"
+  # Per-registry hosts.toml files: the cluster's own registry speaks plain HTTP on loopback (hack/registry.py).
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = "{c.registry.containerd_hosts(c, d / 'certs.d')}"
 """
     (d / "config.toml").write_text(config)
     c.start("containerd", ["containerd", "--config", d / "config.toml", "--log-level", "warn"])

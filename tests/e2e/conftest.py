@@ -18,7 +18,8 @@ E2E_NAMESPACE = "kubetune-e2e"  # watched by the deployed operator (hack/deploy)
 
 @pytest.fixture(scope="session")
 def deployed(cluster) -> dict:
-    """Builds the images (cached), imports them into the node and installs the chart: `make deploy`."""
+    """Builds the images (cached), pushes them and the chart to the cluster's registry and installs from oci://:
+    `make deploy`."""
     assert cluster.real_node, "the local cluster has no real node (hack/cluster up)"
     proc = subprocess.run([str(ROOT / "hack" / "deploy")], capture_output=True, text=True, timeout=1800,
                           env={**os.environ, **cluster.env})

@@ -52,9 +52,9 @@ def test_a_trainer_over_its_memory_limit_is_oom_killed_and_the_run_fails(cluster
 
 
 def test_an_image_that_cannot_be_pulled_is_a_pending_run_that_says_so(cluster, namespace, operators):
-    """The kubelet really pulls: an operator of this tree whose pods pull IfNotPresent (the deployed one here
-    says Never, having no registry), and a registry address nothing listens on, so containerd's pull is refused
-    at once and no traffic leaves the machine."""
+    """The kubelet really pulls: an operator of this tree whose pods pull IfNotPresent (as the deployed one's do,
+    from the cluster's registry), and a registry address nothing listens on, so containerd's pull is refused at
+    once and no traffic leaves the machine."""
     operators.start(IMAGE_PULL_POLICY="IfNotPresent")
     image = f"127.0.0.1:9/kubetune/missing:{secrets.token_hex(3)}"
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest("no-image", {
