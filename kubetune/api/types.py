@@ -35,6 +35,19 @@ ModelURI = _uri("s3", "file", "hf")
 DataURI = _uri("s3", "file")
 OutputURI = _uri("s3", "file")
 
+
+PROMOTION_URI = r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/(.*/)?|file:///(.+/)?)$"
+
+
+def _check_prefix(value: str) -> str:
+    if not re.fullmatch(PROMOTION_URI, value):
+        raise ValueError("must be a prefix ending in '/': s3://bucket/models/<name>/ or file:///absolute/path/")
+    return value
+
+
+PromotionURI = Annotated[str, AfterValidator(_check_prefix), Field(json_schema_extra={"pattern": PROMOTION_URI})]
+"""A stable destination: a prefix (ending in '/') the champion's files and manifest live under."""
+
 # Kubernetes resource.Quantity, as controller-gen writes it for int-or-string quantity fields.
 QUANTITY_PATTERN = (
     r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"

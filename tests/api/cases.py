@@ -86,6 +86,25 @@ INVALID = [
     Case("endpoint-without-scheme", spec(storage={"endpoint": "minio:9000"}), "spec.storage.endpoint"),
     Case("seq-length-too-short", spec(dataset={"maxSeqLength": 8}), "spec.dataset.maxSeqLength"),
     Case("name-too-long", {"metadata": {"name": "n" * 46}}, "metadata.name"),
+    Case("promotion-without-test", spec(promotion={"destination": "s3://models/bot/", "beatBaseModel": False}),
+         "spec.promotion"),
+    Case("promotion-base-without-baseline", spec(dataset={"test": "s3://data/test.jsonl"},
+                                                 promotion={"destination": "s3://models/bot/"}),
+         "spec.promotion.beatBaseModel"),
+    Case("promotion-destination-not-prefix", spec(dataset={"test": "s3://data/test.jsonl"}, evaluation={"baseline": True},
+                                                  promotion={"destination": "s3://models/bot"}),
+         "spec.promotion.destination"),
+    Case("promotion-metric-of-other-task", spec(dataset={"test": "s3://data/test.jsonl"}, evaluation={"baseline": True},
+                                                promotion={"destination": "s3://models/bot/", "metric": "f1"}),
+         "spec.promotion.metric"),
+    Case("promotion-bound-without-limit", spec(dataset={"test": "s3://data/test.jsonl"}, evaluation={"baseline": True},
+                                               promotion={"destination": "s3://models/bot/",
+                                                          "bounds": [{"metric": "loss"}]}),
+         "spec.promotion.bounds[0].min"),
+    Case("promotion-override-without-who", spec(dataset={"test": "s3://data/test.jsonl"}, evaluation={"baseline": True},
+                                                promotion={"destination": "s3://models/bot/", "override": {
+                                                    "action": "promote", "runId": "r1", "reason": "x"}}),
+         "spec.promotion.override.requestedBy"),
 ]
 
 # Valid variants beyond examples/: each flips a rule's condition without breaking it.
@@ -107,4 +126,9 @@ VALID = [
     Case("integer-zeros", spec(dataset={"validationSplit": 0}, hyperparameters={"warmupRatio": 0, "weightDecay": 0}),
          ""),
     Case("multi-node", spec(nodes=2, resources={"gpusPerNode": 2}, hyperparameters={"batchSize": 16}), ""),
+    Case("promotion-gate", spec(dataset={"test": "s3://data/test.jsonl"}, evaluation={"baseline": True},
+                                promotion={"destination": "s3://models/models/bot/", "metric": "exactMatch",
+                                           "bounds": [{"metric": "exactMatch", "min": 0.2}, {"metric": "loss", "max": 1.5}],
+                                           "override": {"action": "rollback", "runId": "bot-1a2b3c", "requestedBy": "ann",
+                                                        "reason": "answers got worse"}}), ""),
 ]
