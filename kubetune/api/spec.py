@@ -530,6 +530,15 @@ class FineTuneJobSpec(APIModel):
             check=lambda s: s.promotion is None or s.dataset.test is not None,
         ),
         Rule(
+            cel="!has(self.promotion) || "
+            "self.promotion.destination.startsWith('s3://') == self.output.uri.startsWith('s3://')",
+            message="promotion.destination and output.uri must both be s3:// or both file:// (the run's files are "
+            "copied server-side)",
+            field="promotion.destination",
+            check=lambda s: s.promotion is None
+            or s.promotion.destination.startswith("s3://") == s.output.uri.startswith("s3://"),
+        ),
+        Rule(
             cel="!has(self.promotion) || !self.promotion.beatBaseModel || self.evaluation.baseline",
             message="promotion.beatBaseModel needs the base model scored: set evaluation.baseline: true",
             field="promotion.beatBaseModel",

@@ -101,6 +101,10 @@ INVALID = [
                                                promotion={"destination": "s3://models/bot/",
                                                           "bounds": [{"metric": "loss"}]}),
          "spec.promotion.bounds[0].min"),
+    Case("promotion-file-destination-for-s3-output", spec(dataset={"test": "s3://data/test.jsonl"},
+                                                          evaluation={"baseline": True},
+                                                          promotion={"destination": "file:///models/bot/"}),
+         "spec.promotion.destination"),
     Case("promotion-override-without-who", spec(dataset={"test": "s3://data/test.jsonl"}, evaluation={"baseline": True},
                                                 promotion={"destination": "s3://models/bot/", "override": {
                                                     "action": "promote", "runId": "r1", "reason": "x"}}),
