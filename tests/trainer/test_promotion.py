@@ -1,0 +1,110 @@
+"""Promotion end to end on a tiny model with a file:// destination: a first run is promoted, a worse one is scored
+against the champion in the same run and refused without touching the destination, a better one replaces the
+champion (the previous stays addressable by run id), overrides promote and roll back on the record, and two
+racing promotions cannot both win."""
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from kubetune.api import FineTuneJob
+from kubetune.api.spec import Storage
+from kubetune.trainer import promotion
+from kubetune.trainer.loop import train
+from kubetune.trainer.storage import Store
+from tests.trainer.conftest import chat_rows, settings, write_jsonl
+from tests.trainer.test_train import make_job
+
+
+def gated_job(tmp_path: Path, model: Path, steps: int, lr: float = 3e-3, **promotion_patch) -> FineTuneJob:
+    return make_job(tmp_path, model, hyperparameters={"maxSteps": steps, "learningRate": lr},
+                    dataset={"test": write_jsonl(tmp_path / "data/test.jsonl", chat_rows(48, seed=3))},
+                    promotion={"destination": f"file://{tmp_path}/models/bot/", **promotion_patch})
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def manifest(tmp_path: Path) -> dict:
+    return json.loads((tmp_path / "models/bot/manifest.json").read_text())
+
+
+def test_gate_champion_challenger_and_overrides(tmp_path, tiny_model):
+    dest = tmp_path / "models/bot"
+    a = train(gated_job(tmp_path, tiny_model, 6), "run-a", settings(tmp_path))
+    first = a["promotion"]
+    assert first["verdict"] == "Promoted" and first["championRunId"] is None, first
+    assert first["modelUri"] == f"file://{dest}/runs/run-a/model/"
+    m = manifest(tmp_path)
+    assert m["champion"]["runId"] == "run-a" and m["history"] == [] and m["champion"]["how"] == "gate"
+    assert (dest / "runs/run-a/model/adapter_model.safetensors").is_file()
+    assert (dest / "runs/run-a/summary.json").is_file() and not (dest / "runs/run-a/checkpoints").exists()
+
+    # A run that barely trains: scored against run-a on the same rows, refused, the destination untouched.
+    before = snapshot(dest)
+    worse = train(gated_job(tmp_path, tiny_model, 1, lr=1e-5), "run-b", settings(tmp_path))
+    verdict = worse["promotion"]
+    assert verdict["verdict"] == "Rejected" and verdict["reason"] == "GateFailed", verdict
+    assert verdict["championRunId"] == "run-a"
+    assert worse["comparison"]["champion"]["runId"] == "run-a"
+    # The champion, reloaded from the destination and scored in run-b, scores what run-a reported on those rows.
+    assert worse["comparison"]["champion"]["test"]["loss"] == pytest.approx(a["test"]["loss"], rel=1e-4)
+    assert any("does not beat champion run-a on test loss" in r and "95% interval" in r for r in verdict["reasons"])
+    assert snapshot(dest) == before
+    assert json.loads((tmp_path / "out/run-b/promotion.json").read_text()) == verdict
+
+    # A better run replaces the champion; run-a stays addressable by run id.
+    better = train(gated_job(tmp_path, tiny_model, 30), "run-c", settings(tmp_path))["promotion"]
+    assert better["verdict"] == "Promoted" and better["replacedRunId"] == "run-a", better
+    m = manifest(tmp_path)
+    assert m["champion"]["runId"] == "run-c" and [e["runId"] for e in m["history"]] == ["run-a"]
+    for key, data in before.items():  # nothing that existed was overwritten, except the manifest
+        if key != "manifest.json":
+            assert (dest / key).read_bytes() == data, key
+
+    # An override promotes a run the gate refuses, on the record.
+    forced = train(gated_job(tmp_path, tiny_model, 1, lr=1e-5, override={
+        "action": "promote", "runId": "run-d", "requestedBy": "ann", "reason": "needed for the demo"}),
+        "run-d", settings(tmp_path))["promotion"]
+    assert forced["verdict"] == "Overridden" and forced["requestedBy"] == "ann", forced
+    assert manifest(tmp_path)["champion"]["how"] == "override"
+    assert manifest(tmp_path)["champion"]["reason"] == "needed for the demo"
+
+    # A rollback restores run-a; this run promotes nothing, every object but the manifest stays as it was.
+    before = snapshot(dest)
+    back = train(gated_job(tmp_path, tiny_model, 30, override={
+        "action": "rollback", "runId": "run-a", "requestedBy": "bob", "reason": "run-d answers badly"}),
+        "run-e", settings(tmp_path))["promotion"]
+    assert back["verdict"] == "RolledBack" and back["replacedRunId"] == "run-d", back
+    m = manifest(tmp_path)
+    assert m["champion"]["runId"] == "run-a" and m["champion"]["requestedBy"] == "bob"
+    assert [e["runId"] for e in m["history"]] == ["run-d", "run-c", "run-a"]
+    after = snapshot(dest)
+    assert {k for k in after if after[k] != before.get(k)} == {"manifest.json"}
+
+
+def test_racing_promotions_cannot_both_win(tmp_path):
+    store = Store(Storage(), tmp_path / "cache")
+    dest = f"file://{tmp_path}/models/bot/"
+    for run in ("run-1", "run-2"):
+        (tmp_path / "out" / run / "model").mkdir(parents=True)
+        (tmp_path / "out" / run / "model/weights").write_text(run)
+    manifest_, version = promotion.read_manifest(store, dest)
+    results = {}
+    barrier = threading.Barrier(2)
+
+    def promote(run: str) -> None:
+        barrier.wait()
+        results[run] = promotion.publish(store, dest, f"file://{tmp_path}/out/{run}/",
+                                         {"runId": run, "uri": promotion.run_prefix(dest, run)}, manifest_, version)
+
+    threads = [threading.Thread(target=promote, args=(r,)) for r in ("run-1", "run-2")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results.values()) == [False, True]
+    winner = next(r for r, won in results.items() if won)
+    assert json.loads((tmp_path / "models/bot/manifest.json").read_text())["champion"]["runId"] == winner
