@@ -28,6 +28,9 @@ GPUS_RUNNING = Gauge("kubetune_operator_gpus_running", "GPUs requested by Runnin
 RECONCILE_SECONDS = Histogram("kubetune_operator_reconcile_duration_seconds", "Duration of one reconcile")
 API_THROTTLED = Counter("kubetune_operator_api_throttled_total",
                         "API requests the API server answered 429 (API Priority and Fairness), each retry counted")
+PROMOTIONS = Counter("kubetune_operator_promotions_total",
+                     "Promotion verdicts of finished runs (spec.promotion): Promoted, Overridden, RolledBack, "
+                     "Rejected or Conflict, with the Promoted condition's reason", ["namespace", "verdict", "reason"])
 RECONCILE_ERRORS = Counter("kubetune_operator_reconcile_errors_total", "Reconciles that raised", ["error"])
 TIME_TO_RUNNING = Histogram("kubetune_operator_time_to_running_seconds",
                             "From a run's Job creation to its trainer running", buckets=WAIT_BUCKETS)
@@ -73,6 +76,7 @@ def forget(namespace: str, name: str) -> None:
         if old:
             JOB_PHASE.remove(namespace, name, *old)
         _last.pop((namespace, name), None)
+        _verdicts.pop((namespace, name), None)
         _stop_counting((namespace, name), datetime.now(timezone.utc))
         _publish()
 
@@ -119,6 +123,26 @@ def _count_gpu_time(key: tuple[str, str], status: FineTuneJobStatus, child: dict
         _running[key] = (status.run_id or "", now, gpus)
 
 
+_verdicts: dict[tuple[str, str], tuple[str | None, str | None]] = {}  # -> (run id, verdict) counted last
+
+
+def _count_promotion(namespace: str, name: str, prior: FineTuneJobStatus | None, status: FineTuneJobStatus) -> None:
+    """Counts a run's promotion verdict once: when it first appears on the status (this process's memory first,
+    else the stored status, as for finished runs)."""
+    verdict = status.promotion.verdict if status.promotion else None
+    if verdict is None:
+        return
+    key = (namespace, name)
+    with _lock:
+        seen = _verdicts.get(key)
+        _verdicts[key] = (status.run_id, verdict)
+    was = seen[1] if seen and seen[0] == status.run_id else (prior.promotion.verdict if prior and prior.promotion and prior.run_id == status.run_id
+                                else None)
+    if verdict != was:
+        promoted = next((c for c in status.conditions if c.type == "Promoted"), None)
+        PROMOTIONS.labels(namespace, verdict, promoted.reason if promoted else "").inc()
+
+
 def observe(namespace: str, name: str, prior: FineTuneJobStatus | None, status: FineTuneJobStatus,
             child: dict | None, gpu_resource: str = GPU) -> None:
     now = datetime.now(timezone.utc)
@@ -137,6 +161,7 @@ def observe(namespace: str, name: str, prior: FineTuneJobStatus | None, status: 
         was = seen[1]
     else:
         was = prior.phase if prior and prior.run_id == status.run_id else None
+    _count_promotion(namespace, name, prior, status)
     if status.phase in ("Succeeded", "Failed") and status.phase != was:
         RUNS_FINISHED.labels(namespace, status.phase, ready.reason if ready else "").inc()
     if child is None or status.phase == was:

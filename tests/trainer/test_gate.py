@@ -85,3 +85,17 @@ def test_every_failed_criterion_is_reported_together():
                    {"loss": 1.25, "lossLow": 1.1, "lossHigh": 1.4}, {"loss": diff(0.1, 0.05, 0.2)},
                    {"loss": diff(0.1, 0.05, 0.2)}, champion_id="bot-1")
     assert not v.passed and len(v.reasons) == 3
+
+
+def test_the_verdict_survives_the_termination_message_limit():
+    import json
+
+    from kubetune.trainer.__main__ import termination_message
+
+    verdict = {"verdict": "Rejected", "reason": "GateFailed", "destination": "s3://models/bot/",
+               "checks": [{"criterion": "min", "metric": "loss", "passed": False, "message": "x" * 900}] * 6,
+               "reasons": ["y" * 300] * 3}
+    outcome = {"runId": "g1-abc", "stopReason": "MaxStepsReached", "steps": 3, "test": {"loss": 1.0},
+               "comparison": {"baseModel": {"description": "z" * 3000}}, "promotion": verdict}
+    parsed = json.loads(termination_message(outcome))
+    assert parsed["promotion"]["verdict"] == "Rejected" and parsed["promotion"]["reason"] == "GateFailed"
