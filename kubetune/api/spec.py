@@ -558,7 +558,8 @@ class FineTuneJobSpec(APIModel):
             f"regression (numLabels 1) {', '.join(REGRESSION_METRICS)}",
             field="promotion.metric",
             check=lambda s: s.promotion is None
-            or all(m in metrics_for(s) for m in [s.promotion.metric or "loss", *(b.metric for b in s.promotion.bounds)]),
+            or all(m in metrics_for(s)
+                   for m in [s.promotion.metric or "loss", *(b.metric for b in s.promotion.bounds)]),
         ),
     )
 

@@ -136,8 +136,8 @@ def _count_promotion(namespace: str, name: str, prior: FineTuneJobStatus | None,
     with _lock:
         seen = _verdicts.get(key)
         _verdicts[key] = (status.run_id, verdict)
-    was = seen[1] if seen and seen[0] == status.run_id else (prior.promotion.verdict if prior and prior.promotion and prior.run_id == status.run_id
-                                else None)
+    stored = prior.promotion.verdict if prior and prior.promotion and prior.run_id == status.run_id else None
+    was = seen[1] if seen and seen[0] == status.run_id else stored
     if verdict != was:
         promoted = next((c for c in status.conditions if c.type == "Promoted"), None)
         PROMOTIONS.labels(namespace, verdict, promoted.reason if promoted else "").inc()

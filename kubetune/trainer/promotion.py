@@ -94,7 +94,8 @@ def rollback(store: Store, destination: str, run_id: str, requested_by: str, rea
     history = [current, *(e for e in manifest.get("history", []))]
     body = {"schemaVersion": 1, "destination": destination, "champion": restored, "history": history}
     if not store.put_text_if(json.dumps(body, indent=2), manifest_uri(destination), version):
-        return {**out, "verdict": "Conflict", "reason": PromotionReason.LOST_RACE, "championRunId": current.get("runId"),
+        return {**out, "verdict": "Conflict", "reason": PromotionReason.LOST_RACE,
+                "championRunId": current.get("runId"),
                 "reasons": ["another promotion changed the destination during the rollback: nothing written"]}
     return {**out, "verdict": "RolledBack", "reason": PromotionReason.ROLLED_BACK, "championRunId": run_id,
             "replacedRunId": current.get("runId"), "modelUri": restored["modelUri"],

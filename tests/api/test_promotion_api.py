@@ -24,5 +24,6 @@ def test_promotion_starts_no_new_run():
 def test_promotion_round_trips_in_camel_case():
     wire = _job(**GATE, override={"action": "rollback", "runId": "case-1", "requestedBy": "ann",
                                   "reason": "worse answers"}).spec.to_wire()["promotion"]
-    assert wire["override"] == {"action": "rollback", "runId": "case-1", "requestedBy": "ann", "reason": "worse answers"}
+    assert wire["override"] == {"action": "rollback", "runId": "case-1", "requestedBy": "ann",
+                                "reason": "worse answers"}
     assert wire["destination"] == "s3://models/models/bot/"
