@@ -97,4 +97,7 @@ def test_the_counter_counts_each_verdict_once():
     metrics.observe("team-a", "chat", None, status, None)
     metrics.observe("team-a", "chat", status, status, None)
     assert count("Rejected", "GateFailed") == before + 1
+    gauge = metrics.JOB_PROMOTION.labels("team-a", "chat", "Rejected", "GateFailed")._value.get()
+    assert gauge == 1  # the series KubetuneChallengerRejected follows
     metrics.forget("team-a", "chat")
+    assert ("team-a", "chat", "Rejected", "GateFailed") not in metrics.JOB_PROMOTION._metrics
