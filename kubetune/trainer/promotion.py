@@ -72,6 +72,8 @@ def publish(store: Store, destination: str, run_uri: str, new: dict, manifest: d
     history = ([manifest["champion"]] if manifest and manifest.get("champion") else []) + \
         (manifest.get("history", []) if manifest else [])
     body = {"schemaVersion": 1, "destination": destination, "champion": new, "history": history}
+    # Every write's content differs from every earlier one (the history grows): an ETag, a content hash on S3 and
+    # MinIO, never comes back, so If-Match cannot mistake a changed manifest for the one read.
     return store.put_text_if(json.dumps(body, indent=2), manifest_uri(destination), version)
 
 

@@ -10,6 +10,7 @@ import pytest
 from kubetune.api.spec import Storage
 from kubetune.trainer import promotion
 from kubetune.trainer.storage import Store
+from tests.trainer.test_s3 import bucket_data  # noqa: F401 (the fixture)
 
 pytestmark = pytest.mark.cluster
 
@@ -49,8 +50,8 @@ def test_racing_promotions_cannot_both_win(store, root, s3, cluster):
     store.put_text("old", f"{root}/out/run-0/model/weights")
     assert promotion.publish(store, dest, f"{root}/out/run-0/", {"runId": "run-0", "uri": promotion.run_prefix(
         dest, "run-0")}, None, None)
-    manifest, version = promotion.read_manifest(store, dest)
-    for _ in range(3):  # several rounds: the window between the two writes varies
+    for round_ in range(3):  # several rounds: the window between the two writes varies
+        manifest, version = promotion.read_manifest(store, dest)  # each round's history differs, so does its ETag
         results, barrier = {}, threading.Barrier(2)
 
         def promote(run: str) -> None:
@@ -65,11 +66,41 @@ def test_racing_promotions_cannot_both_win(store, root, s3, cluster):
             t.join()
         assert sorted(results.values()) == [False, True]
         winner = next(r for r, won in results.items() if won)
-        current, version = promotion.read_manifest(store, dest)
-        assert current["champion"]["runId"] == winner and current["history"][0]["runId"] == "run-0"
+        current, _ = promotion.read_manifest(store, dest)
+        assert current["champion"]["runId"] == winner and len(current["history"]) == round_ + 1
     # Server-side copies: the champion's files are at runs/<id>/; an existing object is never overwritten.
     key = f"{root.split('/', 3)[3]}/models/bot/runs/run-0/model/weights"
     assert s3.get_object(Bucket=cluster.bucket, Key=key)["Body"].read() == b"old"
     store.put_text("changed", f"{root}/out/run-0/model/weights")
     store.copy_prefix(f"{root}/out/run-0/", promotion.run_prefix(dest, "run-0"))
     assert s3.get_object(Bucket=cluster.bucket, Key=key)["Body"].read() == b"old"
+
+
+def test_trainer_promotes_then_refuses_on_minio(cluster, s3, tiny_model, tmp_path, monkeypatch, bucket_data):
+    """The trainer's entry point with s3:// everywhere: the first run is promoted (server-side copies, manifest
+    last); a run that barely trains is scored against the champion fetched from MinIO and refused, and the
+    destination is byte-for-byte unchanged."""
+    from tests.trainer.conftest import chat_rows
+    from tests.trainer.test_s3 import run_main, s3_job, snapshot, trainer_env, upload
+
+    root, prefix, local = bucket_data
+    (local / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in chat_rows(48, seed=3)))
+    upload(s3, cluster.bucket, local / "test.jsonl", f"{prefix}/data/test.jsonl")
+    gate = {"dataset": {"test": f"{root}/data/test.jsonl"},
+            "promotion": {"destination": f"{root}/models/bot/"}}
+
+    def run(run_id: str, steps: int, lr: float) -> dict:
+        job = s3_job(tmp_path, tiny_model, cluster, root, hyperparameters={"maxSteps": steps, "learningRate": lr},
+                     **gate)
+        assert run_main(monkeypatch, trainer_env(tmp_path, cluster, job, run_id)) == 0
+        return json.loads((tmp_path / "term").read_text())["promotion"]
+
+    first = run("run-a", 6, 3e-3)
+    assert first["verdict"] == "Promoted", first
+    dest = f"{prefix}/models/bot/"
+    before = snapshot(s3, cluster.bucket, dest)
+    assert f"{dest}manifest.json" in before and f"{dest}runs/run-a/model/adapter_model.safetensors" in before
+    assert not any("/checkpoints/" in k or "/tokenized/" in k for k in before)
+    second = run("run-b", 1, 1e-5)
+    assert second["verdict"] == "Rejected" and second["championRunId"] == "run-a", second
+    assert snapshot(s3, cluster.bucket, dest) == before
