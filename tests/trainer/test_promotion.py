@@ -14,6 +14,7 @@ from kubetune.trainer import promotion
 from kubetune.trainer.loop import train
 from kubetune.trainer.storage import Store
 from tests.trainer.conftest import chat_rows, settings, write_jsonl
+from tests.trainer.test_classification import tiny_bert  # noqa: F401 (the fixture)
 from tests.trainer.test_train import make_job
 
 
@@ -108,3 +109,27 @@ def test_racing_promotions_cannot_both_win(tmp_path):
     assert sorted(results.values()) == [False, True]
     winner = next(r for r, won in results.items() if won)
     assert json.loads((tmp_path / "models/bot/manifest.json").read_text())["champion"]["runId"] == winner
+
+
+def test_a_classifier_champion_reloads_with_its_head_and_another_task_is_not_comparable(tmp_path, tiny_bert,
+                                                                                       tiny_model):
+    from tests.trainer.test_classification import make_job as classifier_job
+
+    dest = {"destination": f"file://{tmp_path}/models/bot/", "metric": "accuracy"}
+    lora = {"type": "lora", "lora": {"r": 8, "alpha": 16}}
+    a = train(classifier_job(tmp_path, tiny_bert, method=lora, hyperparameters={"maxSteps": 30},
+                             promotion=dest), "cls-a", settings(tmp_path))
+    assert a["promotion"]["verdict"] == "Promoted", a["promotion"]
+    b = train(classifier_job(tmp_path, tiny_bert, method=lora, hyperparameters={"maxSteps": 1, "learningRate": 1e-5},
+                             promotion=dest), "cls-b", settings(tmp_path))
+    champion = b["comparison"]["champion"]
+    assert champion["runId"] == "cls-a"
+    # The adapter and its classification head, reloaded from the destination, predict what run cls-a reported.
+    assert champion["test"]["accuracy"] == pytest.approx(a["test"]["accuracy"], abs=1e-9)
+    assert champion["test"]["f1"] == pytest.approx(a["test"]["f1"], abs=1e-9)
+    before = snapshot(tmp_path / "models/bot")
+    other = train(gated_job(tmp_path, tiny_model, 6, metric="loss", destination=dest["destination"]), "lm-c",
+                  settings(tmp_path))["promotion"]
+    assert other["verdict"] == "Rejected" and other["reason"] == "ChampionIncomparable", other
+    assert "trained for task sequence-classification" in other["reasons"][0]
+    assert snapshot(tmp_path / "models/bot") == before
