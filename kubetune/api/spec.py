@@ -10,7 +10,7 @@ from pydantic import Field
 from kubetune.api.base import APIModel
 from kubetune.api.rules import Rule
 from kubetune.api.types import (DataURI, DNSLabel, DNSSubdomain, LabelValue, ModelURI, OutputURI, PromotionURI,
-                                Quantity)
+                                Quantity, RunID)
 
 Task = Literal["causal-lm", "sequence-classification"]
 MethodType = Literal["lora", "qlora", "full"]
@@ -313,7 +313,6 @@ class ClassificationSpec(APIModel):
     """Loss weight of each class, in label order."""
 
 
-RUN_ID = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 
 
 def _all_in(obj: str, metrics: tuple[str, ...]) -> str:
@@ -352,7 +351,7 @@ class PromotionOverride(APIModel):
     action: Literal["promote", "rollback"]
     """promote: promote run runId although the gate refused it; rollback: make the earlier champion runId (still
     under the destination's runs/) the champion again."""
-    run_id: str = Field(max_length=253, json_schema_extra={"pattern": RUN_ID})
+    run_id: RunID
     """The run promoted or restored (status.runId of the run, or a run id in the destination's history)."""
     requested_by: str = Field(min_length=1, max_length=253)
     """Who decided (a name or an e-mail address)."""
@@ -377,7 +376,7 @@ class Promotion(APIModel):
     beat_champion: bool = True
     """The run must beat the destination's current champion, scored on the same test rows in the same run; a
     champion of another base model or task is refused as not comparable (the run is then not promoted)."""
-    bounds: list[PromotionBound] = Field(default_factory=list, max_length=32)
+    bounds: list[PromotionBound] = Field(default_factory=list, max_length=16)
     """Absolute floors and ceilings per test metric (e.g. exactMatch min 0.2, loss max 1.5)."""
     override: PromotionOverride | None = None
     """A person's override: promote a refused run, or roll back to an earlier champion."""

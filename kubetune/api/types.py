@@ -95,3 +95,7 @@ def _pattern_type(regex: str, max_length: int, what: str):
 LabelValue = _pattern_type(LABEL_VALUE, 63, "a label value: letters, digits, '-', '_' and '.', starting and "
                                             "ending with a letter or digit")
 DNSSubdomain = _pattern_type(DNS_SUBDOMAIN, 253, "a DNS subdomain: lowercase letters, digits, '-' and '.'")
+
+RUN_ID = r"^[A-Za-z0-9]([-A-Za-z0-9._]*[A-Za-z0-9])?$"
+RunID = _pattern_type(RUN_ID, 253, "a run id (the operator's g<generation>-<hash>, the CLI's local-<time>): letters, "
+                                   "digits, '-', '_' and '.', starting and ending with a letter or digit")

@@ -106,6 +106,11 @@ INVALID = [
                                                           evaluation={"baseline": True},
                                                           promotion={"destination": "file:///models/bot/"}),
          "spec.promotion.destination"),
+    Case("promotion-override-bad-run-id", spec(dataset={"test": "s3://data/test.jsonl"}, evaluation={"baseline": True},
+                                               promotion={"destination": "s3://models/bot/", "override": {
+                                                   "action": "rollback", "runId": "runs/../x", "requestedBy": "ann",
+                                                   "reason": "x"}}),
+         "spec.promotion.override.runId"),
     Case("promotion-override-without-who", spec(dataset={"test": "s3://data/test.jsonl"}, evaluation={"baseline": True},
                                                 promotion={"destination": "s3://models/bot/", "override": {
                                                     "action": "promote", "runId": "r1", "reason": "x"}}),
