@@ -194,3 +194,35 @@ def conclude(c: Challenge, job: FineTuneJob, store: Store, run_id: str, spec_has
             out.update(verdict="Rejected", reason=v.reason)
     store.put_text(json.dumps(out, indent=2), join(run_uri, RESULT_FILE))
     return out
+
+
+def apply_override(job: FineTuneJob, store: Store) -> dict:
+    """spec.promotion.override carried out on its own, for a run that has already finished (`kubetune override`):
+    a rollback as `rollback`; a promote copies the named run from output.uri/<runId>/ (a finished run: its
+    summary.json is there) and writes the manifest conditionally, on the record, without a gate."""
+    p = job.spec.promotion
+    o = p.override if p is not None else None
+    if o is None:
+        raise BadInput("spec.promotion.override is not set: nothing to carry out")
+    if o.action == "rollback":
+        return rollback(store, p.destination, o.run_id, o.requested_by, o.reason)
+    run_uri = join(job.spec.output.uri, o.run_id)
+    summary_uri = join(run_uri, contract.SUMMARY_FILE)
+    if not store.exists(summary_uri, "output.uri"):
+        raise BadInput(f"spec.promotion.override: run {o.run_id} has no finished run at {run_uri}/ (no summary.json)")
+    summary = json.loads(store.get_text(summary_uri))
+    manifest, version = read_manifest(store, p.destination)
+    current = ((manifest or {}).get("champion") or {}).get("runId")
+    out = {"destination": p.destination, "championRunId": current, "requestedBy": o.requested_by}
+    if current == o.run_id:
+        return {**out, "verdict": "Overridden", "reason": PromotionReason.OVERRIDDEN,
+                "modelUri": manifest["champion"]["modelUri"], "reasons": [f"{o.run_id} is already the champion"]}
+    metric = metric_for(p, (job.spec.early_stopping.metric if job.spec.early_stopping else "loss"),
+                        summary.get("test") or {})
+    new = entry(job, o.run_id, summary.get("specHash", ""), p.destination, summary.get("test") or {}, metric,
+                "override", o.requested_by, o.reason)
+    if not publish(store, p.destination, run_uri, new, manifest, version):
+        return {**out, "verdict": "Conflict", "reason": PromotionReason.LOST_RACE,
+                "reasons": ["another promotion changed the destination meanwhile: nothing written"]}
+    return {**out, "verdict": "Overridden", "reason": PromotionReason.OVERRIDDEN, "modelUri": new["modelUri"],
+            "replacedRunId": current, "reasons": [f"promoted by override: {o.requested_by}: {o.reason}"]}

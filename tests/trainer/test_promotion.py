@@ -133,3 +133,37 @@ def test_a_classifier_champion_reloads_with_its_head_and_another_task_is_not_com
     assert other["verdict"] == "Rejected" and other["reason"] == "ChampionIncomparable", other
     assert "trained for task sequence-classification" in other["reasons"][0]
     assert snapshot(tmp_path / "models/bot") == before
+
+
+def test_kubetune_override_promotes_a_finished_run_and_rolls_back_on_the_record(tmp_path):
+    """`kubetune override FILE` carries out spec.promotion.override for runs that have already finished."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from kubetune.cli import app
+
+    for run_id in ("run-1", "run-2"):
+        (tmp_path / "out" / run_id / "model").mkdir(parents=True)
+        (tmp_path / "out" / run_id / "model/weights").write_text(run_id)
+        (tmp_path / "out" / run_id / "summary.json").write_text(json.dumps(
+            {"runId": run_id, "specHash": "abc", "test": {"loss": 1.0}}))
+
+    def override(action: str, run_id: str) -> tuple[int, dict]:
+        job = make_job(tmp_path, tmp_path, dataset={"test": "file:///data/test.jsonl"}, promotion={
+            "destination": f"file://{tmp_path}/models/bot/", "override": {
+                "action": action, "runId": run_id, "requestedBy": "ann", "reason": f"{action} {run_id}"}})
+        (tmp_path / "job.yaml").write_text(yaml.safe_dump(job.to_wire()))
+        result = CliRunner().invoke(app, ["override", str(tmp_path / "job.yaml"), "--cache-dir", str(tmp_path / "c")])
+        return result.exit_code, json.loads(result.stdout)
+
+    assert override("promote", "run-1")[0] == 0
+    code, second = override("promote", "run-2")
+    assert code == 0 and second["verdict"] == "Overridden" and second["replacedRunId"] == "run-1"
+    code, back = override("rollback", "run-1")
+    assert code == 0 and back["verdict"] == "RolledBack" and back["replacedRunId"] == "run-2"
+    m = manifest(tmp_path)
+    assert m["champion"]["runId"] == "run-1" and m["champion"]["how"] == "rollback"
+    assert m["champion"]["reason"] == "rollback run-1" and [e["runId"] for e in m["history"]] == ["run-2", "run-1"]
+    assert (tmp_path / "models/bot/runs/run-2/model/weights").read_text() == "run-2"  # still addressable
+    code, refused = override("rollback", "run-9")
+    assert code == 1 and refused["verdict"] == "Rejected" and "no earlier champion run-9" in refused["reasons"][0]
