@@ -31,7 +31,8 @@ test-fast: setup
 # the Grafana dashboard, the images' locked requirements (a test fails when any of them drifts).
 generate: setup
 	$(BIN)/kubetune crd > crds/kubetune.io_finetunejobs.yaml
-	cp crds/kubetune.io_finetunejobs.yaml charts/kubetune/files/crds/kubetune.io_finetunejobs.yaml
+	$(BIN)/kubetune crd --kind FineTuneSweep > crds/kubetune.io_finetunesweeps.yaml
+	cp crds/kubetune.io_finetunejobs.yaml crds/kubetune.io_finetunesweeps.yaml charts/kubetune/files/crds/
 	$(BIN)/python config/generate.py
 	$(BIN)/python -m hack.observability.dashboard charts/kubetune/files/dashboards/kubetune.json
 	hack/images lock

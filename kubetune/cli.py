@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 
 from kubetune.api.crd import crd_yaml
-from kubetune.api.validate import is_finetunejob, load_documents, validate_manifest
+from kubetune.api.validate import is_finetunejob, is_kubetune, load_documents, validate_any, validate_manifest
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.splitlines()[0])
 out = Console(soft_wrap=True)
@@ -17,7 +17,8 @@ err = Console(stderr=True, soft_wrap=True)
 
 @app.command()
 def validate(files: list[Path] = typer.Argument(..., exists=True, dir_okay=False, readable=True)) -> None:
-    """Validate FineTuneJob manifests with the same model the operator uses; print every error, one per line."""
+    """Validate FineTuneJob and FineTuneSweep manifests with the same models the operator uses; print every
+    error, one per line."""
     failed = False
     for file in files:
         try:
@@ -26,27 +27,30 @@ def validate(files: list[Path] = typer.Argument(..., exists=True, dir_okay=False
             err.print(f"{file}: {exc}", markup=False)
             failed = True
             continue
-        jobs = [d for d in docs if is_finetunejob(d)]
+        jobs = [d for d in docs if is_kubetune(d)]
         if not jobs:
-            err.print(f"{file}: no FineTuneJob (kind: FineTuneJob, apiVersion: kubetune.io/v1alpha1) in the file",
+            err.print(f"{file}: no FineTuneJob or FineTuneSweep (apiVersion: kubetune.io/v1alpha1) in the file",
                       markup=False)
             failed = True
         for doc in jobs:
-            _, errors = validate_manifest(doc)
+            _, errors = validate_any(doc)
             name = doc.get("metadata", {}).get("name", "?") if isinstance(doc.get("metadata"), dict) else "?"
             for e in errors:
                 err.print(f"{file}: {e}", markup=False)
             if errors:
                 failed = True
             else:
-                out.print(f"{file}: FineTuneJob/{name} is valid", markup=False)
+                out.print(f"{file}: {doc['kind']}/{name} is valid", markup=False)
     raise typer.Exit(1 if failed else 0)
 
 
 @app.command()
-def crd() -> None:
-    """Print the FineTuneJob CustomResourceDefinition (the file in crds/ is exactly this)."""
-    print(crd_yaml(), end="")
+def crd(kind: str = typer.Option("FineTuneJob", help="FineTuneJob or FineTuneSweep.")) -> None:
+    """Print a kind's CustomResourceDefinition (the file in crds/ is exactly this)."""
+    if kind not in ("FineTuneJob", "FineTuneSweep"):
+        err.print(f"--kind: must be FineTuneJob or FineTuneSweep (got {kind})", markup=False)
+        raise typer.Exit(2)
+    print(crd_yaml(kind), end="")
 
 
 PLACEHOLDER_UID = "00000000-0000-0000-0000-000000000000"
@@ -54,27 +58,35 @@ PLACEHOLDER_UID = "00000000-0000-0000-0000-000000000000"
 
 @app.command()
 def render(file: Path = typer.Argument(..., exists=True, dir_okay=False, readable=True)) -> None:
-    """Print the Kubernetes objects the operator creates for each FineTuneJob in FILE (same builder, no cluster)."""
+    """Print the Kubernetes objects the operator creates for each FineTuneJob in FILE (same builder, no cluster),
+    and for each FineTuneSweep its first trials (as many FineTuneJobs as its parallelism allows, by the same
+    planner; their own Jobs come once they exist)."""
+    from datetime import datetime, timezone
+
     import yaml
 
     from kubetune.operator.children import render as render_children
     from kubetune.operator.settings import OperatorSettings
+    from kubetune.operator.sweep_plan import plan as plan_sweep
 
-    docs = [d for d in load_documents(file.read_text()) if is_finetunejob(d)]
+    docs = [d for d in load_documents(file.read_text()) if is_kubetune(d)]
     settings, failed, objects = OperatorSettings(), False, []
     for doc in docs:
         doc.setdefault("metadata", {}).setdefault("namespace", "default")
-        job, errors = validate_manifest(doc)
+        obj, errors = validate_any(doc)
         for e in errors:
             err.print(f"{file}: {e}", markup=False)
         if errors:
             failed = True
             continue
-        job.metadata.uid = job.metadata.uid or PLACEHOLDER_UID
-        job.metadata.generation = job.metadata.generation or 1
-        objects += render_children(job, settings)
+        obj.metadata.uid = obj.metadata.uid or PLACEHOLDER_UID
+        obj.metadata.generation = obj.metadata.generation or 1
+        if doc["kind"] == "FineTuneSweep":
+            objects += plan_sweep(obj, [], datetime.now(timezone.utc)).create
+        else:
+            objects += render_children(obj, settings)
     if not docs:
-        err.print(f"{file}: no FineTuneJob in the file", markup=False)
+        err.print(f"{file}: no FineTuneJob or FineTuneSweep in the file", markup=False)
         failed = True
     yaml.SafeDumper.add_representer(str, lambda dumper, value: dumper.represent_scalar(
         "tag:yaml.org,2002:str", value, style="|" if "\n" in value else None))  # the spec file stays readable

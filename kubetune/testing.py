@@ -44,6 +44,29 @@ def job_manifest(patch: dict | None = None, name: str = "case") -> dict:
     return doc
 
 
+BASE_SWEEP = {
+    "apiVersion": "kubetune.io/v1alpha1",
+    "kind": "FineTuneSweep",
+    "metadata": {"name": "sweep"},
+    "spec": {
+        "template": {"spec": copy.deepcopy(BASE_MANIFEST["spec"])},
+        "searchSpace": [{"path": "hyperparameters.learningRate", "values": [1e-4, 2e-4]},
+                        {"path": "method.lora.r", "values": [8, 16]}],
+        "objective": {"dataset": "validation"},
+        "parallelism": 2,
+    },
+}
+"""The smallest valid FineTuneSweep: a 2 x 2 grid over BASE_MANIFEST's spec, ranked by validation loss."""
+
+
+def sweep_manifest(patch: dict | None = None, name: str = "sweep") -> dict:
+    """BASE_SWEEP named `name`, with `patch` deep-merged in (lists are replaced whole)."""
+    doc = copy.deepcopy(BASE_SWEEP)
+    doc["metadata"]["name"] = name
+    merge(doc, patch or {})
+    return doc
+
+
 def cluster_env(script: Path, env: dict | None = None) -> dict[str, str]:
     """The `export K='V'` lines of `<script> env` (hack/cluster) as a dict, and a PATH that finds its kubectl."""
     out = subprocess.run([str(script), "env"], capture_output=True, text=True, check=True,

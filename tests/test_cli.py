@@ -73,3 +73,27 @@ def test_validate_names_a_rerun_token_too_long(tmp_path):
     path.write_text(yaml.safe_dump(make_job({"spec": {"rerunToken": "x" * 254}})))
     result = kubetune("validate", str(path))
     assert result.returncode == 1 and "spec.rerunToken" in result.stderr and "253" in result.stderr
+
+
+def test_validate_and_render_know_sweeps(tmp_path):
+    from kubetune.testing import sweep_manifest
+
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep_manifest()))
+    result = kubetune("validate", str(path))
+    assert result.returncode == 0 and "FineTuneSweep/sweep is valid" in result.stdout
+    rendered = list(yaml.safe_load_all(kubetune("render", str(path)).stdout))
+    assert [(o["kind"], o["metadata"]["name"]) for o in rendered] == [("FineTuneJob", "sweep-t0"),
+                                                                        ("FineTuneJob", "sweep-t1")]
+    assert rendered[0]["metadata"]["ownerReferences"][0]["kind"] == "FineTuneSweep"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(sweep_manifest({"spec": {"algorithm": "random"}})))
+    result = kubetune("validate", str(bad))
+    assert result.returncode == 1
+    assert "spec.maxTrials: random and tpe need maxTrials" in result.stderr
+
+
+def test_crd_command_prints_the_sweep_crd():
+    from kubetune.api.crd import SWEEP_CRD_PATH
+
+    assert kubetune("crd", "--kind", "FineTuneSweep").stdout == ROOT.joinpath(SWEEP_CRD_PATH).read_text()

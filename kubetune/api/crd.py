@@ -6,6 +6,7 @@ Kubernetes knows: CEL rules from each model's `__rules__`, `default: {}` on nest
 cascades, printer columns and the status subresource.
 """
 import copy
+from dataclasses import dataclass
 
 import yaml
 from pydantic import BaseModel
@@ -13,9 +14,12 @@ from pydantic.json_schema import GenerateJsonSchema
 from pydantic_core import to_jsonable_python
 
 from kubetune.api import job as j
+from kubetune.api import sweep as sw
 from kubetune.api.job import FineTuneJob
+from kubetune.api.sweep import FineTuneSweep
 
 CRD_PATH = "crds/kubetune.io_finetunejobs.yaml"
+SWEEP_CRD_PATH = "crds/kubetune.io_finetunesweeps.yaml"
 
 PRINTER_COLUMNS = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
@@ -32,6 +36,20 @@ PRINTER_COLUMNS = [
      "description": "Promotion verdict of the current run (spec.promotion)"},
     {"name": "Method", "type": "string", "jsonPath": ".spec.method.type", "priority": 1},
     {"name": "Model", "type": "string", "jsonPath": ".spec.baseModel.uri", "priority": 1},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+SWEEP_PRINTER_COLUMNS = [
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+    {"name": "Done", "type": "integer", "jsonPath": ".status.counts.done",
+     "description": "Finished trials: succeeded, failed and pruned"},
+    {"name": "Running", "type": "integer", "jsonPath": ".status.counts.running",
+     "description": "Trials not finished (at most spec.parallelism)"},
+    {"name": "Pruned", "type": "integer", "jsonPath": ".status.counts.pruned"},
+    {"name": "Total", "type": "integer", "jsonPath": ".status.counts.total", "description": "The trial budget"},
+    {"name": "Best", "type": "number", "jsonPath": ".status.best.objective", "description": "Best objective"},
+    {"name": "Best-Trial", "type": "string", "jsonPath": ".status.best.name", "priority": 1},
+    {"name": "Algorithm", "type": "string", "jsonPath": ".spec.algorithm", "priority": 1},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 
@@ -110,21 +128,45 @@ _KEY_ORDER = {k: i for i, k in enumerate(
      "properties", "additionalProperties", "items", "x-kubernetes-validations"])}
 
 
-def openapi_schema() -> dict:
-    raw = FineTuneJob.model_json_schema(by_alias=True, mode="validation", schema_generator=_CRDSchema)
+@dataclass(frozen=True)
+class Kind:
+    """What a CRD needs beyond its model."""
+    model: type[BaseModel]
+    kind: str
+    plural: str
+    singular: str
+    short_names: list[str]
+    description: str
+    max_name_length: int
+    columns: list[dict]
+
+
+FINETUNEJOB = Kind(FineTuneJob, j.KIND, j.PLURAL, j.SINGULAR, j.SHORT_NAMES,
+                   "FineTuneJob fine-tunes a base model on a dataset and writes the result to S3.",
+                   j.MAX_NAME_LENGTH, PRINTER_COLUMNS)
+FINETUNESWEEP = Kind(FineTuneSweep, sw.SWEEP_KIND, sw.SWEEP_PLURAL, sw.SWEEP_SINGULAR, sw.SWEEP_SHORT_NAMES,
+                     "FineTuneSweep searches a FineTuneJob's hyperparameters: its trials are FineTuneJobs.",
+                     sw.SWEEP_MAX_NAME_LENGTH, SWEEP_PRINTER_COLUMNS)
+KINDS = {k.kind: k for k in (FINETUNEJOB, FINETUNESWEEP)}
+PATHS = {j.KIND: CRD_PATH, sw.SWEEP_KIND: SWEEP_CRD_PATH}
+
+
+def openapi_schema(kind: Kind = FINETUNEJOB) -> dict:
+    raw = kind.model.model_json_schema(by_alias=True, mode="validation", schema_generator=_CRDSchema)
     defs = raw.pop("$defs", {})
     props = _structural(raw, defs)["properties"]
     return {
         "type": "object",
-        "description": "FineTuneJob fine-tunes a base model on a dataset and writes the result to S3.",
+        "description": kind.description,
         "required": ["spec"],
         "properties": {
             "apiVersion": {"type": "string", "description": "kubetune.io/v1alpha1"},
-            "kind": {"type": "string", "description": "FineTuneJob"},
+            "kind": {"type": "string", "description": kind.kind},
             "metadata": {
                 "type": "object",
                 # The only metadata constraints a CRD may declare; names end up in Job and pod names.
-                "properties": {"name": {"type": "string", "maxLength": j.MAX_NAME_LENGTH, "pattern": j.NAME_PATTERN}},
+                "properties": {"name": {"type": "string", "maxLength": kind.max_name_length,
+                                        "pattern": j.NAME_PATTERN}},
             },
             "spec": props["spec"],
             # A new object has no status until the operator's first write, and kstatus (Flux `wait: true`) reads
@@ -135,20 +177,21 @@ def openapi_schema() -> dict:
     }
 
 
-def crd() -> dict:
+def crd(kind: Kind | str = FINETUNEJOB) -> dict:
+    kind = KINDS[kind] if isinstance(kind, str) else kind
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{j.PLURAL}.{j.GROUP}"},
+        "metadata": {"name": f"{kind.plural}.{j.GROUP}"},
         "spec": {
             "group": j.GROUP,
             "scope": "Namespaced",
             "names": {
-                "kind": j.KIND,
-                "listKind": f"{j.KIND}List",
-                "plural": j.PLURAL,
-                "singular": j.SINGULAR,
-                "shortNames": j.SHORT_NAMES,
+                "kind": kind.kind,
+                "listKind": f"{kind.kind}List",
+                "plural": kind.plural,
+                "singular": kind.singular,
+                "shortNames": kind.short_names,
                 "categories": j.CATEGORIES,
             },
             "versions": [
@@ -156,15 +199,15 @@ def crd() -> dict:
                     "name": j.VERSION,
                     "served": True,
                     "storage": True,
-                    "schema": {"openAPIV3Schema": openapi_schema()},
+                    "schema": {"openAPIV3Schema": openapi_schema(kind)},
                     "subresources": {"status": {}},
-                    "additionalPrinterColumns": PRINTER_COLUMNS,
+                    "additionalPrinterColumns": kind.columns,
                 }
             ],
         },
     }
 
 
-def crd_yaml() -> str:
+def crd_yaml(kind: Kind | str = FINETUNEJOB) -> str:
     header = "# Generated from kubetune/api by `make generate`; do not edit.\n"
-    return header + yaml.safe_dump(crd(), sort_keys=False, width=120, allow_unicode=True)
+    return header + yaml.safe_dump(crd(kind), sort_keys=False, width=120, allow_unicode=True)

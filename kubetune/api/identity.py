@@ -11,8 +11,13 @@ from pydantic import BaseModel
 ADDED_FIELDS: dict[tuple[str, ...], object] = {
     ("dataset", "paddingFree"): True,
     ("hyperparameters", "compile"): False,
+    # Optional, no default (unset leaves them out already): a value that means what unset means hashes as unset.
+    ("hyperparameters", "gradientCheckpointingEveryLayers"): 1,
+    ("hyperparameters", "gradientCheckpointingOffload"): False,
+    ("hyperparameters", "weightPrecision"): "fp32",
 }
-"""Fields added after hashes were first recorded, with the default they were added with."""
+"""Fields added after hashes were first recorded, with the default they were added with (or, for an optional
+field, the value that behaves as leaving it unset)."""
 
 NOT_HASHED: tuple[tuple[str, ...], ...] = (("rerunToken",), ("promotion",))
 """Spec fields that ask the operator to act and describe no training: no identity hash takes them, whatever

@@ -179,6 +179,20 @@ class Hyperparameters(APIModel):
     """Compute precision; auto picks bf16 where the GPU supports it, fp32 on CPUs."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass to save memory."""
+    gradient_checkpointing_every_layers: int | None = Field(None, ge=1)
+    """With gradientCheckpointing: recompute only every Nth transformer block (the first, then every N); the others
+    keep their activations. Unset (or 1) recomputes every block; a larger N gives memory back for speed, worth it
+    where full checkpointing frees memory that goes unused."""
+    gradient_checkpointing_offload: bool | None = None
+    """With gradientCheckpointing: keep the activations saved for the recomputation (each checkpointed block's
+    input) in host memory, pinned on GPUs, instead of device memory. Frees layers x sequence x hidden of device
+    memory, the part that dominates at long sequences, for a copy to the host in the forward and back in the
+    backward. Unset means false."""
+    weight_precision: Literal["fp32", "bf16"] | None = None
+    """Full fine-tuning: the dtype of the trained weights, their gradients and AdamW states. Unset or fp32: fp32
+    master weights under the compute precision's autocast (updates smaller than bf16's resolution of a weight still
+    count). bf16: pure bf16, as the Hugging Face Trainer trains in bf16 (half the memory of the weights, gradients
+    and optimizer states; updates below a weight's bf16 resolution are lost, so small learning rates may stall)."""
     compile: bool = False
     """Compile the transformer blocks' MLPs and norms with torch.compile (dynamic shapes, so varying lengths do not
     recompile). The first steps pay the compilation (seconds on a small model, minutes on a large one); the
@@ -190,6 +204,15 @@ class Hyperparameters(APIModel):
             message="set exactly one of epochs and maxSteps",
             field="epochs",
             check=lambda h: (h.epochs is None) != (h.max_steps is None),
+        ),
+        Rule(
+            cel="self.gradientCheckpointing || (!has(self.gradientCheckpointingEveryLayers) && "
+                "!(has(self.gradientCheckpointingOffload) && self.gradientCheckpointingOffload))",
+            message="gradientCheckpointingEveryLayers and gradientCheckpointingOffload apply only with "
+                    "gradientCheckpointing: true",
+            field="gradientCheckpointing",
+            check=lambda h: h.gradient_checkpointing or (h.gradient_checkpointing_every_layers is None
+                                                         and not h.gradient_checkpointing_offload),
         ),
     )
 
@@ -456,6 +479,13 @@ class FineTuneJobSpec(APIModel):
             message="fp16 needs a GPU: use bf16 or fp32 on CPUs",
             field="hyperparameters.precision",
             check=lambda s: s.hyperparameters.precision != "fp16" or s.resources.gpus_per_node >= 1,
+        ),
+        Rule(
+            cel="!has(self.hyperparameters.weightPrecision) || self.hyperparameters.weightPrecision == 'fp32' || "
+                "self.method.type == 'full'",
+            message="weightPrecision bf16 applies only when method.type is full (adapters train in fp32)",
+            field="hyperparameters.weightPrecision",
+            check=lambda s: s.hyperparameters.weight_precision in (None, "fp32") or s.method.type == "full",
         ),
         Rule(
             cel="self.distributed.strategy != 'fsdp' || self.method.type != 'qlora'",

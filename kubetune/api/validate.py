@@ -10,6 +10,9 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from kubetune.api.job import API_VERSION, KIND, FineTuneJob
+from kubetune.api.sweep import SWEEP_KIND, FineTuneSweep
+
+MODELS: dict[str, type[BaseModel]] = {KIND: FineTuneJob, SWEEP_KIND: FineTuneSweep}
 
 _MISSING = object()
 
@@ -46,9 +49,9 @@ def _lookup(doc: Any, dotted: str) -> Any:
     return doc
 
 
-def _model_at(loc: tuple) -> type[BaseModel] | None:
-    """The pydantic model class that validates the object at `loc` of a FineTuneJob, if there is one."""
-    model: Any = FineTuneJob
+def _model_at(loc: tuple, root: type[BaseModel] = FineTuneJob) -> type[BaseModel] | None:
+    """The pydantic model class that validates the object at `loc` of a FineTuneJob (or `root`), if any."""
+    model: Any = root
     for part in loc:
         if isinstance(part, int):
             continue
@@ -71,7 +74,7 @@ def _unwrap(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-def _errors(exc: ValidationError, doc: dict) -> list[FieldError]:
+def _errors(exc: ValidationError, doc: dict, root: type[BaseModel] = FineTuneJob) -> list[FieldError]:
     out = []
     for err in exc.errors():
         loc, kind = tuple(err["loc"]), err["type"]
@@ -81,7 +84,7 @@ def _errors(exc: ValidationError, doc: dict) -> list[FieldError]:
                 path = f"{base}.{field}" if base else field
                 out.append(FieldError(path, message, _lookup(doc, path)))
         elif kind == "extra_forbidden":
-            parent = _model_at(loc[:-1])
+            parent = _model_at(loc[:-1], root)
             allowed = sorted(f.alias or n for n, f in parent.model_fields.items()) if parent else []
             hint = f"; allowed here: {', '.join(allowed)}" if allowed else ""
             out.append(FieldError(_path(loc), f"unknown field{hint}"))
@@ -93,21 +96,29 @@ def _errors(exc: ValidationError, doc: dict) -> list[FieldError]:
     return out
 
 
-def validate_manifest(doc: Any) -> tuple[FineTuneJob | None, list[FieldError]]:
-    """Validate one parsed manifest. Returns the job, or None and every error found."""
+def validate_manifest(doc: Any, kind: str = KIND) -> tuple[Any, list[FieldError]]:
+    """Validate one parsed manifest of `kind` (FineTuneJob or FineTuneSweep). Returns the object, or None and
+    every error found."""
     if not isinstance(doc, dict):
         return None, [FieldError("(document)", "must be a mapping (a Kubernetes object)", doc)]
     errors = []
     if doc.get("apiVersion") != API_VERSION:
         errors.append(FieldError("apiVersion", f"must be {API_VERSION}", doc.get("apiVersion", _MISSING)))
-    if doc.get("kind") != KIND:
-        errors.append(FieldError("kind", f"must be {KIND}", doc.get("kind", _MISSING)))
+    if doc.get("kind") != kind:
+        errors.append(FieldError("kind", f"must be {kind}", doc.get("kind", _MISSING)))
     if errors:
         return None, errors
+    model = MODELS[kind]
     try:
-        return FineTuneJob.model_validate(doc), []
+        return model.model_validate(doc), []
     except ValidationError as exc:
-        return None, _errors(exc, doc)
+        return None, _errors(exc, doc, model)
+
+
+def validate_any(doc: Any) -> tuple[Any, list[FieldError]]:
+    """Validate a manifest of whichever kubetune kind it declares."""
+    kind = doc.get("kind") if isinstance(doc, dict) and doc.get("kind") in MODELS else KIND
+    return validate_manifest(doc, kind)
 
 
 def load_documents(text: str) -> list[Any]:
@@ -118,6 +129,12 @@ def load_documents(text: str) -> list[Any]:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         raise ValueError(f"{where}invalid YAML: {getattr(exc, 'problem', exc)}") from exc
+
+
+def is_kubetune(doc: Any) -> bool:
+    """A FineTuneJob or a FineTuneSweep."""
+    return isinstance(doc, dict) and doc.get("kind") in MODELS \
+        and str(doc.get("apiVersion", "")).startswith("kubetune.io/")
 
 
 def is_finetunejob(doc: Any) -> bool:

@@ -21,6 +21,7 @@ from kubetune.operator.workqueue import WorkQueue, Workers
 QUEUE = Gauge("kubetune_operator_workqueue_objects", "FineTuneJobs in the work queue: due (waiting for a worker), "
               "delayed (a requeue pending), running, failing (backing off until a reconcile succeeds)", ["state"])
 RETRY_SECONDS = 5
+SWEEP_WORKERS = 2
 MAX_RETRY_SECONDS = 300
 log = logging.getLogger("kubetune.operator")
 
@@ -58,6 +59,9 @@ class Controller:
         self.queue = WorkQueue(base_delay=RETRY_SECONDS, max_delay=MAX_RETRY_SECONDS)
         self.workers = Workers(self.queue, settings.workers, self.reconcile_one)
         self.ticker = Ticker(settings.progress_interval_seconds, settings.workers, self.progress_tick)
+        # Sweeps have a queue and workers of their own: a sweep waits behind no FineTuneJob, and a key is a sweep.
+        self.sweeps = WorkQueue(base_delay=RETRY_SECONDS, max_delay=MAX_RETRY_SECONDS)
+        self.sweep_workers = Workers(self.sweeps, SWEEP_WORKERS, self.reconcile_sweep_one)
         self.relister = None
         self.started = False
         for state in ("due", "delayed", "running", "failing"):
@@ -69,11 +73,15 @@ class Controller:
         if not self.started:
             self.started = True
             self.workers.start()
+            self.sweep_workers.start()
             if relister is not None:
                 relister.start()
 
     def enqueue(self, namespace: str, name: str) -> None:
         self.queue.add((namespace, name))
+
+    def enqueue_sweep(self, namespace: str, name: str) -> None:
+        self.sweeps.add((namespace, name))
 
     def observe(self, namespace: str, name: str, status: dict | None, gone: bool = False) -> None:
         self.ticker.observe(namespace, name, status, gone=gone)
@@ -111,13 +119,42 @@ class Controller:
             log.exception("reconciling %s/%s failed (%d in a row; again in %.0f s)", namespace, name,
                           self.queue.failures(key), delay)
 
+    def reconcile_sweep_one(self, key: tuple[str, str], _sample: dict | None) -> None:
+        """One sweep reconcile, with the same error kinds as reconcile_one."""
+        # Imported with the first sweep: Optuna (and numpy, SQLAlchemy) cost an operator without sweeps 17 MB of
+        # memory and half a second of start-up (docs/operator-scale.md counts both).
+        from kubetune.operator.sweep import reconcile_sweep
+
+        if not self.may_act():
+            return
+        namespace, name = key
+        try:
+            reconcile_sweep(self.kube, namespace, name, self.settings.retry_delay_seconds)
+            self.sweeps.forget(key)
+        except NotLeading:
+            return
+        except PermanentFailure as exc:
+            self.sweeps.forget(key)
+            log.info("sweep %s/%s: %s (not retried until it changes)", namespace, name, exc)
+        except RetryLater as exc:
+            if exc.__cause__ is not None:
+                self.sweeps.backoff(key, at_least=exc.delay)
+            else:
+                self.sweeps.forget(key)
+                self.sweeps.add(key, exc.delay)
+        except Exception:
+            delay = self.sweeps.backoff(key)
+            log.exception("reconciling sweep %s/%s failed (%d in a row; again in %.0f s)", namespace, name,
+                          self.sweeps.failures(key), delay)
+
     def stop(self, timeout: float) -> bool:
         """Before the Lease is handed over: no more ticks, relists or reconciles; waits for running ones."""
         started = time.monotonic()
         if self.relister is not None:
             self.relister.stop()
         self.ticker.stop(timeout)
-        stopped = self.workers.stop(max(0.0, timeout - (time.monotonic() - started)))
+        stopped = self.sweep_workers.stop(max(0.0, timeout - (time.monotonic() - started)))
+        stopped = self.workers.stop(max(0.0, timeout - (time.monotonic() - started))) and stopped
         if not stopped:
             log.warning("reconciles still running after %.0f s of shutdown", timeout)
         return stopped

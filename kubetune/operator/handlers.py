@@ -15,7 +15,8 @@ import os
 import kopf
 
 from kubetune.api import GROUP, PLURAL, VERSION
-from kubetune.operator.labels import LABEL_FINETUNEJOB
+from kubetune.api.sweep import SWEEP_PLURAL
+from kubetune.operator.labels import LABEL_FINETUNEJOB, LABEL_SWEEP
 from kubetune.operator.credentials import login_with_exec_plugin
 from kubetune.operator.controller import Controller
 from kubetune.operator.reconcile import COMPONENT, own_write
@@ -141,9 +142,18 @@ def register(settings: OperatorSettings, controller: Controller, identity: str =
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
     async def finetunejob_event(type: str, namespace: str, name: str, body, **_) -> None:
         controller.observe(namespace, name, body.get("status"), gone=type == "DELETED")
+        sweep = (body["metadata"].get("labels") or {}).get(LABEL_SWEEP)
+        if sweep:  # a trial: its sweep follows its phase and eval loss
+            controller.enqueue_sweep(namespace, sweep)
         if type == "MODIFIED" and own_write(namespace, name, body["metadata"].get("resourceVersion")):
             return  # our own status write coming back: nothing new
         controller.enqueue(namespace, name)
+
+    # Sweeps: every event queues the sweep (its own status writes included: a reconcile that finds nothing new
+    # writes nothing). Its trials' events queue it too (above).
+    @kopf.on.event(GROUP, VERSION, SWEEP_PLURAL, registry=registry)
+    async def finetunesweep_event(namespace: str, name: str, **_) -> None:
+        controller.enqueue_sweep(namespace, name)
 
     @kopf.on.event("batch", "v1", "jobs", labels={LABEL_FINETUNEJOB: kopf.PRESENT}, registry=registry)
     @kopf.on.event("v1", "pods", labels={LABEL_FINETUNEJOB: kopf.PRESENT}, registry=registry)

@@ -16,6 +16,7 @@ from urllib.parse import urlencode
 import urllib3
 
 from kubetune.api import GROUP, PLURAL, VERSION
+from kubetune.api.sweep import SWEEP_PLURAL
 from kubetune.operator import kueue, labels, metrics
 from kubetune.operator.errors import ApiError
 
@@ -26,6 +27,7 @@ REQUEST_TIMEOUT = (5, 20)
 # kind -> (API path prefix, plural)
 RESOURCES = {
     "FineTuneJob": (f"/apis/{GROUP}/{VERSION}", PLURAL),
+    "FineTuneSweep": (f"/apis/{GROUP}/{VERSION}", SWEEP_PLURAL),
     "Job": ("/apis/batch/v1", "jobs"),
     "ConfigMap": ("/api/v1", "configmaps"),
     "Service": ("/api/v1", "services"),
@@ -160,14 +162,19 @@ class Kube:
     def get_finetunejob(self, namespace: str, name: str) -> dict | None:
         return self.read("FineTuneJob", namespace, name)
 
-    def patch_status(self, namespace: str, name: str, status: dict, resource_version: str | None = None) -> dict:
+    def patch_status(self, namespace: str, name: str, status: dict, resource_version: str | None = None,
+                     kind: str = "FineTuneJob") -> dict:
         """One merge patch of the status subresource (lists such as conditions are replaced whole); returns the
         object as written. With `resource_version` the API server refuses it (409) once the object has changed."""
         body: dict = {"status": status}
         if resource_version:
             body["metadata"] = {"resourceVersion": resource_version}
-        return self._call("PATCH", path("FineTuneJob", namespace, name, "status"), body,
+        return self._call("PATCH", path(kind, namespace, name, "status"), body,
                                 content_type=MERGE_PATCH)
+
+    def patch(self, kind: str, namespace: str, name: str, patch: dict) -> dict:
+        """A merge patch of an object (a pruned trial FineTuneJob's spec.suspend and annotation)."""
+        return self._call("PATCH", path(kind, namespace, name), patch, content_type=MERGE_PATCH)
 
     def list_objects(self, kind: str, namespace: str, selector: str) -> list[dict]:
         """Server-side label selector: only the matching objects cross the wire."""

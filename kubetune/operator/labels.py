@@ -18,3 +18,11 @@ LABEL_CONTROLLER_UID = "batch.kubernetes.io/controller-uid"  # the Job controlle
 LABEL_KUEUE_JOB_UID = "kueue.x-k8s.io/job-uid"  # Kueue's, on the Workload of a Job
 ANNOTATION_DEACTIVATED = "kubetune.io/deactivated"
 """On a Workload the operator deactivated for spec.suspend: only such a Workload is reactivated by it."""
+LABEL_SWEEP = "kubetune.io/finetunesweep"
+"""On a sweep's trial FineTuneJobs: the sweep's name (the operator's trial index is keyed by it)."""
+LABEL_TRIAL = "kubetune.io/trial"
+"""On a trial FineTuneJob: its number N (<sweep>-t<N>)."""
+ANNOTATION_TRIAL_PARAMS = "kubetune.io/trial-params"
+"""On a trial FineTuneJob: its searched values as JSON, by spec path (what a restarted operator replays)."""
+ANNOTATION_PRUNED = "kubetune.io/pruned"
+"""On a trial FineTuneJob the sweep's pruner stopped ("true"); its spec.suspend holds it."""

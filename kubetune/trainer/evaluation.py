@@ -37,6 +37,13 @@ class Scored:
                                 if isinstance(getattr(self, f.name), np.ndarray)})
 
 
+def concat(parts: list[Scored]) -> Scored:
+    """The examples of each part, one part after the other (the ranks' shares of a split)."""
+    first = parts[0]
+    return replace(first, **{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(first)
+                             if isinstance(getattr(first, f.name), np.ndarray)})
+
+
 def _loss(s: Scored) -> float:
     return scoring.token_weighted_loss(s.loss, s.weight)
 

@@ -6,6 +6,7 @@ row, more than the rest of a small model's activations. Here the model runs with
 returns the final hidden states), only the positions that have a target are projected, chunk by chunk, and each
 chunk's gradients (w.r.t. the hidden states and, where it trains, the head) are computed in the forward, while the
 chunk's logits exist (as Liger's fused linear cross-entropy does, in plain torch): the backward only scales them.
+On CUDA with liger-kernel installed, Liger's Triton kernel does the same (`kernel`); scoring stays here.
 Peak memory: one chunk of logits. Compute: the same three matmuls as unfused, and none for prompt positions.
 
 `HeadSkip.probe` checks once per model that "head(hidden states)" reproduces the model's own logits (models that
@@ -88,12 +89,34 @@ def _select(hidden: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
     return h if len(where) == h.shape[0] else h.index_select(0, where)
 
 
+def kernel(device: torch.device) -> str:
+    """Which fused linear + cross-entropy trains: "liger" (Liger's Triton kernel: the same math, fewer passes over
+    the logits) on CUDA where liger-kernel is installed, else "torch" (_LinearCrossEntropy, every device)."""
+    import importlib.util
+
+    return "liger" if device.type == "cuda" and importlib.util.find_spec("liger_kernel") is not None else "torch"
+
+
+def _liger_loss_sum(h: torch.Tensor, head: torch.nn.Linear, y: torch.Tensor) -> torch.Tensor:
+    from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
+
+    dtype = _compute_dtype(h)  # Liger takes the input and the weights in one dtype (autocast does not reach it)
+    out = liger_fused_linear_cross_entropy(h.to(dtype), head.weight.to(dtype),
+                                           y, head.bias.to(dtype) if head.bias is not None else None,
+                                           ignore_index=IGNORE, reduction="sum")
+    # A tensor, or (loss, z_loss, ...) / an output object in some versions
+    loss = out[0] if isinstance(out, tuple) else getattr(out, "loss", out)
+    return loss.float()
+
+
 def loss_sum(hidden: torch.Tensor, head: torch.nn.Linear, labels: torch.Tensor) -> torch.Tensor:
     """The summed token loss of a batch (a scalar, differentiable w.r.t. hidden and the head's weights); `labels`
     may stay on the host."""
     where, y, _ = (t.to(hidden.device, non_blocking=True) for t in targets(labels))
-    return _LinearCrossEntropy.apply(_select(hidden, where), head.weight, head.bias, y,
-                                     chunk_tokens(head.out_features))
+    h = _select(hidden, where)
+    if kernel(hidden.device) == "liger":
+        return _liger_loss_sum(h, head, y)
+    return _LinearCrossEntropy.apply(h, head.weight, head.bias, y, chunk_tokens(head.out_features))
 
 
 @torch.no_grad()

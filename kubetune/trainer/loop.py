@@ -163,27 +163,31 @@ def train_steps(run: Run, state: RunState) -> None:
 
 def run_test(run: Run, state: RunState) -> tuple[int, dict, dict, list]:
     """Loads the weights to ship (the best step's with early stopping) and scores them: the shipped step, its
-    validation metrics, the test report and the error analysis (rank 0's; empty elsewhere)."""
+    validation metrics, the test report and the error analysis (rank 0's; empty elsewhere). Every rank scores its
+    share of the validation and test rows."""
     shipped = state.step
     if run.job.spec.early_stopping and state.early.best_weights is not None:
         load_trainable(run.model, state.early.best_weights)
         shipped = state.early.best_step
+    # The shipped weights were scored when they were current; scoring them again would give the same numbers.
+    # Every rank scores its share (run.score); rank 0 reports.
+    final = state.evals.get(shipped) or (ev.metrics(run.score(run.val)) if run.val else {})
+    scored = run.score(run.test) if run.test else None
     if not (run.dist.main or run.sharded):
         return shipped, {}, {"test": {}}, []
-    # The shipped weights were scored when they were current; scoring them again would give the same numbers.
-    final = state.evals.get(shipped) or (ev.metrics(run.score(run.val)) if run.val else {})
     tested, errors = {"test": {}}, []
     if run.test:
-        scored = run.score(run.test)
-        constant = run.task.constant_baseline(run.train_rows, run.test) if run.labels else None
-        tested = ev.report(scored, state.baseline_test, constant, run.labels.names if run.labels else ())
-        tested["headline"] = ev.headline(tested, state.early.metric)
-        if run.job.spec.promotion is not None and run.dist.main:
-            state.challenge = promotion.challenge(run.job, run.store, tested, state.early.metric,
-                                                  lambda uri: (scored, score_champion(run, uri)))
-        run.telemetry.test(tested)
-        worst = run.dist.broadcast(ev.worst(scored)) if run.sharded else ev.worst(scored)
-        errors = run.task.errors(run.scorer, scored, run.test, worst, run.device, run.amp)
+        if run.dist.main:
+            constant = run.task.constant_baseline(run.train_rows, run.test) if run.labels else None
+            tested = ev.report(scored, state.baseline_test, constant, run.labels.names if run.labels else ())
+            tested["headline"] = ev.headline(tested, state.early.metric)
+            if run.job.spec.promotion is not None:  # the champion on the same rows, by rank 0 alone
+                state.challenge = promotion.challenge(run.job, run.store, tested, state.early.metric,
+                                                      lambda uri: (scored, score_champion(run, uri)))
+            run.telemetry.test(tested)
+        # Under FSDP every rank runs the error analysis's forwards (they gather shards); every rank holds the same
+        # scores, so each picks the same worst examples.
+        errors = run.task.errors(run.scorer, scored, run.test, ev.worst(scored), run.device, run.amp)
         parallel.reshard(run.model)
     return shipped, final, tested, errors
 
@@ -242,11 +246,14 @@ def train(job: FineTuneJob, run_id: str, settings: TrainerSettings, on_log=None)
         train_steps(run, state)
         shipped, final, tested, errors = run_test(run, state)
         summary = ship(run, state, shipped, final, tested, errors)
-        if state.challenge is not None:  # after the run's own artifacts: they are what gets copied
+        if state.challenge is not None:  # after the run's own artifacts (rank 0): they are what gets copied
             summary["promotion"] = promotion.conclude(state.challenge, job, run.store, run_id, summary["specHash"],
                                                       run.run_uri)
             run.telemetry.log("promotion", **{k: summary["promotion"].get(k) for k in ("verdict", "reason",
                                                                                          "championRunId")})
+        # The other ranks stay until rank 0 has tested and uploaded: under torchrun a job whose other workers
+        # have exited is over (their agents leave, the pods complete) while rank 0 may still be uploading.
+        run.dist.wait_for_main("testing and uploading the artifacts", settings.final_wait_minutes)
         return summary
     finally:
         signal.signal(signal.SIGTERM, sigterm_handler)

@@ -74,9 +74,10 @@ def load_model(job: FineTuneJob, path: str, kw: dict, device: torch.device, amp:
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=amp or torch.bfloat16)
         kw["device_map"] = {"": device.index}
-    # Frozen base weights may live in the compute dtype; trained full weights stay fp32 (master copy).
+    # Frozen base weights may live in the compute dtype; trained full weights stay fp32 (master copy) unless
+    # hyperparameters.weightPrecision asks for pure bf16.
     if dtype is None:
-        dtype = amp if (amp is not None and spec.method.type != "full") else torch.float32
+        dtype = amp if (amp is not None and spec.method.type != "full") else full_weights_dtype(job)
     try:
         auto, head = (AutoModelForSequenceClassification, labels.model_kwargs()) if labels else (AutoModelForCausalLM, {})
         model = auto.from_pretrained(path, dtype=dtype, trust_remote_code=spec.base_model.trust_remote_code,
@@ -91,6 +92,11 @@ def load_model(job: FineTuneJob, path: str, kw: dict, device: torch.device, amp:
     return model
 
 
+def full_weights_dtype(job: FineTuneJob) -> torch.dtype:
+    """The dtype full fine-tuning trains its weights (and AdamW states) in: fp32 masters, or pure bf16."""
+    return torch.bfloat16 if job.spec.hyperparameters.weight_precision == "bf16" else torch.float32
+
+
 def meta_model(job: FineTuneJob, path: str, kw: dict, pad_id: int, labels: classify.Labels | None = None,
                method: bool = True):
     """The same model (and method) as load_model + apply_method, without memory: parameters on the meta device."""
@@ -102,7 +108,7 @@ def meta_model(job: FineTuneJob, path: str, kw: dict, pad_id: int, labels: class
     if labels and config.pad_token_id is None:
         config.pad_token_id = pad_id
     with torch.device("meta"):
-        model = auto.from_config(config, trust_remote_code=trust, dtype=torch.float32)
+        model = auto.from_config(config, trust_remote_code=trust, dtype=full_weights_dtype(job))
         return apply_method(job, model) if method else model
 
 
@@ -144,6 +150,22 @@ def apply_method(job: FineTuneJob, model):
             for block in blocks[: max(len(blocks) - freeze.trainable_top_layers, 0)]:
                 block.requires_grad_(False)
     return model
+
+
+def checkpointing(model, job: FineTuneJob) -> None:
+    """hyperparameters.gradientCheckpointing and its choices: every block (or every Nth:
+    gradientCheckpointingEveryLayers) recomputes its activations in the backward, their saved inputs on the host
+    with gradientCheckpointingOffload (transformers' activation_checkpointing_enable, torch's save_on_cpu)."""
+    hp = job.spec.hyperparameters
+    if not hp.gradient_checkpointing:
+        return
+    every, offload = hp.gradient_checkpointing_every_layers or 1, bool(hp.gradient_checkpointing_offload)
+    if every == 1 and not offload:
+        model.gradient_checkpointing_enable()  # the on/off behaviour, as before the choices existed
+        return
+    base = parallel.unwrap(model)
+    base = base.get_base_model() if hasattr(base, "get_base_model") else base  # under peft: the transformers model
+    base.activation_checkpointing_enable(every_n_layers=every, offload=offload)
 
 
 def trainable_state(model, names: set[str] | None = None) -> dict:

@@ -116,17 +116,15 @@ def reshard(model) -> None:
 
 
 def no_sync(model, sync: bool):
-    """Skips the gradient all-reduce/reduce-scatter of all but the last micro-batch of a step."""
-    from contextlib import contextmanager, nullcontext
+    """DDP: skips the gradient all-reduce of all but the last micro-batch of a step (each rank holds the whole
+    gradient anyway; one all-reduce per step sends less). FSDP2: nothing is skipped. Its gradients are reduce-scattered
+    after every micro-batch and accumulate as shards; skipping the reduction (set_requires_gradient_sync(False))
+    would keep every block's full unsharded gradient until the last micro-batch, the memory FSDP is chosen to
+    save when the model is too big (it trades one reduce-scatter per micro-batch for it)."""
+    from contextlib import nullcontext
 
     if isinstance(model, torch.nn.parallel.DistributedDataParallel):
         return nullcontext() if sync else model.no_sync()
-    if is_sharded(model):
-        @contextmanager
-        def switch():
-            model.set_requires_gradient_sync(sync)
-            yield
-        return switch()
     return nullcontext()
 
 

@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from kubetune.api import FineTuneJob
@@ -16,16 +17,16 @@ from kubetune.trainer import classify, parallel
 from kubetune.trainer import data as d
 from kubetune.trainer import dist as dist_
 from kubetune.trainer import evaluation as ev
-from kubetune.trainer import varlen
+from kubetune.trainer import linear_ce, varlen
 from kubetune.trainer.causal_lm import CausalLM
 from kubetune.trainer.linear_ce import HeadSkip
 from kubetune.trainer.checkpoint import Checkpointer
 from kubetune.trainer.dist import Dist
 from kubetune.trainer.errors import BadInput
 from kubetune.trainer.metrics import Telemetry
-from kubetune.trainer.model import (apply_method, load_model, load_tokenizer, load_trainable, meta_model, model_source,
-                                    optimizer_for, precision, trainable_state)
-from kubetune.trainer.rows import load_data
+from kubetune.trainer.model import (apply_method, checkpointing, load_model, load_tokenizer, load_trainable,
+                                    meta_model, model_source, optimizer_for, precision, trainable_state)
+from kubetune.trainer.rows import Examples, load_data
 from kubetune.trainer.settings import TrainerSettings
 from kubetune.trainer.storage import Store, join
 from kubetune.trainer.unfreeze import GradualUnfreezing, gradual, transformer_blocks
@@ -105,14 +106,42 @@ class Run:
         scoring alone never sees. FSDP's forward gathers shards, so under FSDP every rank scores together."""
         return parallel.unwrap(self.model)
 
-    def score(self, examples: list):
-        scored = self.task.score(self.scorer, examples, self.micro, self.tok.pad_token_id, self.device, self.amp)
+    def score(self, examples: list) -> ev.Scored:
+        """Every example's score, in the examples' order, on every rank; each rank scores its share."""
+        scored = score_shared(self.dist, examples, lambda part: self.task.score(
+            self.scorer, part, self.micro, self.tok.pad_token_id, self.device, self.amp), even=self.sharded)
         parallel.reshard(self.model)
         return scored
 
     def evaluate(self, examples: list) -> dict:
         """Validation metrics, the same on every rank (rank 0's numbers, so every rank takes the same decisions)."""
         return self.dist.broadcast(ev.metrics(self.score(examples)))
+
+
+def score_shared(dist: Dist, examples, score, even: bool = False) -> ev.Scored:
+    """`score(part)` of each rank's share of `examples`, gathered: every rank gets every example's score in the
+    examples' order (as one process scoring them all would, so a paired comparison sees the same rows). The shares
+    are every world-th example by length, so they cost alike. `even` (FSDP, whose forwards gather every block's
+    shards on every rank together): every share gets as many examples, the short ones topped up with copies whose
+    scores are dropped."""
+    if dist.world == 1:
+        return score(examples)
+    order = np.asarray(d.length_order(examples), dtype=np.int64)
+    mine = order[dist.rank:: dist.world]
+    extra = (-(-len(order) // dist.world) - len(mine)) if even else 0
+    part = None
+    if len(mine) + extra:
+        part = score(_subset(examples, np.concatenate([mine, order[:extra]])))
+        part = part.take(np.arange(len(mine))) if extra else part
+    parts = [(i, p) for i, p in dist.all_gather((mine, part)) if p is not None]
+    index = np.concatenate([i for i, _ in parts])
+    return ev.concat([p for _, p in parts]).take(np.argsort(index, kind="stable"))
+
+
+def _subset(examples, index: np.ndarray):
+    if isinstance(examples, Examples):  # still lazy: rows are read from the memory map as they are scored
+        return Examples(examples.data, examples.index[index])
+    return [examples[int(i)] for i in index]
 
 
 @dataclass
@@ -228,20 +257,16 @@ def setup(job: FineTuneJob, run_id: str, settings: TrainerSettings, on_log=None)
         reference = apply_method(job, load_model(job, path, kw, dist.device, amp, tok.pad_token_id, labels,
                                                  dtype="auto", place=False)) if dist.main else None
         model = meta_model(job, path, kw, tok.pad_token_id, labels)
-        if hp.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
+        checkpointing(model, job)
         model = parallel.shard(model, dist, amp)
         parallel.materialise(model, reference, dist)
         del reference
         dist.checkpoint_group = torch.distributed.new_group(backend="gloo")
     else:
         model = apply_method(job, load_model(job, path, kw, dist.device, amp, tok.pad_token_id, labels))
-        if hp.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
+        checkpointing(model, job)
     stats = d.Stats()
-    # Tokenized once per node into memory-mapped arrays, shared under the run's prefix so a restarted pod skips it.
-    train_rows, val, test = dist.local_first(lambda: load_data(job, store, tok, stats, labels,
-                                                               share_uri=join(run_uri, "tokenized")))
+    train_rows, val, test = load_run_data(job, store, tok, stats, labels, dist, run_uri)
     unfreezer = GradualUnfreezing(model, spec.method.freeze, math.ceil(len(train_rows) / hp.batch_size)) \
         if gradual(spec.method.freeze) else None
     task = classify.Classification(labels, spec.classification and spec.classification.class_weights) \
@@ -270,12 +295,22 @@ def setup(job: FineTuneJob, run_id: str, settings: TrainerSettings, on_log=None)
                   dropped_no_target=stats.dropped_no_target, max_seq_length=spec.dataset.max_seq_length)
     telemetry.log("distributed", strategy=strategy, world=dist.world, device=str(dist.device))
     if not labels:
-        telemetry.log("batching", padding_free=task.padding_free, chunked_loss=task.skip is not None)
+        telemetry.log("batching", padding_free=task.padding_free, chunked_loss=task.skip is not None,
+                      loss_kernel=linear_ce.kernel(dist.device) if task.skip is not None else None)
     scratch = Path(tempfile.mkdtemp(prefix="kubetune-", dir=settings.cache_dir))
     return Run(job, run_id, settings, dist, store, run_uri, started, amp, strategy, tok, model, task, labels,
                train_rows, val, test, stats, opt, sched, scaler, unfreezer, trained, total, micro,
                spec.evaluation.every_steps or max(1, total // 10), telemetry,
                Checkpointer(store, run_uri, spec.checkpoint.keep, scratch, telemetry, dist), scratch)
+
+
+def load_run_data(job: FineTuneJob, store: Store, tok, stats: d.Stats, labels, dist: Dist, run_uri: str,
+                  on_event=None):
+    """The run's rows, tokenized once per job into memory-mapped arrays: rank 0 builds them and shares them under
+    the run's prefix while the other ranks wait; then those find them in their node's cache (rank 0's node) or
+    download them (the other nodes), as a restarted pod of the run does."""
+    return dist.main_first(lambda: load_data(job, store, tok, stats, labels, share_uri=join(run_uri, "tokenized"),
+                                             on_event=on_event))
 
 
 def compile_blocks(model) -> None:
@@ -322,7 +357,7 @@ def resume(run: Run) -> RunState:
     if run.val:
         state.baseline = run.evaluate(run.val)
         run.telemetry.evaluation(0, state.baseline, metric, None, tag="baseline")
-    if run.test and (run.dist.main or run.sharded):  # kept per example: the fine-tuned model is compared on the same rows
+    if run.test:  # kept per example: the fine-tuned model is compared on the same rows
         state.baseline_test = run.score(run.test)
         run.telemetry.evaluation(0, ev.metrics(state.baseline_test), metric, None, tag="baseline-test")
     return state

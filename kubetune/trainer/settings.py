@@ -23,6 +23,9 @@ class TrainerSettings(BaseSettings):
     collective_timeout_minutes: int = Field(60, ge=1)
     """How long a rank waits for the others at a collective (barrier, all-reduce) before failing; local rank 0
     downloads the base model while the node's other ranks wait."""
+    final_wait_minutes: float = Field(180, gt=0)
+    """How long the other ranks wait at the end for rank 0 to test the model and upload the artifacts (a merged
+    model of billions of parameters takes a while) before failing with the reason."""
     chunked_loss: bool = True
     """Causal LMs: the output projection and cross-entropy in chunks of tokens on the final hidden states
     (linear_ce.py), never the whole batch's logits; off computes the full logits (the unoptimised path, kept for

@@ -115,6 +115,17 @@ INVALID = [
                                                 promotion={"destination": "s3://models/bot/", "override": {
                                                     "action": "promote", "runId": "r1", "reason": "x"}}),
          "spec.promotion.override.requestedBy"),
+    Case("checkpointing-every-without-checkpointing", spec(hyperparameters={"gradientCheckpointingEveryLayers": 2}),
+         "spec.hyperparameters.gradientCheckpointing"),
+    Case("checkpointing-offload-without-checkpointing", spec(hyperparameters={"gradientCheckpointingOffload": True}),
+         "spec.hyperparameters.gradientCheckpointing"),
+    Case("pure-bf16-on-lora", spec(hyperparameters={"weightPrecision": "bf16"}),
+         "spec.hyperparameters.weightPrecision"),
+    Case("weight-precision-fp16", spec(method={"type": "full"}, hyperparameters={"weightPrecision": "fp16"}),
+         "spec.hyperparameters.weightPrecision"),
+    Case("checkpointing-every-zero", spec(hyperparameters={"gradientCheckpointing": True,
+                                                           "gradientCheckpointingEveryLayers": 0}),
+         "spec.hyperparameters.gradientCheckpointingEveryLayers"),
 ]
 
 # Valid variants beyond examples/: each flips a rule's condition without breaking it.
@@ -143,4 +154,10 @@ VALID = [
                                            "override": {"action": "rollback", "runId": "bot-1a2b3c",
                                                         "requestedBy": "ann",
                                                         "reason": "answers got worse"}}), ""),
+    Case("checkpointing-choices", spec(hyperparameters={"gradientCheckpointing": True,
+                                                        "gradientCheckpointingEveryLayers": 2,
+                                                        "gradientCheckpointingOffload": True}), ""),
+    Case("pure-bf16-full", spec(method={"type": "full"}, hyperparameters={"weightPrecision": "bf16"}), ""),
+    Case("fp32-weights-on-lora", spec(hyperparameters={"weightPrecision": "fp32"}), ""),
+    Case("checkpointing-offload-false", spec(hyperparameters={"gradientCheckpointingOffload": False}), ""),
 ]

@@ -11,7 +11,9 @@ from kubetune.api.rules import RuleChecked
 from tests.api.cases import INVALID, VALID, make_job
 
 ROOT = Path(__file__).parents[2]
-EXAMPLES = sorted(ROOT.joinpath("examples").glob("*.yaml"))
+# FineTuneJob examples (the FineTuneSweep ones: tests/api/test_sweep.py).
+EXAMPLES = [p for p in sorted(ROOT.joinpath("examples").glob("*.yaml"))
+            if "\nkind: FineTuneSweep\n" not in p.read_text()]
 
 
 def test_committed_crd_matches_the_model():

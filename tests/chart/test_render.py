@@ -8,7 +8,7 @@ import sys
 import pytest
 import yaml
 
-from kubetune.api.crd import CRD_PATH
+from kubetune.api.crd import CRD_PATH, SWEEP_CRD_PATH
 from kubetune.operator import children, labels, runs
 from kubetune.operator.settings import OperatorSettings
 from tests.api.cases import make_job
@@ -36,16 +36,17 @@ def test_lint_strict_with_defaults_and_everything_enabled(helm, tmp_path):
         assert "[WARNING]" not in result.stdout and "[ERROR]" not in result.stdout, result.stdout
 
 
-def test_chart_crd_is_a_byte_identical_copy_of_crds():
-    assert (CHART / "files" / CRD_PATH).read_bytes() == (ROOT / CRD_PATH).read_bytes()
+@pytest.mark.parametrize("path", [CRD_PATH, SWEEP_CRD_PATH])
+def test_chart_crd_is_a_byte_identical_copy_of_crds(path):
+    assert (CHART / "files" / path).read_bytes() == (ROOT / path).read_bytes()
 
 
-def test_crd_is_installed_as_generated_and_kept_on_uninstall(template):
-    crd = template().one("CustomResourceDefinition")
-    generated = yaml.safe_load((ROOT / CRD_PATH).read_text())
+@pytest.mark.parametrize("path", [CRD_PATH, SWEEP_CRD_PATH])
+def test_crd_is_installed_as_generated_and_kept_on_uninstall(template, path):
+    generated = yaml.safe_load((ROOT / path).read_text())
+    crd = template().one("CustomResourceDefinition", generated["metadata"]["name"])
     assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     assert crd["spec"] == generated["spec"]
-    assert crd["metadata"]["name"] == generated["metadata"]["name"]
 
 
 def test_crd_is_left_out_when_not_installed(template):

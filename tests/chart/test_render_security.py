@@ -108,10 +108,13 @@ def test_schema_accepts_valid_validation_actions(template, actions):
 
 
 def test_crd_kept_by_helm_and_argo_cd_unless_told_otherwise(template):
-    annotations = template().one("CustomResourceDefinition")["metadata"]["annotations"]
-    assert annotations == {"helm.sh/resource-policy": "keep",
-                           "argocd.argoproj.io/sync-options": "Prune=false,Delete=false"}
-    assert "annotations" not in template({"crds": {"keep": False}}).one("CustomResourceDefinition")["metadata"]
+    crds = template().kinds("CustomResourceDefinition")
+    assert sorted(c["metadata"]["name"] for c in crds) == ["finetunejobs.kubetune.io", "finetunesweeps.kubetune.io"]
+    for crd in crds:
+        assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep",
+                                                  "argocd.argoproj.io/sync-options": "Prune=false,Delete=false"}
+    assert not [c for c in template({"crds": {"keep": False}}).kinds("CustomResourceDefinition")
+                if "annotations" in c["metadata"]]
 
 
 def test_finetunejob_roles_aggregate_into_edit_and_view(template):
@@ -122,6 +125,9 @@ def test_finetunejob_roles_aggregate_into_edit_and_view(template):
     assert edit["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-admin"] == "true"
     assert view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
     assert ("kubetune.io", "finetunejobs", "create") in rules_of(edit)
+    assert ("kubetune.io", "finetunesweeps", "create") in rules_of(edit)
+    assert ("kubetune.io", "finetunesweeps", "get") in rules_of(view)
+    assert not [r for r in rules_of(edit) if r[1] == "finetunesweeps/status" and r[2] not in ("get", "list", "watch")]
     assert not [r for r in rules_of(edit) if r[1] == "finetunejobs/status" and r[2] not in ("get", "list", "watch")]
     assert {v for _, _, v in rules_of(view)} == {"get", "list", "watch"}
     assert not template({"rbac": {"aggregateToDefaultRoles": False}}).kinds("ClusterRole")[1:]
@@ -130,8 +136,11 @@ def test_finetunejob_roles_aggregate_into_edit_and_view(template):
 def test_operator_rbac_has_only_the_verbs_the_code_calls(template):
     rules = rules_of(template().one("ClusterRole", "kubetune-operator"))
     verbs = lambda resource: {v for _, r, v in rules if r == resource}  # noqa: E731
-    assert verbs("finetunejobs") == {"get", "list", "watch"}
+    # create and patch: a sweep's trials (created, suspended when pruned); never delete (owner references do it)
+    assert verbs("finetunejobs") == {"get", "list", "watch", "create", "patch"}
     assert verbs("finetunejobs/status") == {"patch"}
+    assert verbs("finetunesweeps") == {"get", "list", "watch"}
+    assert verbs("finetunesweeps/status") == {"patch"}
     assert verbs("jobs/finalizers") == set()
     assert verbs("events") == {"create"}
     assert verbs("pods") == {"list", "watch"}

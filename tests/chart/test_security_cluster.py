@@ -413,3 +413,26 @@ def test_the_operator_changes_only_the_activation_of_workloads_in_opted_in_names
     assert patch({"spec": {"active": False}}) == ""
     cluster.kubectl("label", "namespace", opted_in, f"{MANAGED}-")  # opted out again
     poll("the namespace's opt-out to refuse", lambda: "rule workload-activation:" in patch({"spec": {"active": False}}))
+
+
+@pytest.mark.cluster
+def test_default_install_runs_a_sweep_in_an_opted_in_namespace(cluster, release, opted_in, tmp_path):
+    """The chart's RBAC lets the operator create a sweep's trial FineTuneJobs and write the sweep's status, and its
+    admission policies (which match Jobs, ConfigMaps, Services and Workloads, not FineTuneJobs) admit the trials
+    and then the trials' own Jobs."""
+    from kubetune.testing import sweep_manifest
+
+    cluster.kubectl("create", "serviceaccount", "kubetune-trainer", "-n", opted_in)  # opting in (docs/install.md)
+    template = kwok_job("unused", {"resources": {"gpusPerNode": 1}})
+    sweep = sweep_manifest({"spec": {"maxTrials": 2, "template": {
+        "metadata": {"annotations": template["metadata"]["annotations"]}, "spec": template["spec"]}}}, name="lr")
+    with release_operator(cluster, release, [opted_in], tmp_path) as log:
+        cluster.kubectl("apply", "-n", opted_in, "-f", "-", input=json.dumps(sweep))
+        waited = cluster.kubectl("wait", "--for=condition=Succeeded", "fts/lr", "-n", opted_in, "--timeout=90s",
+                                 check=False)
+        assert waited.returncode == 0, log.read_text()[-4000:]
+    trials = cluster.kubectl_json("get", "ftj", "-n", opted_in, "-l", "kubetune.io/finetunesweep=lr")["items"]
+    assert sorted(t["metadata"]["name"] for t in trials) == ["lr-t0", "lr-t1"]
+    assert all(t["status"]["phase"] == "Succeeded" for t in trials)
+    assert {j["metadata"]["name"] for j in cluster.kubectl_json("get", "jobs", "-n", opted_in)["items"]} == {
+        "lr-t0-g1", "lr-t1-g1"}

@@ -105,3 +105,18 @@ def test_added_fields_and_changed_defaults_are_hashed_as_before(monkeypatch):
     assert identity.training_hash(ftj) != training
     explicit = job({**spec, "method": {"type": "lora", "lora": {**spec["method"]["lora"], "dropout": 0.05}}})
     assert hashing.hashed_wire(explicit.spec)["method"]["lora"]["dropout"] == 0.05
+
+
+def test_gradient_checkpointing_choices_are_hashed_only_when_they_change_the_run():
+    """hyperparameters.gradientCheckpointingEveryLayers / gradientCheckpointingOffload / weightPrecision (issue 22)
+    are optional with no default, so live objects do not change and the pins hold; a value that behaves as unset
+    (every 1 layer, no offload, fp32 weights) keeps the run; another value is a new run, like any
+    hyperparameter."""
+    spec, training, *_ = PINNED["multi-node-queued"]
+    hp = spec["hyperparameters"]
+    same = [job({**spec, "hyperparameters": {**hp, **extra}}) for extra in (
+        {"gradientCheckpointingEveryLayers": 1}, {"gradientCheckpointingOffload": False},
+        {"gradientCheckpointingEveryLayers": 1, "gradientCheckpointingOffload": False}, {"weightPrecision": "fp32"})]
+    assert [identity.training_hash(j) for j in same] == [training] * 4
+    for extra in ({"gradientCheckpointingEveryLayers": 2}, {"gradientCheckpointingOffload": True}):
+        assert identity.training_hash(job({**spec, "hyperparameters": {**hp, **extra}})) != training, extra

@@ -1,7 +1,7 @@
 """Two trainer processes (torchrun under kubetune.trainer.launch, gloo on the CPU) against one process.
 
 - DDP LoRA and FSDP2 full fine-tuning log the same per-step losses as one process on the same global batch,
-  evaluate the same, and FSDP ships the same weights. Tolerance: 1e-5 relative (the logs round to 5 decimals;
+  evaluate the same (each rank scoring its share), test the same, and FSDP ships the same weights. Tolerance: 1e-5 relative (the logs round to 5 decimals;
   measured: equal to the last logged digit, weights within 1e-6).
 - SIGTERM to one rank: every rank checkpoints the same step (FSDP: each rank's shard in the one checkpoint), the
   launcher exits 75, and a restart resumes there and ends as the uninterrupted run.
@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from kubetune.api import contract
-from tests.trainer.conftest import settings, write_jsonl
+from tests.trainer.conftest import chat_rows, settings, write_jsonl
 from tests.trainer.test_train import make_job
 
 ROOT = Path(__file__).parents[2]
@@ -67,8 +67,10 @@ def work(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def jobs(work, tiny_model) -> dict:
     out = {}
+    # 21 test rows: the ranks' shares differ by one (FSDP tops the short one up); the baseline is scored too.
+    test = write_jsonl(work / "data/test.jsonl", chat_rows(21, seed=3))
     for name, patch in JOBS.items():
-        job = make_job(work, tiny_model, **patch)
+        job = make_job(work, tiny_model, **{**patch, "dataset": {"test": test}})
         (work / f"{name}.json").write_text(json.dumps(job.to_wire()))
         out[name] = job
     return out
@@ -102,6 +104,23 @@ def test_two_ranks_log_the_losses_of_one_process(work, one_process, two_processe
     assert two["steps"] == one["steps"]
     assert two["trainTokens"] == one["trainTokens"]  # real tokens: no padding, which depends on the ranks' split
     assert two["eval"]["loss"] == pytest.approx(one["eval"]["loss"], **TOLERANCE)
+
+
+@pytest.mark.parametrize("name", list(JOBS))
+def test_two_ranks_split_the_test_set_and_report_what_one_process_reports(work, one_process, two_processes, name):
+    """Each rank scores its share of the validation and test rows (issue 22); rank 0 gathers every row's score in
+    order, so the test metrics, their intervals, the paired comparison with the baseline (scored the same way
+    before training) and the worst examples are those of one process."""
+    one, two = one_process[name], two_processes[name]
+    assert set(two["test"]) == set(one["test"]) and "loss" in one["test"]
+    assert two["test"] == pytest.approx(one["test"], **TOLERANCE)
+    diff_one = one["comparison"]["baseModel"]["difference"]
+    diff_two = two["comparison"]["baseModel"]["difference"]
+    for metric in diff_one:
+        assert diff_two[metric] == pytest.approx(diff_one[metric], **TOLERANCE), metric
+    errors = [[json.loads(x)["source"] for x in (work / "out" / run / "errors.jsonl").read_text().splitlines()]
+              for run in (f"one-{name}", f"two-{name}")]
+    assert errors[0] == errors[1] and len(errors[0]) == 21
 
 
 def test_fsdp_ships_the_weights_of_one_process(work, one_process, two_processes):

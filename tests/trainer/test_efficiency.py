@@ -253,3 +253,106 @@ def test_a_lora_classifiers_trained_head_keeps_fp32_weights_over_a_half_precisio
     assert any("score" in k for k in trained) and set(trained.values()) == {torch.float32}, trained
     frozen = {p.dtype for p in model.parameters() if not p.requires_grad}
     assert frozen == {torch.bfloat16}  # the base stays in half precision
+
+
+@pytest.mark.parametrize("choice", ["every-2-layers", "offload"])
+def test_gradient_checkpointing_choices_keep_the_loss_and_gradients(tiny_model, monkeypatch, choice):
+    """hyperparameters.gradientCheckpointingEveryLayers / gradientCheckpointingOffload (issue 22): the loss and the
+    gradients are those of training without checkpointing; every N layers recomputes exactly the first and every
+    Nth block in the backward (a recomputed block runs its forward twice); offload puts each checkpointed block's
+    saved input through torch's save_on_cpu. Without the fields the blocks kept the on/off behaviour (seen failing
+    before: both blocks recomputed, and save_on_cpu was never entered)."""
+    import transformers.modeling_utils as mu
+
+    from kubetune.trainer import data as d
+    from kubetune.trainer.causal_lm import loss_sum
+    from kubetune.trainer.model import checkpointing
+
+    hp = {"gradientCheckpointing": True}
+    hp.update({"gradientCheckpointingEveryLayers": 2} if choice == "every-2-layers" else
+              {"gradientCheckpointingOffload": True})
+    job = finetunejob("ckpt", {"baseModel": {"uri": f"file://{tiny_model}"}, "dataset": {"train": "file:///x.jsonl"},
+                               "hyperparameters": {"maxSteps": 1, **hp}, "output": {"uri": "file:///nowhere/"},
+                               "resources": {"gpusPerNode": 0}})
+    model = load(tiny_model, "lora")
+    vocab = model.get_output_embeddings().weight.shape[0]
+    batch = d.collate(examples([20, 9, 14], vocab), 0)
+    loss_sum(model, batch, CPU, None).backward()
+    want = grads(model)
+    model.zero_grad(set_to_none=True)
+
+    offloads = []
+    real = mu.save_on_cpu
+    monkeypatch.setattr(mu, "save_on_cpu", lambda *a, **k: offloads.append(k) or real(*a, **k))
+    checkpointing(model, job)
+    blocks = model.get_base_model().model.layers
+    forwards = [0] * len(blocks)
+    for i, block in enumerate(blocks):
+        block.input_layernorm.register_forward_pre_hook(lambda *_, i=i: forwards.__setitem__(i, forwards[i] + 1))
+    model.train()
+    loss_sum(model, batch, CPU, None).backward()
+    assert_close_grads(grads(model), want)
+    if choice == "every-2-layers":
+        assert [b.gradient_checkpointing for b in blocks] == [True, False]
+        assert forwards == [2, 1]  # block 0 recomputed in the backward, block 1 kept its activations
+        assert not offloads
+    else:
+        assert forwards == [2, 2]
+        assert len(offloads) == 2  # each checkpointed block's forward saved its input through save_on_cpu
+
+
+def test_liger_is_chosen_on_cuda_where_it_is_installed(monkeypatch):
+    """linear_ce.kernel: Liger's fused linear cross-entropy on CUDA with liger-kernel installed, the pure-torch
+    chunked one otherwise (CPUs, or no liger-kernel)."""
+    import importlib.util
+
+    from kubetune.trainer import linear_ce
+
+    real = importlib.util.find_spec
+    for installed in (True, False):
+        monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a, installed=installed: (
+            object() if installed else None) if name == "liger_kernel" else real(name, *a))
+        assert linear_ce.kernel(torch.device("cuda", 0)) == ("liger" if installed else "torch")
+        assert linear_ce.kernel(CPU) == "torch"
+
+
+def test_the_liger_kernel_gets_the_targets_and_sums_like_the_torch_one(tiny_model, monkeypatch):
+    """Where Liger is chosen, loss_sum hands it the positions that have a target, their labels, the head's weights
+    and a summed reduction: a stand-in with Liger's signature (computing in torch) gives the chunked loss and
+    gradients."""
+    import sys
+    import types
+
+    import torch.nn.functional as F
+
+    from kubetune.trainer import data as d
+    from kubetune.trainer import linear_ce
+    from kubetune.trainer.causal_lm import loss_sum
+
+    calls = []
+
+    def liger_fused_linear_cross_entropy(input, weight, target, bias=None, ce_weight=None, ignore_index=-100,
+                                         lse_square_scale=0.0, label_smoothing=0.0, reduction="mean", **kwargs):
+        calls.append({"rows": input.shape[0], "ignore_index": ignore_index, "reduction": reduction,
+                      "ignored": int((target == ignore_index).sum())})
+        return F.cross_entropy(F.linear(input, weight, bias).float(), target, ignore_index=ignore_index,
+                               reduction=reduction)
+
+    functional = types.ModuleType("liger_kernel.transformers.functional")
+    functional.liger_fused_linear_cross_entropy = liger_fused_linear_cross_entropy
+    for name in ("liger_kernel", "liger_kernel.transformers"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, "liger_kernel.transformers.functional", functional)
+
+    model = load(tiny_model, "full")
+    vocab = model.get_output_embeddings().weight.shape[0]
+    skip = linear_ce.HeadSkip.of(model)
+    batch = d.collate(examples([20, 9, 14], vocab), 0)
+    loss_sum(model, batch, CPU, None, skip).backward()
+    want, want_calls = grads(model), list(calls)
+    model.zero_grad(set_to_none=True)
+    monkeypatch.setattr(linear_ce, "kernel", lambda device: "liger")
+    got = loss_sum(model, batch, CPU, None, skip)
+    got.backward()
+    assert not want_calls and calls == [{"rows": 17 + 6 + 11, "ignore_index": -100, "reduction": "sum", "ignored": 0}]
+    assert_close_grads(grads(model), want)
