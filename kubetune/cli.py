@@ -190,6 +190,38 @@ class RunProgress:
                 f"{row['truncated']} truncated, {row['dropped_too_long']} dropped", markup=False)
 
 
+@app.command()
+def override(
+    file: Path = typer.Argument(..., exists=True, dir_okay=False, readable=True),
+    name: str | None = typer.Option(None, help="Which FineTuneJob, when FILE holds several."),
+    cache_dir: Path | None = typer.Option(None, help="Scratch space (default ~/.cache/kubetune/trainer)."),
+) -> None:
+    """Carry out FILE's spec.promotion.override now, for a run that has already finished: promote the named run
+    (no gate) or roll the destination back to it, with requestedBy and reason in the manifest. S3 credentials
+    come from the environment, as for `kubetune run`. Prints the outcome as JSON."""
+    import json
+
+    from kubetune.api import FineTuneJob, contract
+    from kubetune.trainer import promotion
+    from kubetune.trainer.errors import TrainerError
+    from kubetune.trainer.storage import Store
+
+    docs = [d for d in load_documents(file.read_text()) if is_finetunejob(d)
+            and (not name or (d.get("metadata") or {}).get("name") == name)]
+    if len(docs) != 1:
+        err.print(f"{file}: {len(docs)} FineTuneJobs; override needs exactly one (choose with --name)", markup=False)
+        raise typer.Exit(contract.EXIT_BAD_INPUT)
+    job = FineTuneJob.model_validate(docs[0])
+    store = Store(job.spec.storage, cache_dir or Path.home() / ".cache" / "kubetune" / "trainer")
+    try:
+        outcome = promotion.apply_override(job, store)
+    except TrainerError as exc:
+        err.print(f"{file}: {exc}", markup=False)
+        raise typer.Exit(exc.exit_code)
+    print(json.dumps(outcome, indent=2))
+    raise typer.Exit(0 if outcome["verdict"] in ("Overridden", "RolledBack") else 1)
+
+
 def _duration(seconds: float) -> str:
     minutes, s = divmod(int(seconds), 60)
     return f"{minutes}:{s:02d}"

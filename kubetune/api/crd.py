@@ -32,6 +32,8 @@ PRINTER_COLUMNS = [
     {"name": "Best", "type": "number", "jsonPath": ".status.metrics.best.value",
      "description": "Best value of the monitored validation metric"},
     {"name": "ETA-Seconds", "type": "integer", "jsonPath": ".status.progress.etaSeconds", "priority": 1},
+    {"name": "Promotion", "type": "string", "jsonPath": ".status.promotion.verdict",
+     "description": "Promotion verdict of the current run (spec.promotion)"},
     {"name": "Method", "type": "string", "jsonPath": ".spec.method.type", "priority": 1},
     {"name": "Model", "type": "string", "jsonPath": ".spec.baseModel.uri", "priority": 1},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},

@@ -19,9 +19,10 @@ ADDED_FIELDS: dict[tuple[str, ...], object] = {
 """Fields added after hashes were first recorded, with the default they were added with (or, for an optional
 field, the value that behaves as leaving it unset)."""
 
-NOT_HASHED: tuple[tuple[str, ...], ...] = (("rerunToken",),)
+NOT_HASHED: tuple[tuple[str, ...], ...] = (("rerunToken",), ("promotion",))
 """Spec fields that ask the operator to act and describe no training: no identity hash takes them, whatever
-their value (a rerun is the same run, and the trainer resumes it rather than refusing a different spec)."""
+their value (a rerun is the same run, and the trainer resumes it rather than refusing a different spec; the
+promotion gate, its destination and an override decide where a finished run goes, not what it trains)."""
 
 EARLIER_DEFAULTS: dict[tuple[str, ...], object] = {
     ("method", "lora", "dropout"): 0.05,

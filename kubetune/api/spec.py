@@ -9,7 +9,8 @@ from pydantic import Field
 
 from kubetune.api.base import APIModel
 from kubetune.api.rules import Rule
-from kubetune.api.types import DataURI, DNSLabel, DNSSubdomain, LabelValue, ModelURI, OutputURI, Quantity
+from kubetune.api.types import (DataURI, DNSLabel, DNSSubdomain, LabelValue, ModelURI, OutputURI, PromotionURI,
+                                Quantity, RunID)
 
 Task = Literal["causal-lm", "sequence-classification"]
 MethodType = Literal["lora", "qlora", "full"]
@@ -335,6 +336,75 @@ class ClassificationSpec(APIModel):
     """Loss weight of each class, in label order."""
 
 
+
+
+def _all_in(obj: str, metrics: tuple[str, ...]) -> str:
+    """CEL: the promotion's metric (if set) and every bound's metric are among `metrics`."""
+    allowed = repr(list(metrics))
+    return (f"((!has({obj}.metric) || {obj}.metric in {allowed}) && "
+            f"(!has({obj}.bounds) || {obj}.bounds.all(b, b.metric in {allowed})))")
+
+
+class PromotionBound(APIModel):
+    """An absolute floor or ceiling on one test metric, judged on its 95% bootstrap interval: a floor holds when
+    the interval's lower bound is at least `min`, a ceiling when its upper bound is at most `max`."""
+
+    metric: Metric
+    """The test metric; it must be one the task reports."""
+    min: float | None = None
+    """Floor: the interval's lower bound must be at least this."""
+    max: float | None = None
+    """Ceiling: the interval's upper bound must be at most this."""
+
+    __rules__: ClassVar = (
+        Rule(
+            cel="has(self.min) || has(self.max)",
+            message="set min, max or both",
+            field="min",
+            check=lambda b: b.min is not None or b.max is not None,
+        ),
+    )
+
+
+class PromotionOverride(APIModel):
+    """A person's decision, on the record (a GitOps commit can carry it): promote a run the gate refused, or roll
+    the destination back to an earlier champion. Who and why go into the manifest's history, the status and an
+    event."""
+
+    action: Literal["promote", "rollback"]
+    """promote: promote run runId although the gate refused it; rollback: make the earlier champion runId (still
+    under the destination's runs/) the champion again."""
+    run_id: RunID
+    """The run promoted or restored (status.runId of the run, or a run id in the destination's history)."""
+    requested_by: str = Field(min_length=1, max_length=253)
+    """Who decided (a name or an e-mail address)."""
+    reason: str = Field(min_length=1, max_length=1024)
+    """Why."""
+
+
+class Promotion(APIModel):
+    """Promote the run to a stable destination only when it is shown to be better: every criterion is judged on
+    the 95% interval of the test set's paired difference (or, for bounds, of the metric), never on point
+    estimates. Not a training field: no run identity includes it, so editing it starts no run."""
+
+    destination: PromotionURI
+    """The stable location serving reads (s3://bucket/models/<name>/): manifest.json names the champion, whose
+    files are under runs/<runId>/; earlier champions stay there."""
+    metric: Metric | None = None
+    """The test metric the base-model and champion comparisons are judged on; unset: the early-stopping metric,
+    else f1 / mse / loss by task."""
+    beat_base_model: bool = True
+    """The run must beat the untouched base model (needs evaluation.baseline): the interval of the difference
+    lies wholly on the better side of zero."""
+    beat_champion: bool = True
+    """The run must beat the destination's current champion, scored on the same test rows in the same run; a
+    champion of another base model or task is refused as not comparable (the run is then not promoted)."""
+    bounds: list[PromotionBound] = Field(default_factory=list, max_length=16)
+    """Absolute floors and ceilings per test metric (e.g. exactMatch min 0.2, loss max 1.5)."""
+    override: PromotionOverride | None = None
+    """A person's override: promote a refused run, or roll back to an earlier champion."""
+
+
 class FineTuneJobSpec(APIModel):
     task: Task = "causal-lm"
     """causal-lm: supervised fine-tuning on chat, prompt-completion or plain text; sequence-classification:
@@ -379,6 +449,9 @@ class FineTuneJobSpec(APIModel):
     event says why it was declined) starts nothing. Not a training field: no run identity includes it."""
     run_policy: RunPolicy = Field(default_factory=RunPolicy)
     """Retries, deadline and clean-up."""
+    promotion: Promotion | None = None
+    """Promote the run to a stable destination when it beats the base model and the current champion (a quality
+    gate); unset promotes nothing."""
 
     __rules__: ClassVar = (
         Rule(
@@ -478,6 +551,44 @@ class FineTuneJobSpec(APIModel):
             f"regression (numLabels 1) {', '.join(REGRESSION_METRICS)}",
             field="earlyStopping.metric",
             check=lambda s: s.early_stopping is None or s.early_stopping.metric in metrics_for(s),
+        ),
+        Rule(
+            cel="!has(self.promotion) || has(self.dataset.test)",
+            message="promotion judges the run on its test set: set dataset.test",
+            field="promotion",
+            check=lambda s: s.promotion is None or s.dataset.test is not None,
+        ),
+        Rule(
+            cel="!has(self.promotion) || "
+            "self.promotion.destination.startsWith('s3://') == self.output.uri.startsWith('s3://')",
+            message="promotion.destination and output.uri must both be s3:// or both file:// (the run's files are "
+            "copied server-side)",
+            field="promotion.destination",
+            check=lambda s: s.promotion is None
+            or s.promotion.destination.startswith("s3://") == s.output.uri.startswith("s3://"),
+        ),
+        Rule(
+            cel="!has(self.promotion) || !self.promotion.beatBaseModel || self.evaluation.baseline",
+            message="promotion.beatBaseModel needs the base model scored: set evaluation.baseline: true",
+            field="promotion.beatBaseModel",
+            check=lambda s: s.promotion is None or not s.promotion.beat_base_model or s.evaluation.baseline,
+        ),
+        Rule(
+            cel="!has(self.promotion) || (self.task == 'causal-lm' ? "
+            + _all_in("self.promotion", CAUSAL_LM_METRICS)
+            + " : (has(self.classification) && has(self.classification.numLabels) && "
+            "self.classification.numLabels == 1 ? "
+            + _all_in("self.promotion", REGRESSION_METRICS)
+            + " : "
+            + _all_in("self.promotion", CLASSIFICATION_METRICS)
+            + "))",
+            message="promotion.metric and promotion.bounds[].metric must be ones the task reports: causal-lm "
+            f"{', '.join(CAUSAL_LM_METRICS)}; classification {', '.join(CLASSIFICATION_METRICS)}; "
+            f"regression (numLabels 1) {', '.join(REGRESSION_METRICS)}",
+            field="promotion.metric",
+            check=lambda s: s.promotion is None
+            or all(m in metrics_for(s)
+                   for m in [s.promotion.metric or "loss", *(b.metric for b in s.promotion.bounds)]),
         ),
     )
 

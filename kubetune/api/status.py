@@ -30,6 +30,10 @@ class ConditionType:
     RUNNING = "Running"
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
+    PROMOTED = "Promoted"
+    """spec.promotion only: whether the run is the destination's champion. False with a reason (the gate refused
+    it, its champion was not comparable, another run promoted first) is a verdict, not a failure: the run itself
+    Succeeded, and Ready, Stalled and the Argo CD health say so."""
 
 
 class Reason:
@@ -100,6 +104,27 @@ class Reason:
     """Kueue made no Workload for the run's Job in time: its namespace is not one Kueue manages, or Kueue is down."""
 
 
+class PromotionReason:
+    """Reasons of the Promoted condition (and of its events)."""
+
+    PROMOTED = "Promoted"
+    """True: the gate passed; the run is the destination's champion."""
+    OVERRIDDEN = "PromotedByOverride"
+    """True: spec.promotion.override promoted the run although the gate refused it."""
+    ROLLED_BACK = "RolledBack"
+    """spec.promotion.override restored an earlier champion (True when this run is it, else False)."""
+    GATE_FAILED = "GateFailed"
+    """False: a criterion did not hold; the message gives each with its difference and interval."""
+    CHAMPION_INCOMPARABLE = "ChampionIncomparable"
+    """False: the destination's champion has another base model or task, so the run could not be shown better."""
+    LOST_RACE = "PromotionConflict"
+    """False: another run promoted to the destination between this run's read and its write (conditional write)."""
+    PENDING = "PromotionPending"
+    """False (Unknown while the run goes on): the run has not been judged yet."""
+    NO_VERDICT = "NoVerdict"
+    """False: the run ended without a verdict (it failed, or its trainer reported none)."""
+
+
 
 Phase = Literal["Pending", "Queued", "Suspended", "Running", "Succeeded", "Failed"]
 
@@ -161,6 +186,52 @@ class Comparison(APIModel):
     """Upper bound of the difference's 95% interval."""
     excludes_zero: bool
     """The interval excludes zero: the difference is not chance at the 95% level."""
+
+
+PromotionVerdict = Literal["Promoted", "Rejected", "Overridden", "RolledBack", "Conflict"]
+
+
+class PromotionCheck(APIModel):
+    """One criterion of the gate, as judged."""
+
+    criterion: str
+    """beatBaseModel, beatChampion, min or max."""
+    metric: str
+    """The test metric judged."""
+    passed: bool
+    """Whether it held."""
+    value: float | None = None
+    """The difference (comparisons) or the metric (bounds)."""
+    low: float | None = None
+    """Lower bound of its 95% interval."""
+    high: float | None = None
+    """Upper bound of its 95% interval."""
+    threshold: float | None = None
+    """The bound's min or max (bounds only)."""
+    message: str = ""
+    """The verdict on this criterion, with its numbers."""
+
+
+class PromotionStatus(APIModel):
+    """What spec.promotion decided for the current run."""
+
+    verdict: PromotionVerdict
+    """Promoted, Rejected (the gate or a not comparable champion refused it), Overridden (promoted by
+    spec.promotion.override), RolledBack (an earlier champion restored) or Conflict (another run won the race)."""
+    destination: str
+    """spec.promotion.destination."""
+    model_uri: str | None = None
+    """The champion's model files under the destination, once promoted (or restored)."""
+    champion_run_id: str | None = None
+    """The destination's champion the run was compared with (and, if promoted, replaced)."""
+    replaced_run_id: str | None = None
+    """The champion this promotion replaced (its files stay under runs/<runId>/)."""
+    checks: list[PromotionCheck] = Field(default_factory=list, max_length=64)
+    """Each criterion, with its numbers."""
+    reasons: list[str] = Field(default_factory=list, max_length=64)
+    """Why, in words with the numbers: the failed criteria of a rejected run, or the override's who and why."""
+    requested_by: str | None = None
+    """An override's requestedBy."""
 
 
 class Metrics(APIModel):
@@ -255,3 +326,5 @@ class FineTuneJobStatus(APIModel):
     run had not failed). A spec.rerunToken equal to it asks for nothing."""
     runs: list[RunRecord] = Field(default_factory=list, max_length=10)
     """Earlier runs, newest first (at most 10)."""
+    promotion: PromotionStatus | None = None
+    """The promotion verdict of the current run (spec.promotion)."""

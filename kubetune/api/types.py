@@ -35,6 +35,19 @@ ModelURI = _uri("s3", "file", "hf")
 DataURI = _uri("s3", "file")
 OutputURI = _uri("s3", "file")
 
+
+PROMOTION_URI = r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/(.*/)?|file:///(.+/)?)$"
+
+
+def _check_prefix(value: str) -> str:
+    if not re.fullmatch(PROMOTION_URI, value):
+        raise ValueError("must be a prefix ending in '/': s3://bucket/models/<name>/ or file:///absolute/path/")
+    return value
+
+
+PromotionURI = Annotated[str, AfterValidator(_check_prefix), Field(json_schema_extra={"pattern": PROMOTION_URI})]
+"""A stable destination: a prefix (ending in '/') the champion's files and manifest live under."""
+
 # Kubernetes resource.Quantity, as controller-gen writes it for int-or-string quantity fields.
 QUANTITY_PATTERN = (
     r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
@@ -82,3 +95,7 @@ def _pattern_type(regex: str, max_length: int, what: str):
 LabelValue = _pattern_type(LABEL_VALUE, 63, "a label value: letters, digits, '-', '_' and '.', starting and "
                                             "ending with a letter or digit")
 DNSSubdomain = _pattern_type(DNS_SUBDOMAIN, 253, "a DNS subdomain: lowercase letters, digits, '-' and '.'")
+
+RUN_ID = r"^[A-Za-z0-9]([-A-Za-z0-9._]*[A-Za-z0-9])?$"
+RunID = _pattern_type(RUN_ID, 253, "a run id (the operator's g<generation>-<hash>, the CLI's local-<time>): letters, "
+                                   "digits, '-', '_' and '.', starting and ending with a letter or digit")

@@ -28,6 +28,13 @@ GPUS_RUNNING = Gauge("kubetune_operator_gpus_running", "GPUs requested by Runnin
 RECONCILE_SECONDS = Histogram("kubetune_operator_reconcile_duration_seconds", "Duration of one reconcile")
 API_THROTTLED = Counter("kubetune_operator_api_throttled_total",
                         "API requests the API server answered 429 (API Priority and Fairness), each retry counted")
+PROMOTIONS = Counter("kubetune_operator_promotions_total",
+                     "Promotion verdicts of finished runs (spec.promotion): Promoted, Overridden, RolledBack, "
+                     "Rejected or Conflict, with the Promoted condition's reason", ["namespace", "verdict", "reason"])
+JOB_PROMOTION = Gauge("kubetune_operator_finetunejob_promotion",
+                      "1 for each FineTuneJob's current promotion verdict and the Promoted condition's reason (one "
+                      "series per job with spec.promotion, once its run is judged)",
+                      ["namespace", "finetunejob", "verdict", "reason"])
 RECONCILE_ERRORS = Counter("kubetune_operator_reconcile_errors_total", "Reconciles that raised", ["error"])
 TIME_TO_RUNNING = Histogram("kubetune_operator_time_to_running_seconds",
                             "From a run's Job creation to its trainer running", buckets=WAIT_BUCKETS)
@@ -73,6 +80,10 @@ def forget(namespace: str, name: str) -> None:
         if old:
             JOB_PHASE.remove(namespace, name, *old)
         _last.pop((namespace, name), None)
+        _verdicts.pop((namespace, name), None)
+        old = _promotion_labels.pop((namespace, name), None)
+        if old:
+            JOB_PROMOTION.remove(namespace, name, *old)
         _stop_counting((namespace, name), datetime.now(timezone.utc))
         _publish()
 
@@ -119,6 +130,39 @@ def _count_gpu_time(key: tuple[str, str], status: FineTuneJobStatus, child: dict
         _running[key] = (status.run_id or "", now, gpus)
 
 
+_verdicts: dict[tuple[str, str], tuple[str | None, str | None]] = {}  # -> (run id, verdict) counted last
+
+
+_promotion_labels: dict[tuple[str, str], tuple[str, str]] = {}  # -> (verdict, reason) now exported
+
+
+def _count_promotion(namespace: str, name: str, prior: FineTuneJobStatus | None, status: FineTuneJobStatus) -> None:
+    """Exports the current verdict (a gauge an alert can follow, like the phase's) and counts a run's verdict once:
+    when it first appears on the status (this process's memory first, else the stored status)."""
+    verdict = status.promotion.verdict if status.promotion else None
+    key = (namespace, name)
+    promoted = next((c for c in status.conditions if c.type == "Promoted"), None)
+    labels = (verdict, promoted.reason if promoted else "") if verdict else None
+    with _lock:
+        old = _promotion_labels.get(key)
+        if old != labels:
+            if old:
+                JOB_PROMOTION.remove(namespace, name, *old)
+            if labels:
+                _promotion_labels[key] = labels
+                JOB_PROMOTION.labels(namespace, name, *labels).set(1)
+            else:
+                _promotion_labels.pop(key, None)
+        if verdict is None:
+            return
+        seen = _verdicts.get(key)
+        _verdicts[key] = (status.run_id, verdict)
+    stored = prior.promotion.verdict if prior and prior.promotion and prior.run_id == status.run_id else None
+    was = seen[1] if seen and seen[0] == status.run_id else stored
+    if verdict != was:
+        PROMOTIONS.labels(namespace, verdict, promoted.reason if promoted else "").inc()
+
+
 def observe(namespace: str, name: str, prior: FineTuneJobStatus | None, status: FineTuneJobStatus,
             child: dict | None, gpu_resource: str = GPU) -> None:
     now = datetime.now(timezone.utc)
@@ -137,6 +181,7 @@ def observe(namespace: str, name: str, prior: FineTuneJobStatus | None, status: 
         was = seen[1]
     else:
         was = prior.phase if prior and prior.run_id == status.run_id else None
+    _count_promotion(namespace, name, prior, status)
     if status.phase in ("Succeeded", "Failed") and status.phase != was:
         RUNS_FINISHED.labels(namespace, status.phase, ready.reason if ready else "").inc()
     if child is None or status.phase == was:

@@ -8,7 +8,8 @@ from datetime import datetime
 from pydantic import ValidationError
 
 from kubetune.api import Condition, ConditionType, FineTuneJob, FineTuneJobStatus, Reason, contract
-from kubetune.api.status import Artifacts, BestMetric, Comparison, Metrics, Progress, RunRecord
+from kubetune.api.status import (Artifacts, BestMetric, Comparison, Metrics, Progress, PromotionReason, PromotionStatus,
+                                 RunRecord)
 from kubetune.operator import kueue
 from kubetune.operator.labels import ANNOTATION_RESTART_REASON
 from kubetune.operator.observed import failure_of, fatal_failure, job_condition, termination_json
@@ -205,6 +206,64 @@ def progress_of(previous: Progress | None, sample: dict | None, summary: dict | 
     return previous
 
 
+PROMOTED_VERDICTS = ("Promoted", "Overridden")
+
+
+def promotion_of(job: FineTuneJob, summary: dict | None, prior: PromotionStatus | None) -> PromotionStatus | None:
+    """status.promotion: the trainer's verdict (its termination message's `promotion`), kept once seen; None
+    without spec.promotion. A malformed verdict is left out rather than failing the status."""
+    if job.spec.promotion is None:
+        return None
+    found = (summary or {}).get("promotion")
+    if isinstance(found, dict) and found.get("verdict"):
+        try:
+            return PromotionStatus.model_validate({k: v for k, v in found.items() if k not in ("metric", "reason")})
+        except ValidationError:
+            pass
+    return prior
+
+
+def promoted_condition(job: FineTuneJob, promotion: PromotionStatus | None, reason: str | None, phase: str,
+                       run_id: str, previous: list[Condition], now: datetime) -> Condition | None:
+    """The Promoted condition (spec.promotion only): True once the run is the destination's champion; False with
+    the verdict's reason when it is not (a verdict, not a failure: the run Succeeded); Unknown until judged."""
+    if job.spec.promotion is None:
+        return None
+    if promotion is not None:
+        holds = promotion.verdict in PROMOTED_VERDICTS or (promotion.verdict == "RolledBack"
+                                                          and promotion.champion_run_id == run_id)
+        status = "True" if holds else "False"
+        why = reason or {"Promoted": PromotionReason.PROMOTED, "Overridden": PromotionReason.OVERRIDDEN,
+                         "RolledBack": PromotionReason.ROLLED_BACK, "Conflict": PromotionReason.LOST_RACE,
+                         }.get(promotion.verdict, PromotionReason.GATE_FAILED)
+        text = f"{promotion.verdict} at {promotion.destination}: " + "; ".join(promotion.reasons)
+    elif phase in TERMINAL:
+        status, why, text = "False", PromotionReason.NO_VERDICT, f"the run {phase.lower()} without a promotion verdict"
+    else:
+        status, why, text = "Unknown", PromotionReason.PENDING, "the run is judged once its test scoring is done"
+    old = next((c for c in previous if c.type == ConditionType.PROMOTED), None)
+    since = old.last_transition_time if old and old.status == status else now
+    return Condition(type=ConditionType.PROMOTED, status=status, reason=why, message=text[:1000],
+                     last_transition_time=since, observed_generation=job.metadata.generation)
+
+
+def promotion_event(prior: PromotionStatus | None, promotion: PromotionStatus | None, reason: str | None,
+                    run_id: str) -> Event | None:
+    """One event per verdict: Normal for a promotion or a rollback, Warning for a refused or outraced run."""
+    if promotion is None or (prior is not None and prior.verdict == promotion.verdict):
+        return None
+    good = promotion.verdict in (*PROMOTED_VERDICTS, "RolledBack")
+    head = {"Promoted": f"run {run_id} promoted to {promotion.destination}",
+            "Overridden": f"run {run_id} promoted to {promotion.destination} by override ({promotion.requested_by})",
+            "RolledBack": f"{promotion.destination} rolled back to run {promotion.champion_run_id}",
+            "Conflict": f"run {run_id} not promoted: another run promoted to {promotion.destination} first",
+            "Rejected": f"run {run_id} not promoted to {promotion.destination}"}[promotion.verdict]
+    if promotion.replaced_run_id and good:
+        head += f", replacing run {promotion.replaced_run_id}"
+    return Event("Normal" if good else "Warning", reason or promotion.verdict,
+                 (head + (": " + "; ".join(promotion.reasons) if promotion.reasons else ""))[:1000])
+
+
 def archive(previous: FineTuneJobStatus) -> RunRecord:
     """The record of a run that a spec change replaced (or that had ended)."""
     m = previous.metrics
@@ -318,7 +377,19 @@ def compute_status(job: FineTuneJob, run: Run, child: dict | None, pods: list[di
         progress=progress_of(prior.progress, sample, summary, state.phase),
         metrics=live_metrics(prior.metrics, sample, summary),
         stop_reason=(summary or {}).get("stopReason") or prior.stop_reason,
-        artifacts=artifacts, runs=runs, rerun_token=token)
+        artifacts=artifacts, runs=runs, rerun_token=token,
+        promotion=promotion_of(job, summary, prior.promotion))
+    verdict_reason = ((summary or {}).get("promotion") or {}).get("reason") if summary else None
+    if verdict_reason is None:
+        verdict_reason = next((c.reason for c in prior.conditions if c.type == ConditionType.PROMOTED
+                               and c.status != "Unknown"), None)
+    promoted = promoted_condition(job, status.promotion, verdict_reason, state.phase, run.run_id, prior.conditions,
+                                  now)
+    if promoted is not None:
+        status.conditions.append(promoted)
+    said = promotion_event(prior.promotion, status.promotion, verdict_reason, run.run_id)
+    if said is not None:
+        events.append(said)
     was = next((c for c in prior.conditions if c.type == ConditionType.READY), None)
     if (not was or was.reason != state.reason or prior.phase != state.phase) and state.reason != Reason.PENDING:
         # (no event for the ordinary wait for a pod to start: JobCreated said it, and its problems have reasons)

@@ -56,7 +56,12 @@ def termination_message(outcome: dict) -> str:
     for n in (2000, 1000, 500, 200):  # non-ASCII is escaped to six bytes a character: cut by size, not length
         if fits(cut := _cut_strings(outcome, n)):
             return dumps(cut)
-    return dumps(_cut_strings({k: outcome[k] for k in ("runId", "stopReason", "steps", "error") if k in outcome}, 200))
+    essentials = {k: outcome[k] for k in ("runId", "stopReason", "steps", "error", "promotion") if k in outcome}
+    if fits(cut := _cut_strings(essentials, 200)):
+        return dumps(cut)
+    if "promotion" in essentials:  # the verdict before its detail: the operator maps it to the Promoted condition
+        essentials["promotion"] = {k: v for k, v in essentials["promotion"].items() if k != "checks"}
+    return dumps(_cut_strings(essentials, 200))
 
 
 def _cut_strings(value, n: int):

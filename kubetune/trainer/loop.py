@@ -20,7 +20,7 @@ import torch
 
 from kubetune.api import FineTuneJob, contract
 from kubetune.api.status import Reason
-from kubetune.trainer import flops, parallel
+from kubetune.trainer import flops, parallel, promotion
 from kubetune.trainer import dist as dist_
 from kubetune.trainer import evaluation as ev
 from kubetune.trainer.artifacts import ship, spec_hash
@@ -181,12 +181,47 @@ def run_test(run: Run, state: RunState) -> tuple[int, dict, dict, list]:
             constant = run.task.constant_baseline(run.train_rows, run.test) if run.labels else None
             tested = ev.report(scored, state.baseline_test, constant, run.labels.names if run.labels else ())
             tested["headline"] = ev.headline(tested, state.early.metric)
+            if run.job.spec.promotion is not None:  # the champion on the same rows, by rank 0 alone
+                state.challenge = promotion.challenge(run.job, run.store, tested, state.early.metric,
+                                                      lambda uri: (scored, score_champion(run, uri)))
             run.telemetry.test(tested)
         # Under FSDP every rank runs the error analysis's forwards (they gather shards); every rank holds the same
         # scores, so each picks the same worst examples.
         errors = run.task.errors(run.scorer, scored, run.test, ev.worst(scored), run.device, run.amp)
         parallel.reshard(run.model)
     return shipped, final, tested, errors
+
+
+def score_champion(run: Run, model_uri: str) -> ev.Scored:
+    """The destination's champion scored on this run's test rows: the same tokenised rows, the same scoring and
+    metric code as the run itself (the chunked loss's head is this run's model's, so the champion scores whole
+    logits: the same numbers)."""
+    from kubetune.trainer.model import load_model
+
+    if run.sharded:
+        raise promotion.NotComparable("scoring a champion in a sharded (FSDP) run is not supported yet")
+    job, pad = run.job, run.tok.pad_token_id
+    path = run.store.fetch(model_uri, "promotion champion")
+    if (path / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        source = job.spec.base_model.uri
+        kw = {}
+        if source.startswith("hf://"):
+            source, kw = source.removeprefix("hf://"), {"revision": job.spec.base_model.revision}
+        else:
+            source = str(run.store.fetch(source, "baseModel.uri"))
+        model = PeftModel.from_pretrained(load_model(job, source, kw, run.device, run.amp, pad, run.labels), path)
+        model.to(run.device)
+    else:
+        model = load_model(job, str(path), {}, run.device, run.amp, pad, run.labels)
+    task = run.task if run.labels else CausalLM(run.tok)
+    try:
+        return task.score(model, run.test, run.micro, pad, run.device, run.amp)
+    except (RuntimeError, ValueError) as exc:
+        raise promotion.NotComparable(f"the champion could not be scored on this run's rows: {exc}") from exc
+    finally:
+        del model
 
 
 def train(job: FineTuneJob, run_id: str, settings: TrainerSettings, on_log=None) -> dict:
@@ -200,6 +235,9 @@ def train(job: FineTuneJob, run_id: str, settings: TrainerSettings, on_log=None)
         if previous.get("specHash") != spec_hash(job):
             raise BadInput(f"output {join(job.spec.output.uri, run_id)} already holds a finished run of a different "
                            "spec; it is never overwritten: use a new run id or output.uri")
+        result = join(job.spec.output.uri, run_id, promotion.RESULT_FILE)
+        if job.spec.promotion is not None and store.exists(result, "output.uri"):
+            previous["promotion"] = json.loads(store.get_text(result))
         return previous  # the same run finished already: nothing to do, nothing overwritten
     run = setup(job, run_id, settings, on_log)
     sigterm_handler = signal.getsignal(signal.SIGTERM)  # train_steps catches SIGTERM; a caller gets its own back
@@ -208,6 +246,11 @@ def train(job: FineTuneJob, run_id: str, settings: TrainerSettings, on_log=None)
         train_steps(run, state)
         shipped, final, tested, errors = run_test(run, state)
         summary = ship(run, state, shipped, final, tested, errors)
+        if state.challenge is not None:  # after the run's own artifacts (rank 0): they are what gets copied
+            summary["promotion"] = promotion.conclude(state.challenge, job, run.store, run_id, summary["specHash"],
+                                                      run.run_uri)
+            run.telemetry.log("promotion", **{k: summary["promotion"].get(k) for k in ("verdict", "reason",
+                                                                                         "championRunId")})
         # The other ranks stay until rank 0 has tested and uploaded: under torchrun a job whose other workers
         # have exited is over (their agents leave, the pods complete) while rank 0 may still be uploading.
         run.dist.wait_for_main("testing and uploading the artifacts", settings.final_wait_minutes)

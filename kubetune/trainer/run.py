@@ -152,6 +152,8 @@ class RunState:
     tokens: int = 0
     baseline: dict = field(default_factory=dict)
     baseline_test: ev.Scored | None = None
+    challenge: object = None
+    """promotion.Challenge: the champion read, scored and judged after the test (not checkpointed)."""
     evals: dict[int, dict] = field(default_factory=dict)  # step -> validation metrics of the weights at that step
     stop_reason: str | None = None
 

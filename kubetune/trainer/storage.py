@@ -196,3 +196,91 @@ class Store:
         bucket = self._split(uri)[0]
         for obj in self.list(join(uri, "")):
             self._s3_call("delete", obj, lambda o=obj: self.s3.delete_object(Bucket=bucket, Key=self._split(o)[1]))
+
+    # --- Conditional writes and server-side copies (promotion.py) -------------------------------------------
+    def get_versioned(self, uri: str, what: str = "read") -> tuple[str | None, str | None]:
+        """The object's text and its version (S3: the ETag; file://: a hash of the content), or (None, None)
+        when there is no object: the version a conditional write (`put_text_if`) is made against."""
+        if uri.startswith("file://"):
+            path = Path(urlparse(uri).path)
+            if not path.is_file():
+                return None, None
+            data = path.read_bytes()
+            return data.decode(), hashlib.sha256(data).hexdigest()
+        from botocore.exceptions import ClientError
+
+        bucket, key = self._split(uri)
+
+        def get():
+            try:
+                response = self.s3.get_object(Bucket=bucket, Key=key)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                    return None, None
+                raise
+            return response["Body"].read().decode(), response["ETag"]
+
+        return self._s3_call(what, uri, get)
+
+    def put_text_if(self, text: str, uri: str, version: str | None, what: str = "conditional write") -> bool:
+        """Writes `text` only if the object is still at `version` (None: only if there is no object yet); False,
+        and nothing written, when another writer changed it first. S3: a conditional PUT (If-Match on the ETag,
+        If-None-Match: *), which S3 and MinIO decide atomically; file://: the same under an exclusive lock."""
+        if uri.startswith("file://"):
+            import fcntl
+
+            path = Path(urlparse(uri).path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path.with_name(path.name + ".lock"), "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                if self.get_versioned(uri)[1] != version:
+                    return False
+                part = path.with_name(path.name + ".part")
+                part.write_text(text)
+                part.replace(path)
+                return True
+        from botocore.exceptions import ClientError
+
+        bucket, key = self._split(uri)
+        condition = {"IfMatch": version} if version is not None else {"IfNoneMatch": "*"}
+
+        def put() -> bool:
+            try:
+                self.s3.put_object(Bucket=bucket, Key=key, Body=text.encode(), ContentType="application/json",
+                                   **condition)
+                return True
+            except ClientError as exc:
+                # 412: the condition failed; 409: a concurrent conditional write to the key won (S3 asks to retry,
+                # which would then fail the condition). 404 NoSuchKey: If-Match on an object deleted since.
+                if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412",
+                                                                  "ConditionalRequestConflict", "409", "NoSuchKey"):
+                    return False
+                raise
+
+        return self._s3_call(what, uri, put)
+
+    def copy_prefix(self, source: str, dest: str, skip: tuple[str, ...] = (), what: str = "copy") -> "list[str]":
+        """Copies every object under `source` to the same relative key under `dest`, server-side on S3 (managed
+        copy: multipart for large objects), skipping relative paths that start with one of `skip`. An object
+        already at the destination is never overwritten (a copy interrupted halfway is completed, not redone).
+        Returns the destination URIs."""
+        source, dest = join(source, ""), join(dest, "")
+        out = []
+        for obj in self.list(source, what):
+            rel = obj[len(source):]
+            if not rel or rel.startswith(skip):
+                continue
+            target = dest + rel
+            out.append(target)
+            if self.exists(target, what):
+                continue
+            if source.startswith("file://"):
+                path = Path(urlparse(target).path)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(urlparse(obj).path, path.with_name(path.name + ".part"))
+                path.with_name(path.name + ".part").replace(path)
+                continue
+            (sb, sk), (db, dk) = self._split(obj), self._split(target)
+            self._s3_call(what, obj, lambda sb=sb, sk=sk, db=db, dk=dk: self.s3.copy(
+                {"Bucket": sb, "Key": sk}, db, dk, Config=self._transfer()))
+        return out
