@@ -7,6 +7,7 @@ running reconcile ends, nothing new starts), and only then is the Lease handed t
 import functools
 import logging
 import os
+import signal
 import socket
 
 import kopf
@@ -20,6 +21,10 @@ from kubetune.operator.leader import Fence, LeaderElector
 from kubetune.operator.settings import OperatorSettings
 
 log = logging.getLogger("kubetune.operator")
+
+
+def _leave(*_) -> None:
+    raise SystemExit(0)  # inside kopf.run's try, the finally below still resigns and releases
 
 
 def main() -> None:
@@ -38,8 +43,17 @@ def main() -> None:
     if settings.metrics_port:
         prometheus_client.start_http_server(settings.metrics_port)
     if elector is not None:
-        if not elector.acquire():
+        # The operator is PID 1 in its container, and PID 1 gets no default action for SIGTERM: without a handler
+        # a standby ignored the kubelet's SIGTERM, kept trying for the Lease through its grace period and could
+        # lead while its pod was being deleted (an old pod in a rollout did). Until kopf installs its own
+        # handlers, SIGTERM or SIGINT ends the election, and once leading, the process.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: elector.stopped.set())
+        if not elector.acquire() or elector.stopped.is_set():
+            elector.release()
             return
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, _leave)
         # A deposed leader exits at once (it cannot renew within the renew deadline, shorter than the lease;
         # its fence closed by its own clock before that): the Deployment restarts it as a standby.
         elector.keep(on_lost=lambda: os._exit(1))

@@ -55,7 +55,8 @@ class Operators:
     lease: str = field(default_factory=lambda: f"kubetune-test-{secrets.token_hex(3)}")
     started: list[Operator] = field(default_factory=list)
 
-    def start(self, kubeconfig: Path | None = None, **env: str) -> Operator:
+    def start(self, kubeconfig: Path | None = None, wrap: tuple[str, ...] = (), **env: str) -> Operator:
+        """`wrap`: a command the operator runs under (e.g. `unshare` to make it PID 1, as in its container)."""
         identity = f"replica-{len(self.started)}"
         metrics_port, health_port = free_port(), free_port()
         log = self.tmp / f"operator-{identity}.log"
@@ -65,7 +66,7 @@ class Operators:
                     "POD_ANNOTATION_PREFIXES": "kwok.kubetune.io/", "TRAINER_IMAGE": "kubetune/trainer:test", **env}
         environment = dict(os.environ, KUBECONFIG=str(kubeconfig or self.cluster.operator_kubeconfig),
                            **{f"KUBETUNE_OPERATOR_{k}": v for k, v in settings.items()})
-        proc = subprocess.Popen([sys.executable, "-m", "kubetune.operator"], cwd=ROOT, env=environment,
+        proc = subprocess.Popen([*wrap, sys.executable, "-m", "kubetune.operator"], cwd=ROOT, env=environment,
                                 stdout=log.open("w"), stderr=subprocess.STDOUT)
         operator = Operator(proc, metrics_port, health_port, log, identity)
         self.started.append(operator)
