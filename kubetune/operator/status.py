@@ -142,6 +142,11 @@ def conditions(state: State, previous: list[Condition], generation: int | None, 
             (Reason.NOT_FINISHED, "the run has not finished"))),
         ConditionType.FAILED: unless(phase == "Failed", (Reason.AS_EXPECTED, "the run has not failed")),
     }
+    return settled(truth, previous, generation, now)
+
+
+def settled(truth: dict, previous: list[Condition], generation: int | None, now: datetime) -> list[Condition]:
+    """Conditions from {type: (holds, reason, message)}, FineTuneJob's and FineTuneSweep's alike."""
     before = {c.type: c for c in previous}
     out = []
     for kind, (holds, why, text) in truth.items():

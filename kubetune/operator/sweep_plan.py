@@ -25,6 +25,7 @@ from kubetune.api.sweep import (SWEEP_KIND, BestTrial, EvalPoint, FineTuneSweep,
                                 Parameter, SweepReason, Trial, TrialCounts, apply_params)
 from kubetune.operator.children import controlled_by, owner_reference
 from kubetune.operator.labels import ANNOTATION_PRUNED, ANNOTATION_TRIAL_PARAMS, LABEL_SWEEP, LABEL_TRIAL
+from kubetune.operator.status import settled
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 log = logging.getLogger("kubetune.operator")
@@ -343,12 +344,5 @@ def sweep_conditions(phase: str, reason: str, message: str, problem: str | None,
             (reason, message) if phase == "Failed" else (SweepReason.NOT_FINISHED, "trials are still to run"))),
         ConditionType.FAILED: unless(phase == "Failed", (SweepReason.AS_EXPECTED, "the sweep has not failed")),
     }
-    before = {c.type: c for c in previous}
-    out = []
-    for kind, (holds, why, text) in truth.items():
-        status = "True" if holds else "False"
-        old = before.get(kind)
-        since = old.last_transition_time if old and old.status == status else now
-        out.append(Condition(type=kind, status=status, reason=why, message=text[:1000],
-                             last_transition_time=since, observed_generation=generation))
-    return out
+    return settled({kind: (holds, why, text[:1000]) for kind, (holds, why, text) in truth.items()},
+                   previous, generation, now)

@@ -92,25 +92,18 @@ class Dist:
     def local_first(self, fn):
         """Runs `fn` on the node's local rank 0 first (a download into the node's cache), then on the others,
         which find the cached result. An error on local rank 0 still releases the others."""
-        if self.world == 1:
-            return fn()
-        if self.local_main:
-            try:
-                result = fn()
-            finally:
-                self.barrier()
-            return result
-        self.barrier()
-        return fn()
-
+        return self._first(fn, self.local_main)
 
     def main_first(self, fn):
         """Runs `fn` on rank 0 first (tokenizing the data, which it shares under the run's prefix), then on the
         other ranks, which find its result (in the node's cache, or downloaded from the shared prefix). An error
         on rank 0 still releases the others."""
+        return self._first(fn, self.main)
+
+    def _first(self, fn, leads: bool):
         if self.world == 1:
             return fn()
-        if self.main:
+        if leads:
             try:
                 result = fn()
             finally:
