@@ -97,27 +97,9 @@ class Controller:
 
     def reconcile_one(self, key: tuple[str, str], sample: dict | None) -> None:
         """One reconcile on a worker, with our error kinds (the status already says what went wrong)."""
-        if not self.may_act():
-            return  # a deposed or resigning leader does nothing
         namespace, name = key
-        try:
-            reconcile(self.kube, self.settings, namespace, name, sample=sample, source=IndexSource(self.indexes))
-            self.queue.forget(key)
-        except NotLeading:
-            return
-        except PermanentFailure as exc:
-            self.queue.forget(key)
-            log.info("%s/%s: %s (not retried until it changes)", namespace, name, exc)
-        except RetryLater as exc:
-            if exc.__cause__ is not None:  # an outage or overload: back off, at least by the delay asked for
-                self.queue.backoff(key, at_least=exc.delay)
-            else:  # a planned look (Kueue's admission, a Job still going): no failure
-                self.queue.forget(key)
-                self.queue.add(key, exc.delay)
-        except Exception:  # a bug or an outage: back off exponentially, as kopf would
-            delay = self.queue.backoff(key)
-            log.exception("reconciling %s/%s failed (%d in a row; again in %.0f s)", namespace, name,
-                          self.queue.failures(key), delay)
+        self._settle(self.queue, "", key, lambda: reconcile(
+            self.kube, self.settings, namespace, name, sample=sample, source=IndexSource(self.indexes)))
 
     def reconcile_sweep_one(self, key: tuple[str, str], _sample: dict | None) -> None:
         """One sweep reconcile, with the same error kinds as reconcile_one."""
@@ -125,27 +107,33 @@ class Controller:
         # memory and half a second of start-up (docs/operator-scale.md counts both).
         from kubetune.operator.sweep import reconcile_sweep
 
+        namespace, name = key
+        self._settle(self.sweeps, "sweep ", key, lambda: reconcile_sweep(
+            self.kube, namespace, name, self.settings.retry_delay_seconds))
+
+    def _settle(self, queue: WorkQueue, what: str, key: tuple[str, str], call) -> None:
+        """Runs one reconcile `call` and decides from its outcome when `key` is looked at again in `queue`."""
         if not self.may_act():
-            return
+            return  # a deposed or resigning leader does nothing
         namespace, name = key
         try:
-            reconcile_sweep(self.kube, namespace, name, self.settings.retry_delay_seconds)
-            self.sweeps.forget(key)
+            call()
+            queue.forget(key)
         except NotLeading:
             return
         except PermanentFailure as exc:
-            self.sweeps.forget(key)
-            log.info("sweep %s/%s: %s (not retried until it changes)", namespace, name, exc)
+            queue.forget(key)
+            log.info("%s%s/%s: %s (not retried until it changes)", what, namespace, name, exc)
         except RetryLater as exc:
-            if exc.__cause__ is not None:
-                self.sweeps.backoff(key, at_least=exc.delay)
-            else:
-                self.sweeps.forget(key)
-                self.sweeps.add(key, exc.delay)
-        except Exception:
-            delay = self.sweeps.backoff(key)
-            log.exception("reconciling sweep %s/%s failed (%d in a row; again in %.0f s)", namespace, name,
-                          self.sweeps.failures(key), delay)
+            if exc.__cause__ is not None:  # an outage or overload: back off, at least by the delay asked for
+                queue.backoff(key, at_least=exc.delay)
+            else:  # a planned look (Kueue's admission, a Job still going): no failure
+                queue.forget(key)
+                queue.add(key, exc.delay)
+        except Exception:  # a bug or an outage: back off exponentially, as kopf would
+            delay = queue.backoff(key)
+            log.exception("reconciling %s%s/%s failed (%d in a row; again in %.0f s)", what, namespace, name,
+                          queue.failures(key), delay)
 
     def stop(self, timeout: float) -> bool:
         """Before the Lease is handed over: no more ticks, relists or reconciles; waits for running ones."""
