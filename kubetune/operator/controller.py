@@ -93,7 +93,7 @@ class Controller:
             return
         sample = read_progress(source, self.settings, namespace, name, status)
         if sample is not None or resync_due(namespace, name, self.settings.resync_seconds):
-            self.queue.add((namespace, name), sample=sample)
+            self.queue.add((namespace, name), sample=sample, background=True)
 
     def reconcile_one(self, key: tuple[str, str], sample: dict | None) -> None:
         """One reconcile on a worker, with our error kinds (the status already says what went wrong)."""

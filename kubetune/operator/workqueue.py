@@ -7,6 +7,10 @@
   the next requeue itself (level-based: it sees whatever the earlier one wanted to look at again).
 - Failures back off exponentially per object until a reconcile succeeds (`forget`); an event that brings the
   object back in the meantime does not reset the count.
+- Changes go before progress: keys queued `background` (the ticker's samples and resyncs, ~one per running job
+  every interval) wait in a line of their own, served one take in SAMPLE_SHARE while changes wait, so a Pod or
+  Job change does not queue behind a thousand samples; an event lifts a waiting sample into the changes' line.
+  controller-runtime's priority queue does the same for resyncs and initial lists.
 - Everything runs on `Workers`, a fixed number of threads: nothing reconciles outside the bound, and
   `Workers.stop` ends it all (a leader does that before it hands the Lease over).
 
@@ -23,13 +27,18 @@ from collections.abc import Callable, Hashable
 log = logging.getLogger("kubetune.workqueue")
 
 
+CHANGE, SAMPLE = "change", "sample"
+
+
 class WorkQueue:
+    SAMPLE_SHARE = 5
     def __init__(self, clock: Callable[[], float] = time.monotonic, base_delay: float = 5.0,
                  max_delay: float = 300.0):
         self.clock, self.base_delay, self.max_delay = clock, base_delay, max_delay
         self._cond = threading.Condition()
-        self._ready: deque = deque()  # due, in order
-        self._queued: set = set()  # due (in _ready, or waiting for its running reconcile to end)
+        self._lines = {CHANGE: deque(), SAMPLE: deque()}  # due keys in order; entries not in _queued are stale
+        self._queued: dict = {}  # due key -> its line (CHANGE or SAMPLE); may wait for its running reconcile
+        self._takes = 0
         self._processing: set = set()
         self._deadlines: dict = {}  # key -> earliest requeue time
         self._heap: list = []  # (time, seq, key); entries no longer in _deadlines are stale
@@ -39,15 +48,16 @@ class WorkQueue:
         self.closed = False
 
     # --- adding ---------------------------------------------------------------------------------------------
-    def add(self, key: Hashable, delay: float = 0.0, sample: dict | None = None) -> None:
-        """Reconcile `key` now (delay 0) or after `delay` seconds, whichever comes first with what is pending."""
+    def add(self, key: Hashable, delay: float = 0.0, sample: dict | None = None, background: bool = False) -> None:
+        """Reconcile `key` now (delay 0) or after `delay` seconds, whichever comes first with what is pending;
+        `background` work (progress, resyncs) yields to changes."""
         with self._cond:
             if self.closed:
                 return
             if sample is not None:
                 self._samples[key] = sample
             if delay <= 0:
-                self._make_due(key)
+                self._make_due(key, SAMPLE if background else CHANGE)
                 return
             at = self.clock() + delay
             if self._deadlines.get(key, float("inf")) <= at:
@@ -94,14 +104,15 @@ class WorkQueue:
         with self._cond:
             self._processing.discard(key)
             if key in self._queued and not self.closed:
-                self._ready.append(key)
+                self._lines[self._queued[key]].append(key)
                 self._cond.notify()
 
     def shut_down(self) -> None:
         """Drops everything pending; get() returns None to every worker, add() does nothing from now on."""
         with self._cond:
             self.closed = True
-            self._ready.clear(), self._queued.clear(), self._heap.clear(), self._deadlines.clear()
+            self._lines[CHANGE].clear(), self._lines[SAMPLE].clear(), self._queued.clear()
+            self._heap.clear(), self._deadlines.clear()
             self._samples.clear(), self._failures.clear()
             self._cond.notify_all()
 
@@ -115,12 +126,12 @@ class WorkQueue:
             return self._deadlines.get(key)
 
     # --- internals (under the lock) -------------------------------------------------------------------------
-    def _make_due(self, key) -> None:
-        if key in self._queued:
-            return
-        self._queued.add(key)
+    def _make_due(self, key, line: str) -> None:
+        if self._queued.get(key) in (CHANGE, line):
+            return  # already due, in this line or a faster one
+        self._queued[key] = line  # new, or a waiting sample lifted to a change (its old entry turns stale)
         if key not in self._processing:
-            self._ready.append(key)
+            self._lines[line].append(key)
             self._cond.notify()
 
     def _promote(self) -> None:
@@ -129,14 +140,24 @@ class WorkQueue:
             at, _, key = heapq.heappop(self._heap)
             if self._deadlines.get(key) == at:
                 del self._deadlines[key]
-                self._make_due(key)
+                self._make_due(key, CHANGE)
+
+    def _front(self, line: str):
+        """The first key of `line` that may be taken now, dropping stale entries before it."""
+        entries = self._lines[line]
+        while entries and (self._queued.get(entries[0]) != line or entries[0] in self._processing):
+            entries.popleft()
+        return entries[0] if entries else None
 
     def _take(self):
         self._promote()
-        if not self._ready:
+        change, sample = self._front(CHANGE), self._front(SAMPLE)
+        if change is None and sample is None:
             return None
-        key = self._ready.popleft()
-        self._queued.discard(key)
+        self._takes += 1
+        line = SAMPLE if change is None or (sample is not None and self._takes % self.SAMPLE_SHARE == 0) else CHANGE
+        key = self._lines[line].popleft()
+        del self._queued[key]
         self._processing.add(key)
         self._deadlines.pop(key, None)  # this reconcile decides the next requeue
         return key, self._samples.pop(key, None)
