@@ -85,6 +85,8 @@ def reconcile_sweep(kube: Kube, namespace: str, name: str, retry_delay_seconds: 
         reason = next(c.reason for c in status.conditions if c.type == "Succeeded")
         message = next(c.message for c in status.conditions if c.type == "Succeeded")
         events.append(("Normal" if status.phase == "Succeeded" else "Warning", reason, message))
+        if status.promotion_candidate is not None:
+            events.append(("Normal", SweepReason.PROMOTION_CANDIDATE, status.promotion_candidate.message))
     for type_, reason, message in events:  # only after the status write succeeded
         kube.post_event(obj, type_, reason, message, COMPONENT)
     if problem is not None:

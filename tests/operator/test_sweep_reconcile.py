@@ -164,3 +164,21 @@ def test_an_operator_without_sweeps_does_not_load_optuna():
     code = "import sys, kubetune.operator.__main__; assert 'optuna' not in sys.modules, 'optuna loaded at start'"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_a_gated_sweep_posts_its_promotion_candidate_after_completed():
+    kube = MemoryKube(sweep({"spec": {"maxTrials": 2, "objective": {"dataset": "test"}, "template": {"spec": {
+        "dataset": {"test": "s3://data/test.jsonl"}, "evaluation": {"baseline": True},
+        "promotion": {"destination": "s3://models/bot/"}}}}}))
+    reconcile_sweep(kube, "ml", "sweep")
+    assert all("promotion" not in kube.objects[("FineTuneJob", n)]["spec"] for n in kube.trials())
+    for n, loss in (("sweep-t0", 1.3), ("sweep-t1", 1.1)):
+        kube.objects[("FineTuneJob", n)]["status"] = {
+            "phase": "Succeeded", "runId": f"g1-{n}",
+            "metrics": {"test": {"loss": loss, "lossLow": loss - 0.05, "lossHigh": loss + 0.05}}}
+    kube.log.clear()
+    status = reconcile_sweep(kube, "ml", "sweep")
+    assert status.promotion_candidate.trial == "sweep-t1" and status.promotion_candidate.clear_winner is True
+    assert status.promotion_candidate.run_id == "g1-sweep-t1"
+    events = [e[1] for e in kube.log if e[0] == "event"]
+    assert events == ["Completed", "PromotionCandidate"]
