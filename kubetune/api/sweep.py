@@ -297,7 +297,8 @@ SweepPhase = Literal["Running", "Succeeded", "Failed"]
 
 class EvalPoint(APIModel):
     step: int = Field(ge=0)
-    """The optimizer step the eval loss was seen at (the trial's progress when the operator read it)."""
+    """The step of the evaluation that produced the loss: the trial's progress when the operator read it, rounded
+    down to the trainer's evaluation steps (evaluation.everySteps, else a tenth of the run, and the last step)."""
     value: float
     """The eval loss."""
 

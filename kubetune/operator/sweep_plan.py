@@ -147,14 +147,30 @@ def phase_of(obj: dict) -> tuple[str, str | None]:
     return "Pending", reason
 
 
-def eval_history(previous: list[EvalPoint], status: dict) -> list[EvalPoint]:
-    """The recorded eval losses plus the one the trial's status shows now, when it is new (a new value: the
-    status keeps the latest eval loss, and the step is the trial's progress when the operator saw it)."""
+def eval_step(step: int, spec: dict, status: dict) -> int:
+    """The step of the evaluation whose loss the status shows at progress `step`: the trainer evaluates every
+    evaluation.everySteps steps (unset: a tenth of the run) and at the last step, so the latest evaluation is the
+    last multiple at or before `step`. Optuna's pruners compare trials at equal steps; the step the operator
+    happened to read differs from trial to trial, the evaluation's does not. Without the run's length (an
+    unset everySteps and no totalSteps yet) the step read is kept."""
+    total = (status.get("progress") or {}).get("totalSteps")
+    every = ((spec.get("evaluation") or {}).get("everySteps")
+             or (max(1, total // 10) if isinstance(total, int) and total > 0 else None))
+    if isinstance(total, int) and total > 0 and step >= total:
+        return total
+    return (step // every) * every if isinstance(every, int) and every > 0 else step
+
+
+def eval_history(previous: list[EvalPoint], status: dict, spec: dict | None = None) -> list[EvalPoint]:
+    """The recorded eval losses plus the one the trial's status shows now, when it is new (a new value), at the
+    step of the evaluation that produced it (eval_step)."""
     points = list(previous)
     loss = (status.get("metrics") or {}).get("evalLoss")
     step = (status.get("progress") or {}).get("step")
-    if _number(loss) and isinstance(step, int) and (not points or (points[-1].value != loss
-                                                                    and step > points[-1].step)):
+    if not (_number(loss) and isinstance(step, int)):
+        return points[-MAX_EVAL_POINTS:]
+    step = eval_step(step, spec or {}, status)
+    if not points or (points[-1].value != loss and step > points[-1].step):
         points.append(EvalPoint(step=step, value=float(loss)))
     return points[-MAX_EVAL_POINTS:]
 
@@ -223,7 +239,7 @@ def plan(sweep: FineTuneSweep, observed: list[dict], now: datetime) -> SweepPlan
         phase, reason = phase_of(obj)
         status = obj.get("status") or {}
         objective, interval, own = objective_of(sweep, status) if phase == "Succeeded" else (None, None, None)
-        history = eval_history(before.eval_losses if before else [], status)
+        history = eval_history(before.eval_losses if before else [], status, obj.get("spec") or {})
         trials.append(Trial(name=obj["metadata"]["name"], number=number, params=params, phase=phase, reason=reason,
                             objective=objective, interval=interval, own_interval=own,
                             run_id=status.get("runId") or (before.run_id if before else None),
