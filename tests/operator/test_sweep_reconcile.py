@@ -3,6 +3,7 @@ order, and how a refusal, a conflict or an invalid sweep shows on the status."""
 import copy
 
 import pytest
+from prometheus_client import REGISTRY
 
 from kubetune.operator.errors import ApiError, PermanentFailure, RetryLater
 from kubetune.operator.labels import ANNOTATION_PRUNED, LABEL_SWEEP
@@ -108,7 +109,10 @@ def test_pruning_patches_the_trial_before_the_status():
     kube.objects[("FineTuneJob", "sweep-t1")]["status"] = {"phase": "Running", "metrics": {"evalLoss": 5.0},
                                                           "progress": {"step": 10}}
     kube.log.clear()
+    pruned_before = REGISTRY.get_sample_value("kubetune_operator_sweep_trials_pruned_total", {"namespace": "ml"})
     status = reconcile_sweep(kube, "ml", "sweep")
+    assert REGISTRY.get_sample_value("kubetune_operator_sweep_trials_pruned_total", {"namespace": "ml"}) == \
+        (pruned_before or 0) + 1
     assert [e[:2] for e in kube.log if e[0] == "patch"] == [("patch", "sweep-t1")]
     assert kube.objects[("FineTuneJob", "sweep-t1")]["metadata"]["annotations"][ANNOTATION_PRUNED] == "true"
     assert kube.objects[("FineTuneJob", "sweep-t1")]["spec"]["suspend"] is True
