@@ -168,3 +168,63 @@ def test_no_candidate_while_trials_run_or_without_a_gate():
     _, done = world_after(make_sweep(ungated), [finish, finish, lambda o: None])
     assert done.status.phase == "Succeeded" and done.status.best.name == "sweep-t2"
     assert done.status.promotion_candidate is None
+
+
+# Eval losses at steps 60..300 and test losses of the tiny model per learning rate, measured with the in-process
+# trainer (tests/e2e/test_sweep_pruning.py's spec).
+CURVES = {3e-3: ([4.700, 4.511, 4.458, 4.446, 4.443], 4.453), 1e-3: ([5.053, 4.717, 4.612, 4.573, 4.569], 4.594),
+          1e-6: ([5.730, 5.729, 5.729, 5.729, 5.729], 5.701), 3e-7: ([5.731, 5.730, 5.730, 5.730, 5.730], 5.702)}
+
+
+@pytest.mark.parametrize("uid, first", [
+    ("00000000", 1e-6), ("15555555", 3e-3), ("7ffffffe", 1e-6), ("95555553", 3e-7), ("bffffffd", 3e-3),
+    ("eaaaaaa7", 1e-3), ("fffffffc", 1e-3)])
+def test_the_real_node_pruning_sweep_on_measured_curves(uid, first):
+    """tests/e2e/test_sweep_pruning.py's sweep played through the planner with the measured curves, each loss read a
+    few steps after its evaluation (a different lag per trial): whatever the grid's order, every trial ends, some
+    are pruned, the best is the lowest test loss of the finished ones; when 1e-3 runs first (the order the e2e
+    test picks), exactly the two that learn nothing are pruned, at their first evaluation after the warm-up.
+    With each loss filed under the step it was read at, no order prunes anything (every case fails)."""
+    from kubetune.api.sweep import FineTuneSweep
+    from kubetune.testing import sweep_manifest
+
+    doc = sweep_manifest({"spec": {
+        "searchSpace": [{"path": "hyperparameters.learningRate", "values": list(CURVES)}], "parallelism": 1,
+        "objective": {"dataset": "test"}, "pruning": {"type": "median", "startupTrials": 1, "warmupSteps": 60},
+        "template": {"spec": {"dataset": {"test": "s3://data/test.jsonl"}, "evaluation": {"everySteps": 60},
+                              "hyperparameters": {"maxSteps": 300}}}}})
+    doc["metadata"].update(namespace="ml", uid=f"{uid}-0000-4000-8000-000000000000", generation=1)
+    sweep, observed, order = FineTuneSweep.model_validate(doc), [], []
+    for _ in range(40):
+        p = plan(sweep, observed, NOW)
+        observed += [dict(m, status={}) for m in p.create]
+        order += [m["spec"]["hyperparameters"]["learningRate"] for m in p.create]
+        for name, _ in p.prune:
+            obj = next(o for o in observed if o["metadata"]["name"] == name)
+            obj["metadata"]["annotations"]["kubetune.io/pruned"] = "true"
+        sweep = sweep.model_copy(update={"status": p.status})
+        if p.status.phase != "Running":
+            break
+        for obj in observed:  # the running trial's next evaluation, read a few steps after it
+            if obj["status"].get("phase") in ("Succeeded",) or obj["metadata"]["annotations"].get(
+                    "kubetune.io/pruned"):
+                continue
+            losses, test = CURVES[obj["spec"]["hyperparameters"]["learningRate"]]
+            seen = obj["status"].get("progress", {}).get("step", 0) // 60
+            if seen < len(losses):
+                late = 3 + 4 * int(obj["metadata"]["labels"]["kubetune.io/trial"])  # each trial read at its own lag
+                obj["status"] = {"phase": "Running", "progress": {"step": 60 * (seen + 1) + late, "totalSteps": 300},
+                                 "metrics": {"evalLoss": losses[seen]}}
+            else:
+                obj["status"] = {"phase": "Succeeded", "progress": {"step": 300, "totalSteps": 300},
+                                 "metrics": {"test": {"loss": test}, "evalLoss": losses[-1]}}
+    status = sweep.status
+    assert order[0] == first  # the grid's order, fixed by the uid (GridSampler's seed)
+    assert status.phase == "Succeeded" and len(status.trials) == 4
+    assert any(t.phase == "Pruned" for t in status.trials)
+    finished = {t.params["hyperparameters.learningRate"]: t for t in status.trials if t.phase == "Succeeded"}
+    assert status.best.name == finished[min(finished, key=lambda lr: CURVES[lr][1])].name
+    if order[0] == 1e-3:
+        pruned = {t.params["hyperparameters.learningRate"]: t for t in status.trials if t.phase == "Pruned"}
+        assert set(pruned) == {1e-6, 3e-7} and set(finished) == {3e-3, 1e-3}
+        assert all([e.step for e in t.eval_losses] == [60] for t in pruned.values())
