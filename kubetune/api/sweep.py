@@ -65,6 +65,8 @@ class SweepReason:
     """The API server refused a trial for now (403: quota, policy); retried."""
     TRIAL_CREATED = "TrialCreated"
     """Event: a trial FineTuneJob was created."""
+    PROMOTION_CANDIDATE = "PromotionCandidate"
+    """Event: the sweep ended and its template has a promotion gate; the best trial is offered for promotion."""
     TRIAL_PRUNED = "TrialPruned"
     """Event, and a trial's reason: its live eval loss was worse than the pruner allows; it was suspended."""
 
@@ -295,17 +297,24 @@ SweepPhase = Literal["Running", "Succeeded", "Failed"]
 
 class EvalPoint(APIModel):
     step: int = Field(ge=0)
-    """The optimizer step the eval loss was seen at (the trial's progress when the operator read it)."""
+    """The step of the evaluation that produced the loss: the trial's progress when the operator read it, rounded
+    down to the trainer's evaluation steps (evaluation.everySteps, else a tenth of the run, and the last step)."""
     value: float
     """The eval loss."""
 
 
 class Interval(APIModel):
-    """The objective's 95% interval: the trainer's paired-bootstrap interval of the difference against the
-    untouched base model on the same test set, added to the base model's value (every trial shares it)."""
+    """The objective's 95% interval on the test set, on the objective's scale. basis pairedWithBaseModel: the
+    trainer's paired-bootstrap interval of (trial - base model) added to the base model's value, which every
+    trial of the sweep shares; ownBootstrap: the percentile-bootstrap interval of the trial's own test metric."""
 
     low: float
     high: float
+    basis: Literal["pairedWithBaseModel", "ownBootstrap"] | None = None
+    """Which interval it is; two trials are compared on one basis only."""
+    baseline: float | None = None
+    """pairedWithBaseModel: the base model's test value the interval is relative to (trials are compared on
+    this basis only when they share it)."""
 
 
 class Trial(APIModel):
@@ -322,7 +331,17 @@ class Trial(APIModel):
     objective: float | None = None
     """The objective's value, once the trial reports it."""
     interval: Interval | None = None
-    """The objective's 95% interval, when the trainer compared against the base model on the test set."""
+    """The objective's 95% interval (a test objective: from the trainer's bootstrap; none for validation)."""
+    own_interval: Interval | None = None
+    """With a pairedWithBaseModel interval: the trial's own test interval too, to compare it with a trial that has
+    no paired one."""
+    run_id: str | None = None
+    """The trial FineTuneJob's status.runId: its artifacts are under output.uri/<runId>/."""
+    rank: int | None = Field(None, ge=1)
+    """1 for the best objective, by its value (ties: the earlier trial); none without an objective."""
+    indistinguishable_from_best: bool | None = None
+    """The trial's interval overlaps the best trial's, so the data do not show that the best is better (the
+    best itself: true); false: the best is better beyond noise; none: no interval to judge by."""
     pruned: bool = False
     """Stopped early on its eval loss."""
     eval_losses: list[EvalPoint] = Field(default_factory=list, max_length=200)
@@ -336,6 +355,31 @@ class BestTrial(APIModel):
     """Its objective."""
     params: dict[str, Any] = Field(json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
     """Its searched values."""
+    interval: Interval | None = None
+    """Its objective's 95% interval, on the basis the trials were compared on."""
+    indistinguishable: list[str] = Field(default_factory=list, max_length=MAX_TRIALS)
+    """The other finished trials whose intervals overlap the best's: not shown to be worse (docs/sweeps.md)."""
+    comparison: Literal["intervalOverlap", "none"] = "none"
+    """intervalOverlap: trials were compared by the overlap of their 95% intervals, a conservative test (two
+    intervals apart means a real difference; overlapping ones may still differ); none: the objective has no
+    intervals (a validation objective, or no bootstrap), so the ranking is by value only."""
+
+
+class PromotionCandidate(APIModel):
+    """The one trial offered for promotion, when the template has spec.promotion: trials run without it (none of
+    them writes to the destination), and the sweep names the best once every trial has ended."""
+
+    trial: str
+    """The best trial's FineTuneJob."""
+    run_id: str | None = None
+    """Its run (the files under the template's output.uri/<runId>/): the runId a promotion override names."""
+    destination: str
+    """The template's spec.promotion.destination."""
+    clear_winner: bool | None = None
+    """true: its interval is apart from every other finished trial's; false: some are indistinguishable from it
+    (status.best.indistinguishable); none: no intervals to compare."""
+    message: str = ""
+    """What to do next, in words."""
 
 
 class TrialCounts(APIModel):
@@ -363,7 +407,9 @@ class FineTuneSweepStatus(APIModel):
     trials: list[Trial] = Field(default_factory=list, max_length=MAX_TRIALS)
     """Every trial, in creation order."""
     best: BestTrial | None = None
-    """The trial with the best objective so far."""
+    """The trial with the best objective so far, and the trials indistinguishable from it."""
+    promotion_candidate: PromotionCandidate | None = None
+    """With template.spec.promotion: the best trial, once every trial has ended (docs/sweeps.md)."""
     counts: TrialCounts | None = None
     """How many trials are where."""
     start_time: datetime | None = None

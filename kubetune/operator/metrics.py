@@ -198,3 +198,55 @@ def observe(namespace: str, name: str, prior: FineTuneJobStatus | None, status: 
         waited = _seconds_since(created, datetime.fromisoformat(start.replace("Z", "+00:00")) if start else now)
         if waited is not None:
             QUEUE_WAIT.observe(max(waited, 0.0))
+
+
+# --- Sweeps ------------------------------------------------------------------------------------------------
+
+SWEEP_TRIALS = Gauge("kubetune_operator_sweep_trials", "Trials of each FineTuneSweep by phase",
+                     ["namespace", "finetunesweep", "phase"])
+SWEEP_TRIAL_OBJECTIVE = Gauge(
+    "kubetune_operator_sweep_trial_objective",
+    "Each finished trial's objective (bound value) and its 95% interval (low, high); vs_best: best, "
+    "indistinguishable (intervals overlap), worse (apart) or unknown (no interval)",
+    ["namespace", "finetunesweep", "trial", "bound", "vs_best"])
+SWEEP_TRIALS_PRUNED = Counter("kubetune_operator_sweep_trials_pruned_total",
+                              "Trials the operator pruned (suspended on their live eval loss)", ["namespace"])
+TRIAL_PHASES = ("Pending", "Running", "Succeeded", "Failed", "Pruned")
+_sweep_series: dict[tuple[str, str], set[tuple[str, str, str]]] = {}  # -> (trial, bound, vs_best) exported
+
+
+def observe_sweep(namespace: str, name: str, status) -> None:
+    """The sweep's trials by phase and each scored trial's objective with its interval, as its status says
+    (`status`: a FineTuneSweepStatus)."""
+    counts = {phase: 0 for phase in TRIAL_PHASES}
+    series: dict[tuple[str, str, str], float] = {}
+    best = status.best.name if status.best else None
+    for t in status.trials:
+        counts[t.phase] = counts.get(t.phase, 0) + 1
+        if t.objective is None or t.rank is None:
+            continue
+        vs = ("best" if t.name == best else "unknown" if t.indistinguishable_from_best is None
+              else "indistinguishable" if t.indistinguishable_from_best else "worse")
+        series[(t.name, "value", vs)] = t.objective
+        if t.interval is not None:
+            series[(t.name, "low", vs)], series[(t.name, "high", vs)] = t.interval.low, t.interval.high
+    with _lock:
+        for phase, n in counts.items():
+            SWEEP_TRIALS.labels(namespace, name, phase).set(n)
+        SWEEP_TRIALS_PRUNED.labels(namespace)  # exported at 0 from the first sweep, so increase() sees the first
+        for gone in _sweep_series.get((namespace, name), set()) - set(series):
+            SWEEP_TRIAL_OBJECTIVE.remove(namespace, name, *gone)
+        for labels, value in series.items():
+            SWEEP_TRIAL_OBJECTIVE.labels(namespace, name, *labels).set(value)
+        _sweep_series[(namespace, name)] = set(series)
+
+
+def forget_sweep(namespace: str, name: str) -> None:
+    with _lock:
+        for labels in _sweep_series.pop((namespace, name), set()):
+            SWEEP_TRIAL_OBJECTIVE.remove(namespace, name, *labels)
+        for phase in TRIAL_PHASES:
+            try:
+                SWEEP_TRIALS.remove(namespace, name, phase)
+            except KeyError:
+                pass

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from kubetune.api.sweep import SWEEP_KIND, FineTuneSweepStatus, SweepReason
 from kubetune.api.validate import validate_manifest
+from kubetune.operator import metrics
 from kubetune.operator.children import controlled_by
 from kubetune.operator.errors import (TRANSIENT_DELAY_SECONDS, ApiError, PermanentFailure, RetryLater,
                                        api_message, is_transient)
@@ -32,6 +33,7 @@ def reconcile_sweep(kube: Kube, namespace: str, name: str, retry_delay_seconds: 
                     ) -> FineTuneSweepStatus | None:
     obj = kube.read(SWEEP_KIND, namespace, name)
     if obj is None or obj["metadata"].get("deletionTimestamp"):
+        metrics.forget_sweep(namespace, name)
         return None  # owner references take the trials away
     obj["metadata"].pop("managedFields", None)
     sweep, errors = validate_manifest(obj, SWEEP_KIND)
@@ -72,6 +74,8 @@ def reconcile_sweep(kube: Kube, namespace: str, name: str, retry_delay_seconds: 
             if exc.status != 404:
                 raise RetryLater(f"prune FineTuneJob {trial}: {api_message(exc)}", delay=TRANSIENT_DELAY_SECONDS) \
                     from exc
+        else:
+            metrics.SWEEP_TRIALS_PRUNED.labels(namespace).inc()
     if problem is not None:
         reason, message = problem
         kind = "permanent" if reason == SweepReason.CHILD_REJECTED else "retry"
@@ -81,10 +85,13 @@ def reconcile_sweep(kube: Kube, namespace: str, name: str, retry_delay_seconds: 
         problem = (SweepReason.CHILD_CONFLICT, p.conflict)
     before = prior_status(obj).phase
     write_status(kube, obj, status)
+    metrics.observe_sweep(namespace, name, status)
     if status.phase != before and status.phase in ("Succeeded", "Failed"):
         reason = next(c.reason for c in status.conditions if c.type == "Succeeded")
         message = next(c.message for c in status.conditions if c.type == "Succeeded")
         events.append(("Normal" if status.phase == "Succeeded" else "Warning", reason, message))
+        if status.promotion_candidate is not None:
+            events.append(("Normal", SweepReason.PROMOTION_CANDIDATE, status.promotion_candidate.message))
     for type_, reason, message in events:  # only after the status write succeeded
         kube.post_event(obj, type_, reason, message, COMPONENT)
     if problem is not None:

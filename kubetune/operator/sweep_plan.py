@@ -22,10 +22,11 @@ from kubetune.api.job import API_VERSION, KIND
 from kubetune.api.spec import FineTuneJobSpec
 from kubetune.api.status import Condition, ConditionType
 from kubetune.api.sweep import (SWEEP_KIND, BestTrial, EvalPoint, FineTuneSweep, FineTuneSweepStatus, Interval,
-                                Parameter, SweepReason, Trial, TrialCounts, apply_params)
+                                Parameter, PromotionCandidate, SweepReason, Trial, TrialCounts, apply_params)
 from kubetune.operator.children import controlled_by, owner_reference
 from kubetune.operator.labels import ANNOTATION_PRUNED, ANNOTATION_TRIAL_PARAMS, LABEL_SWEEP, LABEL_TRIAL
 from kubetune.operator.status import settled
+from kubetune.operator.sweep_rank import rank
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 log = logging.getLogger("kubetune.operator")
@@ -103,22 +104,32 @@ def params_of(obj: dict) -> dict | None:
     return params if isinstance(params, dict) else None
 
 
-def objective_of(sweep: FineTuneSweep, status: dict) -> tuple[float | None, Interval | None]:
-    """The trial's objective (and its interval) from its FineTuneJob's status."""
+def objective_of(sweep: FineTuneSweep, status: dict) -> tuple[float | None, Interval | None, Interval | None]:
+    """The trial's objective, its 95% interval (paired with the base model when the trainer compared the
+    objective's metric against it, else the metric's own bootstrap interval) and, beside a paired one, the own
+    interval, from its FineTuneJob's status. A validation objective has no interval."""
     objective, metrics = sweep.spec.objective, status.get("metrics") or {}
     if objective.dataset == "test":
-        value = (metrics.get("test") or {}).get(objective.metric)
-        interval = None
+        test, m = metrics.get("test") or {}, objective.metric
+        value = test.get(m)
+        own = None
+        if _number(test.get(f"{m}Low")) and _number(test.get(f"{m}High")):
+            own = Interval(low=float(test[f"{m}Low"]), high=float(test[f"{m}High"]), basis="ownBootstrap")
+        paired = None
         for c in metrics.get("comparisons") or []:
-            if c.get("against") == "baseModel" and c.get("metric") == objective.metric:
-                interval = Interval(low=c["baseline"] + c["low"], high=c["baseline"] + c["high"])
-        return (float(value) if _number(value) else None), interval
+            if c.get("against") == "baseModel" and c.get("metric") == m and all(
+                    _number(c.get(k)) for k in ("baseline", "low", "high")):
+                paired = Interval(low=c["baseline"] + c["low"], high=c["baseline"] + c["high"],
+                                  basis="pairedWithBaseModel", baseline=float(c["baseline"]))
+        if not _number(value):
+            return None, None, None
+        return float(value), (paired or own), (own if paired is not None else None)
     best = metrics.get("best") or {}
     if best.get("name") == objective.metric and _number(best.get("value")):
-        return float(best["value"]), None
+        return float(best["value"]), None, None
     if objective.metric == "loss" and _number(metrics.get("evalLoss")):
-        return float(metrics["evalLoss"]), None
-    return None, None
+        return float(metrics["evalLoss"]), None, None
+    return None, None, None
 
 
 def _number(value) -> bool:
@@ -136,14 +147,30 @@ def phase_of(obj: dict) -> tuple[str, str | None]:
     return "Pending", reason
 
 
-def eval_history(previous: list[EvalPoint], status: dict) -> list[EvalPoint]:
-    """The recorded eval losses plus the one the trial's status shows now, when it is new (a new value: the
-    status keeps the latest eval loss, and the step is the trial's progress when the operator saw it)."""
+def eval_step(step: int, spec: dict, status: dict) -> int:
+    """The step of the evaluation whose loss the status shows at progress `step`: the trainer evaluates every
+    evaluation.everySteps steps (unset: a tenth of the run) and at the last step, so the latest evaluation is the
+    last multiple at or before `step`. Optuna's pruners compare trials at equal steps; the step the operator
+    happened to read differs from trial to trial, the evaluation's does not. Without the run's length (an
+    unset everySteps and no totalSteps yet) the step read is kept."""
+    total = (status.get("progress") or {}).get("totalSteps")
+    every = ((spec.get("evaluation") or {}).get("everySteps")
+             or (max(1, total // 10) if isinstance(total, int) and total > 0 else None))
+    if isinstance(total, int) and total > 0 and step >= total:
+        return total
+    return (step // every) * every if isinstance(every, int) and every > 0 else step
+
+
+def eval_history(previous: list[EvalPoint], status: dict, spec: dict | None = None) -> list[EvalPoint]:
+    """The recorded eval losses plus the one the trial's status shows now, when it is new (a new value), at the
+    step of the evaluation that produced it (eval_step)."""
     points = list(previous)
     loss = (status.get("metrics") or {}).get("evalLoss")
     step = (status.get("progress") or {}).get("step")
-    if _number(loss) and isinstance(step, int) and (not points or (points[-1].value != loss
-                                                                    and step > points[-1].step)):
+    if not (_number(loss) and isinstance(step, int)):
+        return points[-MAX_EVAL_POINTS:]
+    step = eval_step(step, spec or {}, status)
+    if not points or (points[-1].value != loss and step > points[-1].step):
         points.append(EvalPoint(step=step, value=float(loss)))
     return points[-MAX_EVAL_POINTS:]
 
@@ -158,7 +185,9 @@ def trial_manifest(sweep: FineTuneSweep, number: int, params: dict) -> tuple[dic
     labels = {**(template.metadata.labels or {}), LABEL_SWEEP: meta.name, LABEL_TRIAL: str(number)}
     annotations = {**(template.metadata.annotations or {}),
                    ANNOTATION_TRIAL_PARAMS: json.dumps(params, sort_keys=True)}
-    spec, problem = apply_params(template.spec.to_wire(), params), None
+    # No trial runs the template's promotion gate: each would promote itself to the one destination. The sweep
+    # offers its best trial instead (status.promotionCandidate).
+    spec, problem = apply_params({k: v for k, v in template.spec.to_wire().items() if k != "promotion"}, params), None
     try:
         spec = FineTuneJobSpec.model_validate(spec).to_wire()
     except (ValidationError, KeyError, TypeError) as exc:
@@ -209,11 +238,12 @@ def plan(sweep: FineTuneSweep, observed: list[dict], now: datetime) -> SweepPlan
             params = before.params if before is not None else {}
         phase, reason = phase_of(obj)
         status = obj.get("status") or {}
-        objective, interval = objective_of(sweep, status) if phase == "Succeeded" else (None, None)
-        history = eval_history(before.eval_losses if before else [], status)
+        objective, interval, own = objective_of(sweep, status) if phase == "Succeeded" else (None, None, None)
+        history = eval_history(before.eval_losses if before else [], status, obj.get("spec") or {})
         trials.append(Trial(name=obj["metadata"]["name"], number=number, params=params, phase=phase, reason=reason,
-                            objective=objective, interval=interval, pruned=phase == "Pruned",
-                            eval_losses=history))
+                            objective=objective, interval=interval, own_interval=own,
+                            run_id=status.get("runId") or (before.run_id if before else None),
+                            pruned=phase == "Pruned", eval_losses=history))
 
     study, verdicts = replay(sweep, trials)
     if spec.pruning is not None:
@@ -291,19 +321,21 @@ def status_of(sweep: FineTuneSweep, prior: FineTuneSweepStatus, trials: list[Tri
     unfinished = sum(t.phase not in TERMINAL for t in trials)
     counts = TrialCounts(created=len(trials), running=unfinished, succeeded=count["Succeeded"],
                          failed=count["Failed"], pruned=count["Pruned"], done=len(trials) - unfinished, total=budget)
-    scored = [t for t in trials if t.phase == "Succeeded" and t.objective is not None]
-    minimize = sweep.spec.objective.minimize()
+    top, trials = rank(trials, sweep.spec.objective.minimize())
     best = None
-    if scored:
-        top = min(scored, key=lambda t: (t.objective if minimize else -t.objective, t.number))
-        best = BestTrial(name=top.name, objective=top.objective, params=top.params)
+    if top is not None:
+        others = [t for t in trials if t.rank is not None and t.number != top.number]
+        compared = [t for t in others if t.indistinguishable_from_best is not None]
+        best = BestTrial(name=top.name, objective=top.objective, params=top.params, interval=top.interval,
+                         indistinguishable=[t.name for t in others if t.indistinguishable_from_best],
+                         comparison="intervalOverlap" if compared else "none")
     ended = len(trials) >= budget and unfinished == 0
     if conflict:
         phase, reason, message = "Running", SweepReason.CHILD_CONFLICT, conflict
     elif ended and best is not None:
         phase, reason = "Succeeded", SweepReason.COMPLETED
         message = (f"{len(trials)} trials ended; best {best.name} with {sweep.spec.objective.metric} "
-                   f"{best.objective:.4g}")
+                   f"{best.objective:.4g}; {ties(best)}")
     elif ended:
         phase, reason = "Failed", SweepReason.NO_OBJECTIVE
         message = f"{len(trials)} trials ended and none reported {sweep.spec.objective.dataset} " \
@@ -317,8 +349,31 @@ def status_of(sweep: FineTuneSweep, prior: FineTuneSweepStatus, trials: list[Tri
         conditions=sweep_conditions(phase, reason, message, "retry" if conflict else None, prior.conditions,
                                     generation, now),
         trials=trials, best=best, counts=counts,
+        promotion_candidate=candidate(sweep, best, trials) if phase == "Succeeded" else None,
         start_time=prior.start_time or now,
         completion_time=(prior.completion_time or now) if phase in ("Succeeded", "Failed") else None)
+
+
+def ties(best: BestTrial) -> str:
+    if best.comparison == "none":
+        return "no intervals to compare trials by"
+    if not best.indistinguishable:
+        return "its 95% interval is apart from every other trial's"
+    return f"indistinguishable from it (overlapping 95% intervals): {', '.join(best.indistinguishable)}"
+
+
+def candidate(sweep: FineTuneSweep, best: BestTrial | None, trials: list[Trial]) -> PromotionCandidate | None:
+    """With a promotion gate in the template: the best trial, offered once every trial has ended (the trials ran
+    without the gate, so none of them wrote to the destination)."""
+    promotion = sweep.spec.template.spec.promotion
+    if promotion is None or best is None:
+        return None
+    top = next(t for t in trials if t.name == best.name)
+    clear = None if best.comparison == "none" else not best.indistinguishable
+    message = (f"promote {best.name} (run {top.run_id or 'unknown'}) to {promotion.destination} with "
+               f"`kubetune override` (docs/sweeps.md); {ties(best)}")
+    return PromotionCandidate(trial=best.name, run_id=top.run_id, destination=promotion.destination,
+                              clear_winner=clear, message=message[:1000])
 
 
 def sweep_conditions(phase: str, reason: str, message: str, problem: str | None, previous: list[Condition],

@@ -74,7 +74,7 @@ def test_policies_bind_the_operator_and_refuse_outside_opted_in_namespaces(templ
     docs = template(release="ml", namespace="ops", values={"serviceAccount": {"name": "op"},
                                                             "watchNamespaces": ["team-a"]})
     policies = docs.kinds("ValidatingAdmissionPolicy")
-    assert len(policies) == 4
+    assert len(policies) == 5
     for p in policies:
         (condition,) = p["spec"]["matchConditions"]
         assert condition["expression"] == 'request.userInfo.username == "system:serviceaccount:ops:op"'
@@ -222,3 +222,20 @@ def test_notes_warn_of_watched_namespaces_without_the_trainer_service_account(te
                      "trainer": {"serviceAccount": {"namespaces": ["team-a"]}}})
     assert "WARNING" in partial and "namespace(s) team-b:" in partial
     assert "WARNING" not in notes({"watchNamespaces": ["team-a", "team-b"]})
+
+
+def test_the_trials_policy_compares_every_spec_field_but_suspend(template):
+    """A trial's patch may change spec.suspend only: the policy compares each other field of the FineTuneJob spec,
+    so a field added to the API and not to the chart's list would be changeable; this fails first."""
+    import re
+
+    from kubetune.api.spec import FineTuneJobSpec
+
+    trials = next(p for p in template().kinds("ValidatingAdmissionPolicy")
+                  if p["metadata"]["name"].endswith("-trials"))
+    (rule,) = [v["expression"] for v in trials["spec"]["validations"] if "oldObject.spec" in v["expression"]]
+    compared = set(re.findall(r"has\(object\.spec\.(\w+)\)", rule))
+    fields = {f.alias or n for n, f in FineTuneJobSpec.model_fields.items()}
+    assert compared == fields - {"suspend"}
+    resources = trials["spec"]["matchConstraints"]["resourceRules"]
+    assert [r["resources"] for r in resources] == [["finetunejobs"]]  # not finetunejobs/status

@@ -58,7 +58,8 @@ def release(cluster):
     try:
         # --take-ownership: other tests (or `kubectl apply -f crds/`) may have installed the CRD already.
         r.helm("install", r.name, str(CHART), "--take-ownership")
-        names = [f"{r.name}-kubetune-operator-{kind}" for kind in ("children", "jobs", "services", "workloads")]
+        names = [f"{r.name}-kubetune-operator-{kind}" for kind in ("children", "jobs", "services", "workloads",
+                                                                   "trials")]
 
         def checked():  # the API server type-checked every policy's CEL
             policies = [cluster.kubectl_json("get", "validatingadmissionpolicy", n) for n in names]
@@ -436,3 +437,72 @@ def test_default_install_runs_a_sweep_in_an_opted_in_namespace(cluster, release,
     assert all(t["status"]["phase"] == "Succeeded" for t in trials)
     assert {j["metadata"]["name"] for j in cluster.kubectl_json("get", "jobs", "-n", opted_in)["items"]} == {
         "lr-t0-g1", "lr-t1-g1"}
+
+
+@pytest.mark.cluster
+def test_the_operator_creates_and_suspends_only_sweep_trials(cluster, release, opted_in, not_opted_in):
+    """RBAC grants the operator create and patch on every FineTuneJob (sweeps need them); the trials policy narrows
+    that to a sweep's trials (labelled, controlled by the FineTuneSweep named in the label), and a trial's patch
+    to spec.suspend. A user's FineTuneJob: its spec is refused, its status (a subresource) is still written."""
+    from kubetune.api.sweep import FineTuneSweep
+    from kubetune.operator.sweep_plan import trial_manifest
+    from kubetune.testing import sweep_manifest
+
+    created = json.loads(cluster.kubectl("create", "-n", opted_in, "-o", "json", "-f", "-",
+                                         input=json.dumps(sweep_manifest(name="lr"))).stdout)
+    trial, problem = trial_manifest(FineTuneSweep.model_validate(created), 0,
+                                    {"hyperparameters.learningRate": 1e-4, "method.lora.r": 8})
+    assert problem is None
+    as_operator = release.as_operator
+
+    def patch(kind_name: str, body: dict, *extra: str) -> subprocess.CompletedProcess:
+        return as_operator("patch", kind_name, "-n", opted_in, "--type=merge", "-p", json.dumps(body), *extra)
+
+    # Policies load asynchronously: wait until a FineTuneJob that is no trial is refused.
+    user = finetunejob(cluster, opted_in)
+    stray = json.loads(json.dumps(trial))
+    stray["metadata"].update(name="stray", labels={}, ownerReferences=[])
+    poll("the trials policy to be in force", lambda: refused_by(
+        as_operator("create", "--dry-run=server", "-f", "-", input=json.dumps(stray)), "sweep-trial"))
+
+    # The trial, as the planner builds it: created for real, then pruned (spec.suspend + the annotation).
+    made = as_operator("create", "-f", "-", input=json.dumps(trial))
+    assert made.returncode == 0, made.stderr
+    pruned = patch("ftj/lr-t0", {"metadata": {"annotations": {"kubetune.io/pruned": "true"}},
+                                 "spec": {"suspend": True}})
+    assert pruned.returncode == 0, pruned.stderr
+    assert cluster.kubectl_json("get", "ftj", "lr-t0", "-n", opted_in)["spec"]["suspend"] is True
+
+    # Anything else on a trial's spec, or its labels and owner: refused.
+    assert refused_by(patch("ftj/lr-t0", {"spec": {"hyperparameters": {"learningRate": 0.1}}}),
+                      "trial-suspend-only")
+    assert refused_by(patch("ftj/lr-t0", {"spec": {"suspend": False, "rerunToken": "again"}}), "trial-suspend-only")
+    assert refused_by(patch("ftj/lr-t0", {"metadata": {"labels": {"kubetune.io/finetunesweep": None}}}),
+                      "sweep-trial")
+    assert refused_by(patch("ftj/lr-t0", {"metadata": {"ownerReferences": []}}), "sweep-trial")
+
+    # A user's FineTuneJob: its spec (suspend included) and a relabelling into a trial are refused...
+    name = f"ftj/{user.metadata.name}"
+    assert refused_by(patch(name, {"spec": {"suspend": True}}), "sweep-trial")
+    assert refused_by(patch(name, {"metadata": {"labels": {"kubetune.io/finetunesweep": "lr",
+                                                           "kubetune.io/trial": "7"}}}), "sweep-trial")
+    # ... its status is still the operator's to write (a merge patch as the operator makes it; kubectl would GET
+    # the status first, which its RBAC does not grant).
+    import kubernetes
+
+    client = cluster.api_client()
+    client.set_default_header("Impersonate-User", release.user)
+    written = kubernetes.client.CustomObjectsApi(client).patch_namespaced_custom_object_status(
+        "kubetune.io", "v1alpha1", opted_in, "finetunejobs", user.metadata.name, {"status": {"phase": "Pending"}},
+        dry_run="All")
+    assert written["metadata"]["name"] == user.metadata.name
+
+    # Trials labelled for one sweep but controlled by another, or by none, and trials elsewhere: refused.
+    other = json.loads(json.dumps(trial))
+    other["metadata"].update(name="lr-t1")
+    other["metadata"]["ownerReferences"][0]["name"] = "another-sweep"
+    assert refused_by(as_operator("create", "--dry-run=server", "-f", "-", input=json.dumps(other)), "sweep-trial")
+    assert refused_by(as_operator("create", "--dry-run=server", "-f", "-", input=json.dumps(moved(
+        {**trial, "metadata": {**trial["metadata"], "name": "lr-t2"}}, not_opted_in))), "opted-in-namespace")
+    # Deleting a FineTuneJob is not the operator's (RBAC refuses it before the policy would).
+    assert as_operator("delete", "ftj", "lr-t0", "-n", opted_in, "--dry-run=server").returncode != 0

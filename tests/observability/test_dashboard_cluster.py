@@ -48,7 +48,21 @@ def status(cluster, namespace, name) -> dict:
     return cluster.kubectl_json("get", "ftj", name, "-n", namespace).get("status") or {}
 
 
-def test_every_panel_query_returns_real_series(cluster, namespace, operator, tiny_model, tmp_path, monkeypatch):
+def sweep(name: str) -> str:
+    """A kwok sweep of two trials whose pods end with a summary carrying a test loss and its interval."""
+    from kubetune.testing import sweep_manifest
+
+    summary = {"stopReason": "MaxStepsReached", "steps": 10, "totalSteps": 10, "eval": {"loss": 1.5},
+               "test": {"loss": 1.2, "lossLow": 1.1, "lossHigh": 1.3}}
+    return json.dumps(sweep_manifest({"spec": {
+        "maxTrials": 2, "objective": {"dataset": "test"},
+        "template": {"metadata": {"annotations": kwok(2) | {"kwok.kubetune.io/termination-message": json.dumps(
+            summary)}}, "spec": {"dataset": {"test": "s3://data/test.jsonl"}, "resources": {"gpusPerNode": 1}}}}},
+        name=name))
+
+
+def test_every_panel_query_returns_real_series(cluster, namespace, operator, tiny_model, tmp_path, monkeypatch,
+                                               finetunesweep_crd):
     base = cluster.prometheus_url
     operator_target = f"127.0.0.1:{operator.metrics_port}"
     cluster.add_scrape_target(operator_target, component="kubetune-operator")
@@ -64,6 +78,7 @@ def test_every_panel_query_returns_real_series(cluster, namespace, operator, tin
             "oom", {"runPolicy": {"backoffLimit": 0}}, kwok(1, 137, "OOMKilled")))
         cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest(
             "queued", {"scheduling": {"queueName": "team-a"}, "resources": {"gpusPerNode": 1}}, kwok(3)))
+        cluster.kubectl("apply", "-n", namespace, "-f", "-", input=sweep("lr"))
         wait_for("chat Running", lambda: status(cluster, namespace, "chat").get("phase") == "Running", timeout=60)
         wait_for("queued Queued", lambda: status(cluster, namespace, "queued").get("phase") == "Queued", timeout=60)
         time.sleep(2)
@@ -96,6 +111,8 @@ def test_every_panel_query_returns_real_series(cluster, namespace, operator, tin
             base, f'kubetune_test_metric{{namespace="{namespace}", finetunejob="chat"}}', time.time()), timeout=30)
         wait_for("queued Succeeded", lambda: status(cluster, namespace, "queued").get("phase") == "Succeeded")
         wait_for("oom Failed", lambda: status(cluster, namespace, "oom").get("phase") == "Failed")
+        wait_for("sweep lr Succeeded", lambda: (cluster.kubectl_json("get", "fts", "lr", "-n", namespace)
+                                                .get("status") or {}).get("phase") == "Succeeded", timeout=60)
         time.sleep(SCRAPE_SETTLE_SECONDS)
         ended = time.time()
 
@@ -118,6 +135,9 @@ def test_every_panel_query_returns_real_series(cluster, namespace, operator, tin
         fine_tuned = {r["metric"]["metric"]: float(r["value"][1])
                       for r in results["Test metrics vs baseline/A"]["result"] if r["metric"]["model"] == "fine-tuned"}
         assert fine_tuned["loss"] == pytest.approx(summary["test"]["loss"], rel=1e-4)
+        by_trial = {r["metric"]["trial"]: (r["metric"]["vs_best"], float(r["value"][1]))
+                    for r in results["Objective by trial/A"]["result"]}
+        assert by_trial == {"lr-t0": ("best", 1.2), "lr-t1": ("indistinguishable", 1.2)}
         failed = results["Failures by reason/A"]["result"]
         assert [(r["metric"]["reason"], float(r["value"][1])) for r in failed] == [("OOMKilled", 1.0)]
         out = os.environ.get("KUBETUNE_DASHBOARD_PNG")

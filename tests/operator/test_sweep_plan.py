@@ -268,3 +268,29 @@ def test_a_grid_takes_every_point_once_whatever_the_uid_and_the_pace(uid):
             succeed(pending[0], 1.0)
     combos = [(o["spec"]["hyperparameters"]["learningRate"], o["spec"]["method"]["lora"]["r"]) for o in observed]
     assert len(combos) == 6 and len(set(combos)) == 6, combos
+
+
+@pytest.mark.parametrize("step, every, total, expected", [
+    (23, 20, 200, 20), (40, 20, 200, 40), (59, 20, 200, 40), (200, 20, 200, 200), (205, 20, 205, 205),
+    (47, None, 200, 40), (47, None, None, 47), (3, 20, 200, 0)])
+def test_an_eval_loss_is_filed_under_the_step_of_its_evaluation(step, every, total, expected):
+    from kubetune.operator.sweep_plan import eval_step
+    spec = {"evaluation": {"everySteps": every}} if every else {}
+    assert eval_step(step, spec, {"progress": {"step": step, "totalSteps": total}}) == expected
+
+
+def test_median_pruning_compares_trials_read_at_different_steps():
+    """Two trials whose eval losses the operator read at different progress steps (23 and 27 for the evaluation
+    of step 20): filed under step 20 both, so the pruner compares them and stops the worse one. Filed under the
+    steps read, no finished trial has the running one's step and it is never pruned."""
+    sweep = make_sweep({"spec": {"parallelism": 1, "pruning": {"startupTrials": 1},
+                                 "template": {"spec": {"evaluation": {"everySteps": 20}}}}})
+
+    def running(obj, step, loss):
+        obj["status"] = {"phase": "Running", "metrics": {"evalLoss": loss}, "progress": {"step": step,
+                                                                                      "totalSteps": 100}}
+    steps = [lambda o: running(o[0], 23, 1.0), lambda o: succeed(o[0], 1.0), lambda o: running(o[1], 27, 3.0)]
+    observed, sweep = world_after(sweep, steps)
+    p = plan(sweep, observed, NOW)
+    assert [name for name, _ in p.prune] == ["sweep-t1"]
+    assert [(e.step, e.value) for e in p.status.trials[1].eval_losses] == [(20, 3.0)]

@@ -3,6 +3,7 @@ order, and how a refusal, a conflict or an invalid sweep shows on the status."""
 import copy
 
 import pytest
+from prometheus_client import REGISTRY
 
 from kubetune.operator.errors import ApiError, PermanentFailure, RetryLater
 from kubetune.operator.labels import ANNOTATION_PRUNED, LABEL_SWEEP
@@ -108,7 +109,10 @@ def test_pruning_patches_the_trial_before_the_status():
     kube.objects[("FineTuneJob", "sweep-t1")]["status"] = {"phase": "Running", "metrics": {"evalLoss": 5.0},
                                                           "progress": {"step": 10}}
     kube.log.clear()
+    pruned_before = REGISTRY.get_sample_value("kubetune_operator_sweep_trials_pruned_total", {"namespace": "ml"})
     status = reconcile_sweep(kube, "ml", "sweep")
+    assert REGISTRY.get_sample_value("kubetune_operator_sweep_trials_pruned_total", {"namespace": "ml"}) == \
+        (pruned_before or 0) + 1
     assert [e[:2] for e in kube.log if e[0] == "patch"] == [("patch", "sweep-t1")]
     assert kube.objects[("FineTuneJob", "sweep-t1")]["metadata"]["annotations"][ANNOTATION_PRUNED] == "true"
     assert kube.objects[("FineTuneJob", "sweep-t1")]["spec"]["suspend"] is True
@@ -164,3 +168,21 @@ def test_an_operator_without_sweeps_does_not_load_optuna():
     code = "import sys, kubetune.operator.__main__; assert 'optuna' not in sys.modules, 'optuna loaded at start'"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_a_gated_sweep_posts_its_promotion_candidate_after_completed():
+    kube = MemoryKube(sweep({"spec": {"maxTrials": 2, "objective": {"dataset": "test"}, "template": {"spec": {
+        "dataset": {"test": "s3://data/test.jsonl"}, "evaluation": {"baseline": True},
+        "promotion": {"destination": "s3://models/bot/"}}}}}))
+    reconcile_sweep(kube, "ml", "sweep")
+    assert all("promotion" not in kube.objects[("FineTuneJob", n)]["spec"] for n in kube.trials())
+    for n, loss in (("sweep-t0", 1.3), ("sweep-t1", 1.1)):
+        kube.objects[("FineTuneJob", n)]["status"] = {
+            "phase": "Succeeded", "runId": f"g1-{n}",
+            "metrics": {"test": {"loss": loss, "lossLow": loss - 0.05, "lossHigh": loss + 0.05}}}
+    kube.log.clear()
+    status = reconcile_sweep(kube, "ml", "sweep")
+    assert status.promotion_candidate.trial == "sweep-t1" and status.promotion_candidate.clear_winner is True
+    assert status.promotion_candidate.run_id == "g1-sweep-t1"
+    events = [e[1] for e in kube.log if e[0] == "event"]
+    assert events == ["Completed", "PromotionCandidate"]
