@@ -262,6 +262,9 @@ class Artifacts(APIModel):
     """The base model with the adapter merged in (output.mergeAdapter)."""
     summary_uri: str | None = None
     """summary.json: final and best metrics, stop reason, wall time."""
+    report_uri: str | None = None
+    """report.html: the run's page (curves, test comparison with intervals, worst examples, answers before and
+    after, promotion verdict, spec), self-contained: it opens offline."""
     checkpoint_uri: str | None = None
     """Newest complete checkpoint."""
 

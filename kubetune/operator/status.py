@@ -372,7 +372,7 @@ def compute_status(job: FineTuneJob, run: Run, child: dict | None, pods: list[di
     if summary and summary.get("artifacts"):
         a = summary["artifacts"]
         artifacts = Artifacts(uri=a.get("uri", output), model_uri=a.get("modelUri"), merged_uri=a.get("mergedUri"),
-                              summary_uri=a.get("summaryUri"), checkpoint_uri=None)
+                              summary_uri=a.get("summaryUri"), report_uri=a.get("reportUri"), checkpoint_uri=None)
     status = FineTuneJobStatus(
         observed_generation=job.metadata.generation, phase=state.phase,
         conditions=conditions(state, prior.conditions, job.metadata.generation, now),

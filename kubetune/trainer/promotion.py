@@ -119,6 +119,13 @@ class Challenge:
     def champion_id(self) -> str | None:
         return ((self.manifest or {}).get("champion") or {}).get("runId")
 
+    def preview(self) -> dict:
+        """The gate's verdict before `conclude` acts on it (report.html as the artifacts are written)."""
+        v = self.verdict
+        return {"destination": self.promotion.destination, "metric": self.metric, "championRunId": self.champion_id,
+                "verdict": None, "reason": f"gate {'passed: to be published' if v.passed else 'failed'}",
+                "checks": list(v.checks), "reasons": list(v.reasons)}
+
 
 def metric_for(promotion: Promotion, monitored: str, test: dict) -> str:
     from kubetune.trainer.evaluation import HEADLINE_PREFERENCE
