@@ -175,6 +175,8 @@ def conclude(c: Challenge, job: FineTuneJob, store: Store, run_id: str, spec_has
     out = {"destination": p.destination, "metric": c.metric, "championRunId": c.champion_id,
            "checks": [{k: x for k, x in check.items()} for check in v.checks], "reasons": list(v.reasons)}
     override = p.override
+    if override is not None:  # what this run saw: an override in the spec that differs came after it
+        out["override"] = {"action": override.action, "runId": override.run_id, "requestedBy": override.requested_by}
     if override is not None and override.action == "rollback":
         out.update(rollback(store, p.destination, override.run_id, override.requested_by, override.reason))
         out["reasons"] = out["reasons"] + [f"this run was not promoted: the override rolls back to {override.run_id}"]
