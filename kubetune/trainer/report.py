@@ -10,7 +10,6 @@ script, stylesheet, font or image is fetched, so it opens offline and from any b
 is what the trainer calls: a report that fails to render is a warning in the log, never a failed or lost run.
 """
 import io
-import json
 import logging
 import os
 import tempfile
@@ -269,6 +268,4 @@ def render_safe(*args, **kwargs) -> str | None:
         return render(*args, **kwargs)
     except Exception as exc:  # noqa: BLE001 (any failure here must leave the run as it is)
         log.warning("report.html was not written: %s: %s", type(exc).__name__, exc, exc_info=True)
-        print(json.dumps({"kind": "warning", "message": f"report.html was not written: {type(exc).__name__}: "
-                                                        f"{exc}"}), flush=True)
         return None
