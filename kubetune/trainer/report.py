@@ -155,7 +155,7 @@ figure { margin: .5em 0; } figure svg { max-width: 100%; height: auto; }
 </style></head><body>
 <h1>{{ name }} <small>run {{ s.runId }}</small></h1>
 <table id="facts">
-<tr><th>Task</th><td>{{ spec.task }} ({{ spec.method.type }} on {{ spec.baseModel.uri }})</td></tr>
+<tr><th>Task</th><td>{{ spec.task }} ({{ (spec.method or {}).type }} on {{ (spec.baseModel or {}).uri }})</td></tr>
 <tr><th>Stopped</th><td>{{ s.stopReason }} after {{ s.steps }} of {{ s.totalSteps }} steps; shipped the weights of
 step {{ s.shippedStep }}</td></tr>
 <tr><th>Wall time</th><td>{{ s.wallSeconds }} s</td></tr>

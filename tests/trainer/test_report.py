@@ -7,6 +7,8 @@ from html.parser import HTMLParser
 from kubetune.trainer import report
 from kubetune.trainer.loop import train
 from tests.trainer.conftest import chat_rows, settings, write_jsonl
+from tests.trainer.test_classification import make_job as classifier_job
+from tests.trainer.test_classification import tiny_bert  # noqa: F401 (the fixture)
 from tests.trainer.test_train import make_job
 
 
@@ -90,3 +92,27 @@ def test_render_on_numbers_alone_escapes_text_and_shows_the_verdict():
     assert "<script>" not in html and "&lt;script&gt;" in html and "&lt;b&gt;not&lt;/b&gt;" in html
     assert 'class="verdict bad">Rejected' in html and "vs champion" in html
     assert parse(html).tags.count("svg") == 3 and "-0.25" in html
+
+
+def test_a_classifier_report_has_its_per_class_table_and_the_majority_class():
+    diff = {"value": 0.3, "low": 0.2, "high": 0.4, "excludesZero": True}
+    summary = {"runId": "g1-abc", "specHash": "f00", "stopReason": "EpochsCompleted", "steps": 4, "totalSteps": 4,
+               "shippedStep": 4, "test": {"accuracy": 0.8, "accuracyLow": 0.7, "accuracyHigh": 0.9, "f1": 0.75},
+               "comparison": {"majorityClass": {"test": {"accuracy": 0.5}, "difference": {"accuracy": diff}}},
+               "perClass": {"neg": {"precision": 0.8, "recall": 0.9, "f1": 0.85, "support": 10},
+                            "pos": {"precision": 0.7, "recall": 0.6, "f1": 0.65, "support": 6}}}
+    errors = [{"source": "test.jsonl:3", "text": "great, not", "reference": "pos", "prediction": "neg",
+               "confidence": 0.9, "loss": 2.3}]
+    html = report.render({"metadata": {"name": "clf"}, "spec": {"task": "sequence-classification",
+                                                                "method": {"type": "lora"}}},
+                         summary, [{"kind": "train", "step": 1, "loss": 0.7, "lr": 1e-4}], errors)
+    page = parse(html)
+    assert {"per-class", "comparison-chart", "worst"} <= page.ids and "answers" not in page.ids
+    assert "vs majority class" in html and "great, not" in html and "0.65" in html
+
+
+def test_a_classifier_run_writes_its_report(tmp_path, tiny_bert):  # noqa: F811
+    summary = train(classifier_job(tmp_path, tiny_bert, hyperparameters={"maxSteps": 4}), "run-1", settings(tmp_path))
+    html = (tmp_path / "out/run-1/report.html").read_text()
+    assert {"per-class", "comparison-chart", "worst", "loss-chart"} <= parse(html).ids
+    assert "vs majority class" in html and report.fmt(summary["test"]["accuracy"]) in html
