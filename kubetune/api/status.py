@@ -123,6 +123,10 @@ class PromotionReason:
     """False (Unknown while the run goes on): the run has not been judged yet."""
     NO_VERDICT = "NoVerdict"
     """False: the run ended without a verdict (it failed, or its trainer reported none)."""
+    OVERRIDE_AFTER_RUN = "OverrideAfterRun"
+    """spec.promotion.override is not the one the run saw (added or changed after it started): the operator does not
+    carry out overrides of finished runs; `kubetune override FILE` does (docs/promotion.md). The status is the
+    run's verdict's."""
 
 
 
@@ -212,6 +216,17 @@ class PromotionCheck(APIModel):
     """The verdict on this criterion, with its numbers."""
 
 
+class OverrideSeen(APIModel):
+    """Which override a run saw: compared with spec.promotion.override to tell one added after the run."""
+
+    action: Literal["promote", "rollback"]
+    """promote or rollback."""
+    run_id: str
+    """The run the override names."""
+    requested_by: str | None = None
+    """Who asked."""
+
+
 class PromotionStatus(APIModel):
     """What spec.promotion decided for the current run."""
 
@@ -232,6 +247,8 @@ class PromotionStatus(APIModel):
     """Why, in words with the numbers: the failed criteria of a rejected run, or the override's who and why."""
     requested_by: str | None = None
     """An override's requestedBy."""
+    override: OverrideSeen | None = None
+    """The spec.promotion.override the run's trainer saw (and carried out, or found not to apply to it)."""
 
 
 class Metrics(APIModel):
@@ -262,6 +279,9 @@ class Artifacts(APIModel):
     """The base model with the adapter merged in (output.mergeAdapter)."""
     summary_uri: str | None = None
     """summary.json: final and best metrics, stop reason, wall time."""
+    report_uri: str | None = None
+    """report.html: the run's page (curves, test comparison with intervals, worst examples, answers before and
+    after, promotion verdict, spec), self-contained: it opens offline."""
     checkpoint_uri: str | None = None
     """Newest complete checkpoint."""
 

@@ -252,6 +252,44 @@ def promoted_condition(job: FineTuneJob, promotion: PromotionStatus | None, reas
                      last_transition_time=since, observed_generation=job.metadata.generation)
 
 
+def override_after_run(job: FineTuneJob, promotion: PromotionStatus | None, phase: str) -> str | None:
+    """The message when spec.promotion.override is not the override the ended run saw (added or changed after it
+    started: its spec ConfigMap is immutable), else None. The operator carries out no override of a finished run
+    (that would need a pod of its own); the status says so and who can: `kubetune override FILE`. A verdict from
+    a trainer that did not yet record the override it saw counts as seeing it when its requestedBy matches."""
+    o = job.spec.promotion.override if job.spec.promotion else None
+    if o is None or phase not in TERMINAL:
+        return None
+    seen = promotion.override if promotion else None
+    if seen is not None and (seen.action, seen.run_id, seen.requested_by) == (o.action, o.run_id, o.requested_by):
+        return None
+    if seen is None and promotion is not None and promotion.requested_by == o.requested_by:
+        return None
+    verdict = (f"this run's verdict stands: {promotion.verdict} at {promotion.destination}" if promotion
+               else "this run has no verdict")
+    return (f"spec.promotion.override ({o.action} run {o.run_id}, requested by {o.requested_by}) came after this "
+            f"run started, and the operator does not carry out overrides of finished runs: run `kubetune override "
+            f"FILE` with this FineTuneJob to do it on the record (docs/promotion.md); {verdict}")
+
+
+def note_late_override(job: FineTuneJob, status: FineTuneJobStatus, previous: list[Condition], run_id: str,
+                       now: datetime, events: list) -> None:
+    """The Promoted condition of `status`, in place: OverrideAfterRun (and a Warning event, once per message) while
+    spec.promotion.override is one the ended run did not see; the verdict's own reason once it is gone again."""
+    at = next((i for i, c in enumerate(status.conditions) if c.type == ConditionType.PROMOTED), None)
+    if at is None:
+        return
+    late, current = override_after_run(job, status.promotion, status.phase), status.conditions[at]
+    if late is not None:
+        noted = current.model_copy(update={"reason": PromotionReason.OVERRIDE_AFTER_RUN, "message": late[:1000]})
+        was = next((c for c in previous if c.type == ConditionType.PROMOTED), None)
+        if was is None or (was.reason, was.message) != (noted.reason, noted.message):
+            events.append(Event("Warning", PromotionReason.OVERRIDE_AFTER_RUN, late[:1000]))
+        status.conditions[at] = noted
+    elif current.reason == PromotionReason.OVERRIDE_AFTER_RUN:
+        status.conditions[at] = promoted_condition(job, status.promotion, None, status.phase, run_id, previous, now)
+
+
 def promotion_event(prior: PromotionStatus | None, promotion: PromotionStatus | None, reason: str | None,
                     run_id: str) -> Event | None:
     """One event per verdict: Normal for a promotion or a rollback, Warning for a refused or outraced run."""
@@ -341,8 +379,10 @@ def compute_status(job: FineTuneJob, run: Run, child: dict | None, pods: list[di
         # The Job's TTL removed it; the outcome stays on the status, which still describes the latest spec
         # (an in-place edit after the end must not leave kstatus reading an old observedGeneration forever).
         generation = job.metadata.generation
-        return prior.model_copy(update={"observed_generation": generation, "rerun_token": token, "conditions": [
-            c.model_copy(update={"observed_generation": generation}) for c in prior.conditions]}), events
+        status = prior.model_copy(update={"observed_generation": generation, "rerun_token": token, "conditions": [
+            c.model_copy(update={"observed_generation": generation}) for c in prior.conditions]})
+        note_late_override(job, status, prior.conditions, run.run_id, now, events)
+        return status, events
 
     summary = next((s for s in map(termination_json, pods) if s and "stopReason" in s), None)
     state = problem or (ended(prior) if same_run and not rerun else None) or observe(
@@ -372,7 +412,7 @@ def compute_status(job: FineTuneJob, run: Run, child: dict | None, pods: list[di
     if summary and summary.get("artifacts"):
         a = summary["artifacts"]
         artifacts = Artifacts(uri=a.get("uri", output), model_uri=a.get("modelUri"), merged_uri=a.get("mergedUri"),
-                              summary_uri=a.get("summaryUri"), checkpoint_uri=None)
+                              summary_uri=a.get("summaryUri"), report_uri=a.get("reportUri"), checkpoint_uri=None)
     status = FineTuneJobStatus(
         observed_generation=job.metadata.generation, phase=state.phase,
         conditions=conditions(state, prior.conditions, job.metadata.generation, now),
@@ -387,11 +427,12 @@ def compute_status(job: FineTuneJob, run: Run, child: dict | None, pods: list[di
     verdict_reason = ((summary or {}).get("promotion") or {}).get("reason") if summary else None
     if verdict_reason is None:
         verdict_reason = next((c.reason for c in prior.conditions if c.type == ConditionType.PROMOTED
-                               and c.status != "Unknown"), None)
+                               and c.status != "Unknown" and c.reason != PromotionReason.OVERRIDE_AFTER_RUN), None)
     promoted = promoted_condition(job, status.promotion, verdict_reason, state.phase, run.run_id, prior.conditions,
                                   now)
     if promoted is not None:
         status.conditions.append(promoted)
+        note_late_override(job, status, prior.conditions, run.run_id, now, events)
     said = promotion_event(prior.promotion, status.promotion, verdict_reason, run.run_id)
     if said is not None:
         events.append(said)

@@ -12,6 +12,9 @@ from kubetune.trainer import evaluation as ev
 from kubetune.trainer import linear_ce, varlen
 from kubetune.trainer.linear_ce import HeadSkip
 
+SAMPLES = 3  # held-out prompts answered before and after training (report.html)
+SAMPLE_TOKENS = 48
+
 
 def model_output(model, batch: dict, device, amp, skip: HeadSkip | None = None) -> torch.Tensor:
     """The model's logits, or with `skip` its final hidden states (the head is applied in chunks by the loss). A
@@ -104,5 +107,38 @@ class CausalLM:
                          "prediction": self.tok.decode(logits.argmax(-1).cpu()[where]),
                          "loss": round(float(scored.loss[i] / max(scored.weight[i], 1)), 5),
                          "targetTokens": int(scored.weight[i])})
+        model.train()
+        return rows
+
+    @torch.no_grad()
+    def answers(self, model, examples, device, amp, n: int = SAMPLES, max_new_tokens: int = SAMPLE_TOKENS
+                ) -> list[dict]:
+        """The model's greedy answers to the prompts of the first `n` examples that have one (the tokens before
+        their first target), at most `max_new_tokens` each, up to the end of sequence or the end-of-turn token
+        that closes the example's target (a chat template's), for report.html's before/after samples. A plain loop
+        of whole forwards (no KV cache, no generate()): a few short answers, the same on any model this loop
+        trains."""
+        model.eval()
+        rows = []
+        for i in range(len(examples)):
+            if len(rows) == n:
+                break
+            ids, labels = list(examples[i]["input_ids"]), list(examples[i]["labels"])
+            first = next((t for t, x in enumerate(labels) if x != d.IGNORE), 0)
+            if first == 0:  # no prompt to answer (prompts not masked, or a plain-text row)
+                continue
+            end = next((t for t in range(first, len(labels)) if labels[t] == d.IGNORE), len(labels))
+            stops = {self.tok.eos_token_id} | ({ids[end - 1]} if ids[end - 1] in self.tok.all_special_ids else set())
+            out = torch.tensor([ids[:first]], device=device)
+            for _ in range(max_new_tokens):
+                with torch.autocast(device.type, dtype=amp) if amp else nullcontext():
+                    logits = model(input_ids=out, use_cache=False).logits[0, -1]
+                token = int(logits.argmax())
+                if token in stops:
+                    break
+                out = torch.cat([out, torch.tensor([[token]], device=device)], dim=1)
+            rows.append({"prompt": self.tok.decode(ids[:first]),
+                         "reference": self.tok.decode(ids[first:end], skip_special_tokens=True),
+                         "answer": self.tok.decode(out[0, first:].tolist(), skip_special_tokens=True)})
         model.train()
         return rows

@@ -23,12 +23,12 @@ from kubetune.api.status import Reason
 from kubetune.trainer import flops, parallel, promotion
 from kubetune.trainer import dist as dist_
 from kubetune.trainer import evaluation as ev
-from kubetune.trainer.artifacts import ship, spec_hash
+from kubetune.trainer.artifacts import ship, spec_hash, update_report
 from kubetune.trainer.causal_lm import CausalLM, forward_logits, token_losses  # noqa: F401 (re-exported)
 from kubetune.trainer.errors import BadInput, OutOfMemory, Preempted
 from kubetune.trainer.model import load_trainable, trainable_state
 from kubetune.trainer.rows import load_data, rows_of_step  # noqa: F401 (load_data re-exported for tests)
-from kubetune.trainer.run import Run, RunState, resume, setup
+from kubetune.trainer.run import Run, RunState, resume, sample_answers, setup
 from kubetune.trainer.settings import TrainerSettings
 from kubetune.trainer.storage import Store, join
 
@@ -189,6 +189,7 @@ def run_test(run: Run, state: RunState) -> tuple[int, dict, dict, list]:
         # scores, so each picks the same worst examples.
         errors = run.task.errors(run.scorer, scored, run.test, ev.worst(scored), run.device, run.amp)
         parallel.reshard(run.model)
+    state.samples["after"] = sample_answers(run)
     return shipped, final, tested, errors
 
 
@@ -251,6 +252,7 @@ def train(job: FineTuneJob, run_id: str, settings: TrainerSettings, on_log=None)
                                                       run.run_uri)
             run.telemetry.log("promotion", **{k: summary["promotion"].get(k) for k in ("verdict", "reason",
                                                                                          "championRunId")})
+            update_report(run, state, summary, errors)
         # The other ranks stay until rank 0 has tested and uploaded: under torchrun a job whose other workers
         # have exited is over (their agents leave, the pods complete) while rank 0 may still be uploading.
         run.dist.wait_for_main("testing and uploading the artifacts", settings.final_wait_minutes)

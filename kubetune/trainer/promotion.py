@@ -119,6 +119,13 @@ class Challenge:
     def champion_id(self) -> str | None:
         return ((self.manifest or {}).get("champion") or {}).get("runId")
 
+    def preview(self) -> dict:
+        """The gate's verdict before `conclude` acts on it (report.html as the artifacts are written)."""
+        v = self.verdict
+        return {"destination": self.promotion.destination, "metric": self.metric, "championRunId": self.champion_id,
+                "verdict": None, "reason": f"gate {'passed: to be published' if v.passed else 'failed'}",
+                "checks": list(v.checks), "reasons": list(v.reasons)}
+
 
 def metric_for(promotion: Promotion, monitored: str, test: dict) -> str:
     from kubetune.trainer.evaluation import HEADLINE_PREFERENCE
@@ -168,6 +175,8 @@ def conclude(c: Challenge, job: FineTuneJob, store: Store, run_id: str, spec_has
     out = {"destination": p.destination, "metric": c.metric, "championRunId": c.champion_id,
            "checks": [{k: x for k, x in check.items()} for check in v.checks], "reasons": list(v.reasons)}
     override = p.override
+    if override is not None:  # what this run saw: an override in the spec that differs came after it
+        out["override"] = {"action": override.action, "runId": override.run_id, "requestedBy": override.requested_by}
     if override is not None and override.action == "rollback":
         out.update(rollback(store, p.destination, override.run_id, override.requested_by, override.reason))
         out["reasons"] = out["reasons"] + [f"this run was not promoted: the override rolls back to {override.run_id}"]

@@ -155,6 +155,8 @@ class RunState:
     challenge: object = None
     """promotion.Challenge: the champion read, scored and judged after the test (not checkpointed)."""
     evals: dict[int, dict] = field(default_factory=dict)  # step -> validation metrics of the weights at that step
+    samples: dict[str, list] = field(default_factory=dict)
+    """report.html's answers to a few held-out prompts: "before" (the untouched model), "after" (the shipped one)."""
     stop_reason: str | None = None
 
     _EARLY = ("best_value", "best_step", "bad_evals")
@@ -168,6 +170,7 @@ class RunState:
         rngs = run.dist.gather(rng)
         meta = {"step": self.step, "tokens": self.tokens, "baseline": self.baseline,
                 "baseline_test": self.baseline_test, "evals": self.evals, "records": list(run.telemetry.records),
+                "samples": self.samples,
                 "scheduler": run.sched.state_dict(), "scaler": run.scaler.state_dict() if run.scaler else None,
                 "rng": rngs, "world": run.dist.world,
                 "early_stopping": {k: getattr(self.early, k) for k in self._EARLY},
@@ -222,6 +225,7 @@ class RunState:
             torch.cuda.set_rng_state(rng["cuda"], run.device)
         self.step, self.tokens, self.baseline = state["step"], state["tokens"], state["baseline"]
         self.baseline_test, self.evals = state.get("baseline_test"), state.get("evals", {})
+        self.samples = state.get("samples") or {}
         run.telemetry.records = state["records"]
         for k in self._EARLY:
             setattr(self.early, k, state["early_stopping"][k])
@@ -351,7 +355,10 @@ def early_stop_for(job: FineTuneJob) -> EarlyStop:
 def resume(run: Run) -> RunState:
     """The newest checkpoint's state, or a fresh one (after scoring the untouched model when asked)."""
     state = RunState(early_stop_for(run.job))
-    if state.restore(run) or not run.job.spec.evaluation.baseline:
+    if state.restore(run):
+        return state
+    state.samples["before"] = sample_answers(run)
+    if not run.job.spec.evaluation.baseline:
         return state
     metric = state.early.metric
     if run.val:
@@ -361,3 +368,12 @@ def resume(run: Run) -> RunState:
         state.baseline_test = run.score(run.test)
         run.telemetry.evaluation(0, ev.metrics(state.baseline_test), metric, None, tag="baseline-test")
     return state
+
+
+def sample_answers(run: Run) -> list[dict]:
+    """Greedy answers of the model as it is now to a few held-out prompts (test rows, else validation rows), for
+    report.html; rank 0 alone, with the unwrapped model. Causal LMs only; none under FSDP, whose forwards need
+    every rank."""
+    if run.labels or run.sharded or not run.dist.main:
+        return []
+    return run.task.answers(run.scorer, run.test if len(run.test) else run.val, run.device, run.amp)

@@ -101,3 +101,52 @@ def test_the_counter_counts_each_verdict_once():
     assert gauge == 1  # the series KubetuneChallengerRejected follows
     metrics.forget("team-a", "chat")
     assert ("team-a", "chat", "Rejected", "GateFailed") not in metrics.JOB_PROMOTION._metrics
+
+
+OVERRIDE = {"action": "promote", "runId": "g1-0f1e2d3c", "requestedBy": "ann@example.com",
+            "reason": "answers read better on billing questions"}
+WITH_OVERRIDE = {"spec": {**GATE["spec"], "promotion": {**GATE["spec"]["promotion"], "override": OVERRIDE}}}
+
+
+def test_an_override_added_after_the_run_says_it_needs_kubetune_override():
+    """The run's trainer saw no override (its spec was fixed when it started); one added to a finished run is not
+    carried out by the operator: the Promoted condition and a Warning event say so and name the command."""
+    status, _ = finished(REJECTED)
+    later = ftj(WITH_OVERRIDE, generation=2, status=status.to_wire())
+    assert runs.current_run(later).run_id == status.run_id  # spec.promotion is not hashed: the same run
+    again, events = compute_status(later, runs.current_run(later), None, [], None, NOW)
+    promoted = condition(again, ConditionType.PROMOTED)
+    assert (promoted.status, promoted.reason) == ("False", PromotionReason.OVERRIDE_AFTER_RUN)
+    assert "kubetune override" in promoted.message and "g1-0f1e2d3c" in promoted.message
+    assert "Rejected" in promoted.message and again.promotion.verdict == "Rejected"
+    [event] = [e for e in events if e.reason == PromotionReason.OVERRIDE_AFTER_RUN]
+    assert event.type == "Warning" and "kubetune override" in event.message
+    # Said once; the condition stays while the override is in the spec.
+    later = ftj(WITH_OVERRIDE, generation=2, status=again.to_wire())
+    third, events = compute_status(later, runs.current_run(later), None, [], None, NOW)
+    assert condition(third, ConditionType.PROMOTED).reason == PromotionReason.OVERRIDE_AFTER_RUN
+    assert not [e for e in events if e.reason == PromotionReason.OVERRIDE_AFTER_RUN]
+    # Taken out of the spec again: the run's own verdict's reason comes back.
+    back = ftj(GATE, generation=3, status=third.to_wire())
+    fourth, _ = compute_status(back, runs.current_run(back), None, [], None, NOW)
+    assert condition(fourth, ConditionType.PROMOTED).reason == PromotionReason.GATE_FAILED
+
+
+def test_an_override_the_run_saw_is_its_verdict():
+    seen = {"action": "promote", "runId": "g1-0f1e2d3c", "requestedBy": "ann@example.com"}
+    overridden = {**PROMOTED, "verdict": "Overridden", "reason": "PromotedByOverride",
+                  "requestedBy": "ann@example.com", "override": seen}
+    status, events = finished(overridden, patch=WITH_OVERRIDE)
+    promoted = condition(status, ConditionType.PROMOTED)
+    assert (promoted.status, promoted.reason) == ("True", PromotionReason.OVERRIDDEN)
+    assert status.promotion.override.run_id == "g1-0f1e2d3c"
+    assert not [e for e in events if e.reason == PromotionReason.OVERRIDE_AFTER_RUN]
+    # An override for another run, seen by this one (not applicable to it), is its verdict too.
+    other = {**REJECTED, "override": {**seen, "runId": "g0-aaaa"},
+             "reasons": ["override for run g0-aaaa does not apply to this run (g1-0f1e2d3c)"]}
+    status, _ = finished(other, patch={"spec": {**GATE["spec"], "promotion": {
+        **GATE["spec"]["promotion"], "override": {**OVERRIDE, "runId": "g0-aaaa"}}}})
+    assert condition(status, ConditionType.PROMOTED).reason == PromotionReason.GATE_FAILED
+    # ...but a changed override (another run named) is one the run did not see.
+    status, _ = finished(other, patch=WITH_OVERRIDE)
+    assert condition(status, ConditionType.PROMOTED).reason == PromotionReason.OVERRIDE_AFTER_RUN

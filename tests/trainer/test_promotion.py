@@ -42,6 +42,7 @@ def test_gate_champion_challenger_and_overrides(tmp_path, tiny_model):
     assert m["champion"]["runId"] == "run-a" and m["history"] == [] and m["champion"]["how"] == "gate"
     assert (dest / "runs/run-a/model/adapter_model.safetensors").is_file()
     assert (dest / "runs/run-a/summary.json").is_file() and not (dest / "runs/run-a/checkpoints").exists()
+    assert (dest / "runs/run-a/report.html").is_file() and "override" not in first
 
     # A run that barely trains: scored against run-a on the same rows, refused, the destination untouched.
     before = snapshot(dest)
@@ -55,6 +56,9 @@ def test_gate_champion_challenger_and_overrides(tmp_path, tiny_model):
     assert any("does not beat champion run-a on test loss" in r and "95% interval" in r for r in verdict["reasons"])
     assert snapshot(dest) == before
     assert json.loads((tmp_path / "out/run-b/promotion.json").read_text()) == verdict
+    # report.html is rewritten with the outcome, beside the comparison with the champion.
+    page = (tmp_path / "out/run-b/report.html").read_text()
+    assert 'class="verdict bad">Rejected' in page and "vs champion" in page and "does not beat champion" in page
 
     # A better run replaces the champion; run-a stays addressable by run id.
     better = train(gated_job(tmp_path, tiny_model, 30), "run-c", settings(tmp_path))["promotion"]
@@ -70,6 +74,7 @@ def test_gate_champion_challenger_and_overrides(tmp_path, tiny_model):
         "action": "promote", "runId": "run-d", "requestedBy": "ann", "reason": "needed for the demo"}),
         "run-d", settings(tmp_path))["promotion"]
     assert forced["verdict"] == "Overridden" and forced["requestedBy"] == "ann", forced
+    assert forced["override"] == {"action": "promote", "runId": "run-d", "requestedBy": "ann"}  # what it saw
     assert manifest(tmp_path)["champion"]["how"] == "override"
     assert manifest(tmp_path)["champion"]["reason"] == "needed for the demo"
 

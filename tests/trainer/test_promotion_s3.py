@@ -104,3 +104,8 @@ def test_trainer_promotes_then_refuses_on_minio(cluster, s3, tiny_model, tmp_pat
     second = run("run-b", 1, 1e-5)
     assert second["verdict"] == "Rejected" and second["championRunId"] == "run-a", second
     assert snapshot(s3, cluster.bucket, dest) == before
+    # report.html: copied with the champion's files; the refused run's, on MinIO, rewritten with its verdict.
+    assert f"{dest}runs/run-a/report.html" in before
+    key = next(k for k in snapshot(s3, cluster.bucket, f"{prefix}/") if k.endswith("/run-b/report.html"))
+    page = s3.get_object(Bucket=cluster.bucket, Key=key)["Body"].read().decode()
+    assert 'class="verdict bad">Rejected' in page and "vs champion" in page
