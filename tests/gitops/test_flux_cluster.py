@@ -225,6 +225,7 @@ def test_a_commit_with_one_invalid_job_is_refused_whole(gitops: GitOps, operator
     assert ready["status"] == "False" and ready["reason"] == "ReconciliationFailed", ready
     assert "FineTuneJob/" in ready["message"] and "bad" in ready["message"], ready
     assert "spec.hyperparameters" in ready["message"] and "epochs" in ready["message"], ready
+    print(f"Ready=False {ready['reason']}: {ready['message']}")
     assert not k["status"]["lastAppliedRevision"].endswith(bad)
     names = [o["metadata"]["name"] for o in cluster.kubectl_json("get", "ftj", "-n", ns)["items"]]
     assert names == ["old"]  # the valid new one was not applied either
@@ -250,6 +251,7 @@ def test_a_failed_run_fails_the_kustomization_and_a_token_commit_reruns_it(gitop
         "HealthCheckFailed") and c)(gitops.condition()), timeout=60)
     assert ready["status"] == "False" and f"FineTuneJob/{ns}/flaky" in ready["message"], ready
     assert "Failed" in ready["message"], ready
+    print(f"Ready=False {ready['reason']}: {ready['message']}")
 
     # Only the token changes in Git: a new attempt of the same run (same run id: the trainer resumes from its
     # checkpoint), and the Kustomization is Ready again while it trains.
@@ -280,3 +282,17 @@ def test_twenty_jobs_in_one_commit(gitops: GitOps, operator):
     assert [s for s, _ in kstatus.compute_all(objs)] == ["Current"] * 20
     assert live_jobs(cluster, ns) == [f"{n}-g1" for n in names]
     print(f"twenty jobs: Kustomization Ready {ready_after:.1f}s, all Running {running_after:.1f}s after the push")
+
+
+def test_the_wait_for_completion_variant_is_ready_only_when_the_runs_succeed(gitops: GitOps, operator):
+    """examples/gitops/flux-wait-for-completion: healthCheckExprs instead of kstatus for FineTuneJobs."""
+    cluster, ns = gitops.cluster, gitops.namespace
+    variant = yaml.safe_load((EXAMPLES / "flux-wait-for-completion" / "kustomization.yaml").read_text())
+    gitops.install({"healthCheckExprs": variant["spec"]["healthCheckExprs"]})
+    gitops.write("jobs/short.yaml", job("short", notes=kwok(seconds=12)))
+    sha = gitops.commit("a run of 12 seconds")
+    wait_for("the run", phase(cluster, ns, "short", "Running"), timeout=30)
+    waiting = gitops.condition()
+    assert waiting["status"] == "Unknown" and waiting["reason"] == "Progressing", waiting  # kstatus: Ready
+    ready = gitops.ready(sha, timeout=60)
+    assert status(cluster, ns, "short")["phase"] == "Succeeded", ready
