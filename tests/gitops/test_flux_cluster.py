@@ -260,7 +260,8 @@ def test_a_failed_run_fails_the_kustomization_and_a_token_commit_reruns_it(gitop
     rerun = wait_for("the rerun", phase(cluster, ns, "flaky", "Running", rerunToken="after-the-fix"), timeout=30)
     assert (rerun["runId"], rerun["jobName"]) == (failed["runId"], "flaky-g1-a2")
     [k8s_job] = [j for j in jobs(cluster, ns) if j["metadata"]["name"] == rerun["jobName"]]
-    assert run_id_of(k8s_job) == failed["runId"]
+    assert run_id_of(k8s_job) == failed["runId"]  # the trainer resumes from <output>/<runId>/checkpoints/
+    assert rerun["artifacts"]["checkpointUri"] == failed["artifacts"]["checkpointUri"]
     assert not rerun.get("runs")
 
 
