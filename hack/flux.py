@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+import queues  # hack/queues.py: its YAML-to-objects reader
+
 NAMESPACE = "flux-system"  # RUNTIME_NAMESPACE of both controllers (their events and leases would go there)
 SOURCE_CONTROLLER = "v1.9.6"
 KUSTOMIZE_CONTROLLER = "v1.9.6"
@@ -59,14 +61,14 @@ def _build_one(c, name: str, tmp: Path) -> None:
     shutil.rmtree(src)
 
 
-def build(c) -> dict:
-    return {name: c._cached_build(name, f"{version}-{_key(name)}", lambda tmp, name=name: _build_one(c, name, tmp))
-            for name, version in VERSIONS.items()}
-
-
 def _key(name: str) -> str:
     """A changed replacement rebuilds."""
     return hashlib.sha256(json.dumps(REPLACE[name], sort_keys=True).encode()).hexdigest()[:8]
+
+
+def build(c) -> dict:
+    return {name: c._cached_build(name, f"{version}-{_key(name)}", lambda tmp, name=name: _build_one(c, name, tmp))
+            for name, version in VERSIONS.items()}
 
 
 def git_root(c) -> Path:
@@ -97,7 +99,7 @@ def up(c, bins: dict, kubectl) -> None:
     c.run("git", "init", "-q", "--bare", "-b", "main", root / f"{REPOSITORY}.git")
     c.start("git-server", [sys.executable, c.HACK / "git_http.py", root, c.PORTS["git"]])
     kubectl("create", "namespace", NAMESPACE)
-    objects = [o for path in crds(c) for o in c.queues._to_json(kubectl, path)]
+    objects = [o for path in crds(c) for o in queues._to_json(kubectl, path)]
     kubectl("apply", "--server-side", "--field-manager=kubetune-cluster", "-f", "-",
             input=json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}))
     kubectl("wait", "--for=condition=Established", "--timeout=60s",
@@ -106,7 +108,6 @@ def up(c, bins: dict, kubectl) -> None:
     env = {"KUBECONFIG": str(c.cert_kubeconfig("flux")), "RUNTIME_NAMESPACE": NAMESPACE}
     common = ["--enable-leader-election=false", "--watch-all-namespaces=true", "--log-encoding=console",
               "--events-addr="]
-    storage = f"127.0.0.1:{c.PORTS['flux-source']}"
     # Started through links in the state dir: hack/cluster recognises its processes by that path in their argv.
     (d / "bin").mkdir(exist_ok=True)
     for name in VERSIONS:
