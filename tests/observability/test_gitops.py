@@ -40,16 +40,22 @@ def test_argo_application_and_flux_kustomization_deploy_the_folder():
     app = yaml.safe_load((GITOPS / "argocd" / "application.yaml").read_text())
     assert (ROOT / app["spec"]["source"]["path"]) == JOBS
     assert app["spec"]["destination"]["namespace"] == "ml-team"
-    flux = yaml.safe_load((GITOPS / "flux" / "kustomization.yaml").read_text())
     source = yaml.safe_load((GITOPS / "flux" / "gitrepository.yaml").read_text())
-    assert (ROOT / flux["spec"]["path"]).resolve() == JOBS
-    assert flux["spec"]["sourceRef"] == {"kind": "GitRepository", "name": source["metadata"]["name"]}
+    kstatus, completion = (yaml.safe_load((GITOPS / d / "kustomization.yaml").read_text())
+                           for d in ("flux", "flux-wait-for-completion"))
+    for flux in (kstatus, completion):
+        assert (ROOT / flux["spec"]["path"]).resolve() == JOBS
+        assert flux["spec"]["sourceRef"] == {"kind": "GitRepository", "name": source["metadata"]["name"]}
+    # The variant is the same Kustomization (applying it replaces the other) with healthCheckExprs.
+    assert {k: v for k, v in completion["spec"].items() if k not in ("healthCheckExprs", "timeout")} == {
+        k: v for k, v in kstatus["spec"].items() if k != "timeout"}
+    assert completion["metadata"] == kstatus["metadata"] and "healthCheckExprs" not in kstatus["spec"]
     assert source["spec"]["url"] == app["spec"]["source"]["repoURL"]
 
 
 def flux_verdict(obj: dict) -> str:
     """kustomize-controller's order: inProgress, then failed, then current; none matching is in progress."""
-    flux = yaml.safe_load((GITOPS / "flux" / "kustomization.yaml").read_text())
+    flux = yaml.safe_load((GITOPS / "flux-wait-for-completion" / "kustomization.yaml").read_text())
     [check] = [c for c in flux["spec"]["healthCheckExprs"] if c["kind"] == "FineTuneJob"]
     env = celpy.Environment()
     variables = {k: celpy.json_to_cel(v) for k, v in obj.items()}
