@@ -2,8 +2,8 @@
 processes on this host, and a Git server on loopback holding the repositories they pull.
 
 `hack/cluster` imports this module and passes itself as `c` (state dir, ports, process and build helpers), as with
-hack/queues.py. Opt-in: `KUBETUNE_FLUX=1` (a cold build of both controllers is minutes; hack/README.md has the
-numbers).
+hack/queues.py. On by default, like Kueue (`KUBETUNE_FLUX=0` leaves it out: a cold build of both controllers is
+minutes; hack/README.md has the numbers).
 
 Versions: the newest releases whose whole build list the Go module proxy serves. Flux 2.9's controllers
 (v1.10.x) need modules the proxy refuses (fluxcd/pkg/masktoken v0.10.0, spiffe v0.2.0, apis/crypto v0.5.0,
@@ -38,7 +38,7 @@ COMPONENTS = ["git-server", "source-controller", "kustomize-controller"]
 
 
 def enabled() -> bool:
-    return os.environ.get("KUBETUNE_FLUX", "0") == "1"
+    return os.environ.get("KUBETUNE_FLUX", "1") != "0"
 
 
 def module_dir(c, name: str) -> Path:

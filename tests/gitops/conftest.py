@@ -2,8 +2,8 @@
 working clone to commit to, a GitRepository and a Kustomization in its namespace that apply the repository's
 `jobs/` folder there, and the operator watching that namespace (tests/operator/conftest.py).
 
-Flux is opt-in in `hack/cluster` (`KUBETUNE_FLUX=1`: a cold build of its controllers takes minutes, hack/README.md):
-without it these tests skip, saying how to run them.
+`hack/cluster` runs Flux unless started with `KUBETUNE_FLUX=0` (a cold build of its controllers takes minutes,
+hack/README.md): without it these tests skip, saying how to run them.
 """
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from tests.operator.conftest import operator, operators  # noqa: F401  (fixtures
 from tests.plugins.cluster import wait_for
 
 ROOT = Path(__file__).parents[2]
-SKIP = ("Flux is not running in this cluster: start it with `KUBETUNE_FLUX=1 hack/cluster up` (and the same "
-        "variable for pytest's own `up`); hack/README.md has the build times")
+SKIP = ("Flux is not running in this cluster (started with KUBETUNE_FLUX=0): `hack/cluster down`, then `hack/cluster "
+        "up` without it; hack/README.md has the build times")
 
 
 def git(*args, cwd: Path) -> str:
