@@ -55,7 +55,8 @@ def test_apply_trains_in_a_container_on_the_real_node(cluster, real_jobs, tiny_i
 
     run_id = done["runId"]
     keys = real_jobs.objects(f"out/{run_id}/")
-    for name in ("summary.json", "metrics.jsonl", "model/adapter_model.safetensors", "model/adapter_config.json"):
+    for name in ("summary.json", "metrics.jsonl", "report.html", "model/adapter_model.safetensors",
+                 "model/adapter_config.json"):
         assert f"{real_jobs.prefix}/out/{run_id}/{name}" in keys, (name, keys)
     assert done["artifacts"]["uri"] == f"s3://{cluster.bucket}/{real_jobs.prefix}/out/{run_id}"
 
