@@ -3,33 +3,22 @@
 the real node; the Kustomization is Ready while the run trains; deleting the file (prune: true) removes the
 FineTuneJob and its children and leaves its artifacts in S3."""
 import secrets
-from pathlib import Path
 
 import pytest
 
 from tests.e2e.conftest import E2E_NAMESPACE, wait_until
-from tests.gitops.conftest import SKIP, GitOps, git
+from tests.gitops.conftest import GitOps, flux, new_repository  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.cluster
 
 
 @pytest.fixture
-def repo(cluster, tmp_path) -> GitOps:
-    if cluster.env.get("KUBETUNE_FLUX") != "1":
-        pytest.skip(SKIP)
+def repo(flux, tmp_path) -> GitOps:
     name = f"real-{secrets.token_hex(3)}"
-    root = Path(cluster.env["KUBETUNE_GIT_ROOT"])
-    git("init", "-q", "--bare", "-b", "main", str(root / f"{name}.git"), cwd=tmp_path)
-    url = f"{cluster.env['KUBETUNE_GIT_URL']}/{name}.git"
-    clone = tmp_path / "clone"
-    git("clone", "-q", url, str(clone), cwd=tmp_path)
-    git("checkout", "-q", "-b", "main", cwd=clone)
-    for key, value in {"user.name": "kubetune e2e", "user.email": "e2e@kubetune.invalid"}.items():
-        git("config", key, value, cwd=clone)
-    ops = GitOps(cluster, E2E_NAMESPACE, clone, url, name=name)
+    ops = new_repository(flux, E2E_NAMESPACE, name, tmp_path, name=name)
     yield ops
     for kind in ("kustomizations.kustomize.toolkit.fluxcd.io", "gitrepositories.source.toolkit.fluxcd.io"):
-        cluster.kubectl("delete", kind, name, "-n", E2E_NAMESPACE, "--wait=false", check=False)
+        flux.kubectl("delete", kind, name, "-n", E2E_NAMESPACE, "--wait=false", check=False)
 
 
 def test_a_commit_trains_on_the_real_node_and_a_deleted_file_prunes_the_run(cluster, real_jobs, tiny_in_s3, repo):

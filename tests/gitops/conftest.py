@@ -132,15 +132,21 @@ def flux(cluster):
     return cluster
 
 
-@pytest.fixture
-def gitops(flux, namespace, tmp_path) -> GitOps:
-    """An empty repository `<namespace>.git` with one commit (an empty `jobs/` folder), and its clone."""
-    root = Path(flux.env["KUBETUNE_GIT_ROOT"])
-    git("init", "-q", "--bare", "-b", "main", str(root / f"{namespace}.git"), cwd=tmp_path)
-    url = f"{flux.env['KUBETUNE_GIT_URL']}/{namespace}.git"
-    clone = tmp_path / "clone"
-    git("clone", "-q", url, str(clone), cwd=tmp_path)
+def new_repository(cluster, namespace: str, repo: str, work: Path, name: str = "jobs") -> GitOps:
+    """An empty repository `<repo>.git` on the cluster's Git server and its clone under `work`, whose Flux objects
+    (named `name`) deploy into `namespace`."""
+    root = Path(cluster.env["KUBETUNE_GIT_ROOT"])
+    git("init", "-q", "--bare", "-b", "main", str(root / f"{repo}.git"), cwd=work)
+    url = f"{cluster.env['KUBETUNE_GIT_URL']}/{repo}.git"
+    clone = work / "clone"
+    git("clone", "-q", url, str(clone), cwd=work)
     git("checkout", "-q", "-b", "main", cwd=clone)
     for key, value in {"user.name": "kubetune tests", "user.email": "tests@kubetune.invalid"}.items():
         git("config", key, value, cwd=clone)
-    return GitOps(flux, namespace, clone, url)
+    return GitOps(cluster, namespace, clone, url, name=name)
+
+
+@pytest.fixture
+def gitops(flux, namespace, tmp_path) -> GitOps:
+    """An empty repository `<namespace>.git` and its clone."""
+    return new_repository(flux, namespace, namespace, tmp_path)
