@@ -51,6 +51,15 @@ def phase(cluster, namespace, name, want: str, **fields):
     return probe
 
 
+def one_running_job(gitops: GitOps, name: str, message: str) -> dict:
+    """Installs the Flux objects, commits one job `name`, waits for Flux to apply it; the run's status once
+    Running."""
+    gitops.install()
+    gitops.write(f"jobs/{name}.yaml", job(name))
+    gitops.ready(gitops.commit(message))
+    return wait_for(f"{name} running", phase(gitops.cluster, gitops.namespace, name, "Running"), timeout=30)
+
+
 def test_the_example_folder_runs_from_a_commit_and_flux_is_ready_while_it_trains(gitops: GitOps, operator):
     """examples/gitops/ as written: the jobs folder committed at its path, the example GitRepository and
     Kustomization with only the repository's URL, the namespaces and the intervals changed."""
@@ -81,10 +90,7 @@ def test_the_example_folder_runs_from_a_commit_and_flux_is_ready_while_it_trains
 
 def test_add_edit_in_place_edit_and_revert(gitops: GitOps, operator):
     cluster, ns = gitops.cluster, gitops.namespace
-    gitops.install()
-    gitops.write("jobs/chat.yaml", job("chat"))
-    gitops.ready(gitops.commit("a new file: a run"))
-    first = wait_for("the first run", phase(cluster, ns, "chat", "Running"), timeout=30)
+    first = one_running_job(gitops, "chat", "a new file: a run")
     assert live_jobs(cluster, ns) == ["chat-g1"]
 
     # A training field: a new run; the old one recorded in status.runs.
@@ -152,11 +158,7 @@ def test_a_kubectl_edit_is_put_back_by_flux_and_what_that_costs(gitops: GitOps, 
     """Flux restores what Git says at its next reconcile (spec.interval, or `flux reconcile`): the fields Git sets,
     and whatever kubectl changed; a field Git does not set, changed by another client, stays."""
     cluster, ns = gitops.cluster, gitops.namespace
-    gitops.install()
-    gitops.write("jobs/chat.yaml", job("chat"))
-    sha = gitops.commit("a job")
-    gitops.ready(sha)
-    first = wait_for("the run", phase(cluster, ns, "chat", "Running"), timeout=30)
+    first = one_running_job(gitops, "chat", "a job")
 
     # A training field set in Git, edited by hand: the operator starts a run of the edited spec...
     cluster.kubectl("patch", "ftj", "chat", "-n", ns, "--type=merge", "-p",
@@ -190,10 +192,7 @@ def test_a_kubectl_edit_is_put_back_by_flux_and_what_that_costs(gitops: GitOps, 
 
 def test_suspend_and_resume_through_git(gitops: GitOps, operator):
     cluster, ns = gitops.cluster, gitops.namespace
-    gitops.install()
-    gitops.write("jobs/chat.yaml", job("chat"))
-    gitops.ready(gitops.commit("a job"))
-    first = wait_for("the run", phase(cluster, ns, "chat", "Running"), timeout=30)
+    first = one_running_job(gitops, "chat", "a job")
 
     gitops.write("jobs/chat.yaml", job("chat", {"suspend": True}))
     gitops.ready(gitops.commit("suspend"))  # Suspended is Current for kstatus: the Kustomization stays Ready
@@ -212,10 +211,7 @@ def test_a_commit_with_one_invalid_job_is_refused_whole(gitops: GitOps, operator
     one invalid FineTuneJob holds back the valid ones of the same commit; what the last good commit applied runs
     on untouched."""
     cluster, ns = gitops.cluster, gitops.namespace
-    gitops.install()
-    gitops.write("jobs/old.yaml", job("old"))
-    gitops.ready(gitops.commit("a good commit"))
-    wait_for("old running", phase(cluster, ns, "old", "Running"), timeout=30)
+    one_running_job(gitops, "old", "a good commit")
 
     gitops.write("jobs/new.yaml", job("new"))
     gitops.write("jobs/bad.yaml", job("bad", {"hyperparameters": {"epochs": 2}}))  # epochs and maxSteps
