@@ -61,6 +61,15 @@ def bars(title: str, unit: str, *queries: prometheus.Dataquery, description: str
         p = p.with_target(q)
     return p
 
+def bounds_table(title: str, expr: str, row_field: str, description: str = "", w: int = 24,
+                 h: int = 8) -> table.Panel:
+    """An instant query's series as a matrix: a row per `row_field`, a column per `bound` label (value, low,
+    high: an estimate and its interval)."""
+    return (table.Panel().title(title).description(description).datasource(DS).span(w).height(h)
+            .with_target(query(expr, "", "A", instant=True).format("table"))
+            .with_transformation(DataTransformerConfig(id_val="groupingToMatrix", options={
+                "columnField": "bound", "rowField": row_field, "valueField": "Value"})))
+
 
 def fleet() -> list:
     def quantiles(metric: str) -> list[prometheus.Dataquery]:
@@ -142,12 +151,9 @@ def one_job() -> list:
              query(f'kubetune_test_metric{{{JOB}, metric=~"{HEADLINE}"}}', "{{metric}} {{model}}", instant=True),
              description="Final test-set metrics of the fine-tuned model and each baseline (baseModel, "
                          "majorityClass or trainMean).", w=12, h=10),
-        (table.Panel().title("Difference to baseline (95% interval)").datasource(DS).span(24).height(8)
-         .description("Fine-tuned minus baseline on the test set, with the paired-bootstrap interval: an interval "
-                      "that excludes zero is not chance.")
-         .with_target(query(f'kubetune_test_difference{{{JOB}}}', "", "A", instant=True).format("table"))
-         .with_transformation(DataTransformerConfig(id_val="groupingToMatrix", options={
-             "columnField": "bound", "rowField": "metric", "valueField": "Value"}))),
+        bounds_table("Difference to baseline (95% interval)", f'kubetune_test_difference{{{JOB}}}', "metric",
+                     description="Fine-tuned minus baseline on the test set, with the paired-bootstrap interval: "
+                                 "an interval that excludes zero is not chance."),
     ]
 
 
@@ -160,12 +166,9 @@ def sweeps() -> list:
              description="Each finished trial's objective (status.trials[].objective): best, indistinguishable "
                          "from the best (95% intervals overlap), worse (apart) or unknown (no interval). "
                          "docs/sweeps.md says why overlap is a conservative test.", w=12, h=9),
-        (table.Panel().title("Trial intervals (95%)").datasource(DS).span(12).height(9)
-         .description("Each finished trial's objective with the bounds of the 95% interval the ranking compared "
-                      "(paired with the base model when the trainer compared against it).")
-         .with_target(query(f"{objective}{{{NS}}}", "", "A", instant=True).format("table"))
-         .with_transformation(DataTransformerConfig(id_val="groupingToMatrix", options={
-             "columnField": "bound", "rowField": "trial", "valueField": "Value"}))),
+        bounds_table("Trial intervals (95%)", f"{objective}{{{NS}}}", "trial", w=12, h=9,
+                     description="Each finished trial's objective with the bounds of the 95% interval the ranking "
+                                 "compared (paired with the base model when the trainer compared against it)."),
         series("Trials by phase", "short",
                query(f"sum by (finetunesweep, phase) (kubetune_operator_sweep_trials{{{NS}}})",
                      "{{finetunesweep}} {{phase}}"),
