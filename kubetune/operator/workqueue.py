@@ -31,7 +31,8 @@ CHANGE, SAMPLE = "change", "sample"
 
 
 class WorkQueue:
-    SAMPLE_SHARE = 5
+    SAMPLE_SHARE = 5  # while changes wait, every fifth take serves a waiting sample
+
     def __init__(self, clock: Callable[[], float] = time.monotonic, base_delay: float = 5.0,
                  max_delay: float = 300.0):
         self.clock, self.base_delay, self.max_delay = clock, base_delay, max_delay
