@@ -55,3 +55,8 @@ METRIC_TOKENS_PER_SECOND = "kubetune_tokens_per_second"
 METRIC_ETA_SECONDS = "kubetune_eta_seconds"
 METRIC_BEST = "kubetune_best_metric"
 """Gauge with a `metric` label naming the monitored validation metric."""
+METRIC_EVAL_LOSS_AT_STEP = "kubetune_eval_loss_at_step"
+"""Gauge with a `step` label: the validation loss of each of the newest EVAL_HISTORY_POINTS evaluations, so a
+reader that comes by every few seconds misses none (a sweep's pruner compares trials at equal steps)."""
+EVAL_HISTORY_POINTS = 100
+"""Evaluations the trainer serves and a FineTuneJob's status keeps (metrics.evalLosses), newest first kept."""

@@ -11,6 +11,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from kubetune.api import contract
 from kubetune.api.base import APIModel
 
 
@@ -251,11 +252,21 @@ class PromotionStatus(APIModel):
     """The spec.promotion.override the run's trainer saw (and carried out, or found not to apply to it)."""
 
 
+class EvalPoint(APIModel):
+    step: int = Field(ge=0)
+    """The step of the evaluation that produced the loss, as the trainer serves it (a trainer image that does not
+    serve its history: the progress the operator read, rounded down to the evaluation steps)."""
+    value: float
+    """The eval loss."""
+
+
 class Metrics(APIModel):
     train_loss: float | None = None
     """Latest training loss."""
     eval_loss: float | None = None
     """Latest validation loss."""
+    eval_losses: list[EvalPoint] | None = Field(None, max_length=contract.EVAL_HISTORY_POINTS)
+    """Each evaluation's validation loss by step, the newest 100: the curve, and what a sweep's pruner judges."""
     best: BestMetric | None = None
     """Best value of the monitored validation metric."""
     baseline: dict[str, float] | None = None

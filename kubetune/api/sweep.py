@@ -16,7 +16,7 @@ from kubetune.api.base import APIModel
 from kubetune.api.job import API_VERSION, MAX_NAME_LENGTH, NAME_PATTERN, ObjectMeta
 from kubetune.api.rules import Rule
 from kubetune.api.spec import MAXIMISED_METRICS, FineTuneJobSpec, Metric
-from kubetune.api.status import Condition
+from kubetune.api.status import Condition, EvalPoint
 
 SWEEP_KIND = "FineTuneSweep"
 SWEEP_PLURAL = "finetunesweeps"
@@ -293,14 +293,6 @@ def apply_params(spec: dict, params: dict[str, Any]) -> dict:
 
 TrialPhase = Literal["Pending", "Running", "Succeeded", "Failed", "Pruned"]
 SweepPhase = Literal["Running", "Succeeded", "Failed"]
-
-
-class EvalPoint(APIModel):
-    step: int = Field(ge=0)
-    """The step of the evaluation that produced the loss: the trial's progress when the operator read it, rounded
-    down to the trainer's evaluation steps (evaluation.everySteps, else a tenth of the run, and the last step)."""
-    value: float
-    """The eval loss."""
 
 
 class Interval(APIModel):

@@ -5,6 +5,7 @@ What answers on that port is the tenant's (spec.image), so a read is bounded: on
 reading everything, and a byte cap (the contract's gauges are a few KB). It runs outside the per-object lock.
 """
 import http.client
+import math
 import time
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -18,16 +19,23 @@ FIELDS = {contract.METRIC_STEP: "step", contract.METRIC_TOTAL_STEPS: "total_step
 
 
 def parse(text: str) -> dict:
-    """The contract's gauges as a sample dict; `best` is (metric name, value). Absent gauges are absent keys."""
+    """The contract's gauges as a sample dict; `best` is (metric name, value), `eval_losses` the served
+    evaluations as (step, loss) by step. Absent gauges are absent keys."""
     sample: dict = {}
+    history: dict[int, float] = {}
     for family in text_string_to_metric_families(text):
         for s in family.samples:
             if s.name in FIELDS:
                 sample[FIELDS[s.name]] = s.value
             elif s.name == contract.METRIC_BEST:
                 sample["best"] = (s.labels.get("metric", "loss"), s.value)
+            elif s.name == contract.METRIC_EVAL_LOSS_AT_STEP and s.labels.get("step", "").isdigit() \
+                    and math.isfinite(s.value):
+                history[int(s.labels["step"])] = s.value
     if not sample.get("eval_loss"):
         sample.pop("eval_loss", None)  # a gauge that was never set reads 0, which is no evaluation yet
+    if history:  # the port is the tenant's: no more points than the trainer's contract serves
+        sample["eval_losses"] = sorted(history.items())[-contract.EVAL_HISTORY_POINTS:]
     return sample
 
 

@@ -8,8 +8,8 @@ from datetime import datetime
 from pydantic import ValidationError
 
 from kubetune.api import Condition, ConditionType, FineTuneJob, FineTuneJobStatus, Reason, contract
-from kubetune.api.status import (Artifacts, BestMetric, Comparison, Metrics, Progress, PromotionReason, PromotionStatus,
-                                 RunRecord)
+from kubetune.api.status import (Artifacts, BestMetric, Comparison, EvalPoint, Metrics, Progress, PromotionReason,
+                                 PromotionStatus, RunRecord)
 from kubetune.operator import kueue
 from kubetune.operator.labels import ANNOTATION_RESTART_REASON
 from kubetune.operator.observed import failure_of, fatal_failure, job_condition, termination_json
@@ -175,6 +175,14 @@ def comparisons(lines: list | None) -> list[Comparison] | None:
     return parsed or None
 
 
+def eval_curve(kept: list[EvalPoint] | None, served: list[tuple[int, float]]) -> list[EvalPoint]:
+    """The kept evaluations with the served ones, by step (a resumed run evaluates a step again: the newer value),
+    the newest EVAL_HISTORY_POINTS: the trainer serves its recent ones only, the status keeps the curve."""
+    by_step = {p.step: p.value for p in kept or []} | {int(step): float(loss) for step, loss in served}
+    newest = sorted(by_step.items())[-contract.EVAL_HISTORY_POINTS:]
+    return [EvalPoint(step=step, value=loss) for step, loss in newest]
+
+
 def live_metrics(previous: Metrics | None, sample: dict | None, summary: dict | None) -> Metrics | None:
     m = (previous or Metrics()).model_copy()
     if sample and sample.get("step"):  # before the first step the trainer's gauges read 0, which is no loss
@@ -184,6 +192,8 @@ def live_metrics(previous: Metrics | None, sample: dict | None, summary: dict | 
         if sample.get("best"):
             name, value = sample["best"]
             m.best = BestMetric(name=name, value=value, step=(m.best.step if m.best else 0))
+        if sample.get("eval_losses"):
+            m.eval_losses = eval_curve(m.eval_losses, sample["eval_losses"])
     if summary:
         ev = summary.get("eval") or {}
         m.eval_loss = ev.get("loss", m.eval_loss)

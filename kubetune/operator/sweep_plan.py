@@ -137,10 +137,11 @@ def _number(value) -> bool:
 
 
 def phase_of(obj: dict) -> tuple[str, str | None]:
-    if (obj["metadata"].get("annotations") or {}).get(ANNOTATION_PRUNED) == "true":
-        return "Pruned", SweepReason.TRIAL_PRUNED
     status = obj.get("status") or {}
     phase = status.get("phase")
+    # One that finished before its suspension landed has its result: it counts as finished.
+    if (obj["metadata"].get("annotations") or {}).get(ANNOTATION_PRUNED) == "true" and phase != "Succeeded":
+        return "Pruned", SweepReason.TRIAL_PRUNED
     reason = next((c.get("reason") for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
     if phase in ("Succeeded", "Failed", "Running"):
         return phase, reason
@@ -162,8 +163,15 @@ def eval_step(step: int, spec: dict, status: dict) -> int:
 
 
 def eval_history(previous: list[EvalPoint], status: dict, spec: dict | None = None) -> list[EvalPoint]:
-    """The recorded eval losses plus the one the trial's status shows now, when it is new (a new value), at the
-    step of the evaluation that produced it (eval_step)."""
+    """The recorded eval losses with the trial's own curve (status.metrics.evalLosses: every evaluation the
+    trainer served, under its step), by step. A trainer image that serves no curve: the recorded ones plus the
+    loss the status shows now, when it is new (a new value), at the step of the evaluation that produced it
+    (eval_step); an evaluation between two reads is missing then."""
+    curve = [p for p in (status.get("metrics") or {}).get("evalLosses") or []
+             if isinstance(p, dict) and isinstance(p.get("step"), int) and _number(p.get("value"))]
+    if curve:
+        by_step = {p.step: p.value for p in previous} | {p["step"]: float(p["value"]) for p in curve}
+        return [EvalPoint(step=k, value=v) for k, v in sorted(by_step.items())][-MAX_EVAL_POINTS:]
     points = list(previous)
     loss = (status.get("metrics") or {}).get("evalLoss")
     step = (status.get("progress") or {}).get("step")
@@ -220,6 +228,7 @@ def plan(sweep: FineTuneSweep, observed: list[dict], now: datetime) -> SweepPlan
     numbers = sorted(set(children) | set(recorded))
 
     trials: list[Trial] = []
+    at_last_evaluation: set[int] = set()  # nothing left to save by pruning: they finish and are ranked
     for number in numbers:
         obj, before = children.get(number), recorded.get(number)
         if obj is None:
@@ -240,6 +249,9 @@ def plan(sweep: FineTuneSweep, observed: list[dict], now: datetime) -> SweepPlan
         status = obj.get("status") or {}
         objective, interval, own = objective_of(sweep, status) if phase == "Succeeded" else (None, None, None)
         history = eval_history(before.eval_losses if before else [], status, obj.get("spec") or {})
+        total = (status.get("progress") or {}).get("totalSteps")
+        if history and isinstance(total, int) and total > 0 and history[-1].step >= total:
+            at_last_evaluation.add(number)
         trials.append(Trial(name=obj["metadata"]["name"], number=number, params=params, phase=phase, reason=reason,
                             objective=objective, interval=interval, own_interval=own,
                             run_id=status.get("runId") or (before.run_id if before else None),
@@ -248,7 +260,7 @@ def plan(sweep: FineTuneSweep, observed: list[dict], now: datetime) -> SweepPlan
     study, verdicts = replay(sweep, trials)
     if spec.pruning is not None:
         for trial, prune in zip(trials, verdicts):
-            if trial.phase == "Running" and prune:
+            if trial.phase == "Running" and prune and trial.number not in at_last_evaluation:
                 last = trial.eval_losses[-1]
                 out.prune.append((trial.name, {"metadata": {"annotations": {ANNOTATION_PRUNED: "true"}},
                                                "spec": {"suspend": True}}))

@@ -22,6 +22,8 @@ class Telemetry:
         self.tokens_per_second = g(c.METRIC_TOKENS_PER_SECOND, "Training tokens per second, all devices")
         self.eta = g(c.METRIC_ETA_SECONDS, "Estimated seconds left")
         self.best = g(c.METRIC_BEST, "Best value of the monitored validation metric", ["metric"])
+        self.eval_loss_at_step = g(c.METRIC_EVAL_LOSS_AT_STEP, "Validation loss of each recent evaluation", ["step"])
+        self.eval_steps: list[int] = []
         self.grad_norm = g("kubetune_grad_norm", "Gradient norm before clipping")
         self.samples_per_second = g("kubetune_samples_per_second", "Training sequences per second")
         self.checkpoint_seconds = g("kubetune_checkpoint_seconds", "Duration of the last checkpoint write")
@@ -73,6 +75,10 @@ class Telemetry:
     def evaluation(self, step: int, metrics: dict, best_name: str, best_value: float | None, tag: str = "eval"):
         if tag == "eval":
             self.eval_loss.set(metrics["loss"])
+            self.eval_loss_at_step.labels(step=str(step)).set(metrics["loss"])
+            self.eval_steps = [s for s in self.eval_steps if s != step] + [step]
+            while len(self.eval_steps) > c.EVAL_HISTORY_POINTS:
+                self.eval_loss_at_step.remove(str(self.eval_steps.pop(0)))
             for k, v in metrics.items():
                 self.eval_metric.labels(metric=k).set(v)
             if best_value is not None:

@@ -251,3 +251,29 @@ def test_a_refusal_as_invalid_fails_and_stalls_the_run():
     conds = {c.type: (c.status, c.reason) for c in status.conditions}
     assert conds["Stalled"] == conds["Failed"] == ("True", Reason.CHILD_REJECTED)
     assert conds["Reconciling"] == ("False", Reason.FINISHED) and event.type == "Warning"
+
+
+def test_the_status_keeps_every_evaluation_the_trainer_served():
+    """Each read brings the trainer's recent evaluations; the status keeps them by step, the newest
+    EVAL_HISTORY_POINTS, and a finished run keeps its curve."""
+    from kubetune.api import contract
+    job = ftj()
+    first = {"step": 45.0, "total_steps": 100.0, "eval_loss": 1.8, "eval_losses": [(20, 2.0), (40, 1.8)]}
+    status, _ = compute_status(job, runs.current_run(job), k8s_job(), [pod("Running")], first, NOW)
+    assert [(e.step, e.value) for e in status.metrics.eval_losses] == [(20, 2.0), (40, 1.8)]
+    # a later read whose window no longer holds step 20 (a trainer serving its newest points only)
+    later = {"step": 85.0, "total_steps": 100.0, "eval_loss": 1.5, "eval_losses": [(40, 1.8), (60, 1.6), (80, 1.5)]}
+    again = ftj(status=status.to_wire())
+    status, _ = compute_status(again, runs.current_run(again), k8s_job(), [pod("Running")], later, NOW)
+    assert [e.step for e in status.metrics.eval_losses] == [20, 40, 60, 80]
+    assert status.to_wire()["metrics"]["evalLosses"][-1] == {"step": 80, "value": 1.5}
+    many = {"step": 9999.0, "eval_losses": [(s, 1.0) for s in range(100, 100 + 3 * contract.EVAL_HISTORY_POINTS)]}
+    again = ftj(status=status.to_wire())
+    status, _ = compute_status(again, runs.current_run(again), k8s_job(), [pod("Running")], many, NOW)
+    assert len(status.metrics.eval_losses) == contract.EVAL_HISTORY_POINTS
+    assert status.metrics.eval_losses[-1].step == 99 + 3 * contract.EVAL_HISTORY_POINTS
+    done = ftj(status=status.to_wire())
+    final, _ = compute_status(done, runs.current_run(done), k8s_job(("Complete", ""), completionTime=
+                              "2026-11-22T11:30:00Z"), [pod("Succeeded", exit_code=0, message=json.dumps(SUMMARY))],
+                              None, NOW)
+    assert final.metrics.eval_losses == status.metrics.eval_losses

@@ -294,3 +294,49 @@ def test_median_pruning_compares_trials_read_at_different_steps():
     p = plan(sweep, observed, NOW)
     assert [name for name, _ in p.prune] == ["sweep-t1"]
     assert [(e.step, e.value) for e in p.status.trials[1].eval_losses] == [(20, 3.0)]
+
+
+def test_evaluations_the_operator_never_read_still_reach_the_pruner():
+    """A fast trial's evaluations can fall between two progress reads (seen on CI: a 300-step trial in seconds, so
+    the finished trial's history held steps 120 and 300 only and a running one's step 60 had nothing to be compared
+    with). The trainer serves its recent evaluations, the FineTuneJob status keeps them (metrics.evalLosses), and
+    the planner files each under its own step: the finished trial's step 20 is there though no read caught it."""
+    sweep = make_sweep({"spec": {"parallelism": 1, "pruning": {"startupTrials": 1},
+                                 "template": {"spec": {"evaluation": {"everySteps": 20}}}}})
+    history = lambda *points: [{"step": s, "value": v} for s, v in points]  # noqa: E731
+
+    def finished(obj):  # only its final state was ever read
+        obj["status"] = {"phase": "Succeeded", "progress": {"step": 100, "totalSteps": 100},
+                         "metrics": {"evalLoss": 0.5, "evalLosses": history((20, 1.0), (40, 0.8), (100, 0.5))}}
+
+    def running(obj):
+        obj["status"] = {"phase": "Running", "progress": {"step": 33, "totalSteps": 100},
+                         "metrics": {"evalLoss": 3.0, "evalLosses": history((20, 3.0))}}
+    observed, sweep = world_after(sweep, [lambda o: finished(o[0]), lambda o: running(o[1])])
+    p = plan(sweep, observed, NOW)
+    assert [(e.step, e.value) for e in p.status.trials[0].eval_losses] == [(20, 1.0), (40, 0.8), (100, 0.5)]
+    assert [name for name, _ in p.prune] == ["sweep-t1"]
+
+
+def test_a_trial_at_its_last_evaluation_is_left_to_finish():
+    """Pruning saves the steps a trial has left; one whose latest evaluation is at its last step has none, and
+    suspending it would throw away its test evaluation and call a full-cost run Pruned. It finishes and is ranked."""
+    sweep = make_sweep({"spec": {"parallelism": 1, "pruning": {"startupTrials": 1},
+                                 "template": {"spec": {"evaluation": {"everySteps": 20}}}}})
+
+    def state(obj, phase, step, points):
+        obj["status"] = {"phase": phase, "progress": {"step": step, "totalSteps": 40},
+                         "metrics": {"evalLoss": points[-1][1],
+                                     "evalLosses": [{"step": s, "value": v} for s, v in points]}}
+    observed, sweep = world_after(sweep, [lambda o: state(o[0], "Succeeded", 40, [(20, 1.0), (40, 0.8)]),
+                                          lambda o: state(o[1], "Running", 40, [(20, 0.9), (40, 3.0)])])
+    p = plan(sweep, observed, NOW)
+    assert p.prune == [] and p.status.trials[1].phase == "Running"
+
+
+def test_a_trial_that_finished_before_its_suspension_landed_counts_as_finished():
+    sweep = make_sweep({"spec": {"parallelism": 1, "pruning": {"startupTrials": 1}}})
+    observed, sweep = world_after(sweep, [lambda o: succeed(o[0], 1.0)])
+    observed[0]["metadata"]["annotations"][ANNOTATION_PRUNED] = "true"
+    p = plan(sweep, observed, NOW)
+    assert p.status.trials[0].phase == "Succeeded" and p.status.trials[0].objective == 1.0
