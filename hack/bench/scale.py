@@ -230,8 +230,12 @@ class Operator:
             r'^kubetune_bench_api_requests_total\{client="([^"]*)",resource="([^"]*)",verb="([^"]*)"\} (\S+)',
             text, re.M)}
         count = re.search(r"^kubetune_operator_reconcile_duration_seconds_count (\S+)", text, re.M)
+        buckets = {f'{m[0]} {m[1]}': float(m[2]) for m in re.findall(  # "line le" -> cumulative count
+            r'^kubetune_operator_workqueue_wait_seconds_bucket'
+            r'\{queue="finetunejobs",line="([^"]*)",le="([^"]*)"\} (\S+)',
+            text, re.M)}
         self.last[proc.pid] = {
-            "requests": requests, "reconciles": float(count.group(1)) if count else 0.0,
+            "requests": requests, "reconciles": float(count.group(1)) if count else 0.0, "wait_buckets": buckets,
             "cpu": (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK"),
             "rss_peak": int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) / 1024,
             "rss": int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) / 1024}
@@ -368,6 +372,10 @@ def run(n: int, run_seconds: float, kill: bool, timeout: float, serve_metrics: b
         for (client, resource, verb), count in sample["requests"].items():
             requests[(verb, resource)] += count
     reconciles = sum(s["reconciles"] for s in operator.last.values())
+    wait_buckets: dict = defaultdict(float)
+    for sample in operator.last.values():
+        for key, count in sample.get("wait_buckets", {}).items():
+            wait_buckets[key] += count
     cpu = sum(s["cpu"] for s in operator.last.values())
     apiserver_create = [seconds_between(f, j) for f, j in recorder.created.values() if f and j]
     return {
@@ -377,15 +385,27 @@ def run(n: int, run_seconds: float, kill: bool, timeout: float, serve_metrics: b
         "create_to_job": recorder.latencies("ftj_added", "job_added"),
         "create_to_job_apiserver": apiserver_create,
         "pod_running_to_status": recorder.latencies("pod_running", "ftj_running"),
+        # (seconds after the apply began that the pod turned Running, its latency to the status): where the tail is
+        "pod_running_timeline": sorted((recorder.t["pod_running"][k] - started, recorder.t["ftj_running"][k]
+                                        - recorder.t["pod_running"][k]) for k in recorder.t["ftj_running"]
+                                       if k in recorder.t["pod_running"]),
         "job_finished_to_status": recorder.latencies("job_finished", "ftj_terminal"),
         "rss_peak_mb": max((s["rss_peak"] for s in operator.last.values()), default=0.0),
         "requests": {f"{verb} {resource}": count for (verb, resource), count in sorted(requests.items())},
-        "reconciles": reconciles, "cpu_seconds": cpu,
+        "reconciles": reconciles, "cpu_seconds": cpu, "queue_wait_buckets": dict(wait_buckets),
         "duplicates": sum(len(uids) > 1 for uids in recorder.job_uids.values()), "orphans": orphan_count,
         "progress_seconds": progress_seconds, "lease_seconds": lease_seconds, "restarts": operator.restarts,
         "load_average": os.getloadavg(),
         **progress_numbers(recorder, trainers, Path(f"/tmp/{operator.lease}.log")),
     }
+
+
+def bucket_quantile(r: dict, line: str, q: float) -> str:
+    """The histogram bucket that holds quantile q of the operator's work-queue waits on `line` ("<= 0.5 s")."""
+    cumulative = sorted((float(k.split()[1]), c) for k, c in r["queue_wait_buckets"].items() if k.split()[0] == line)
+    total = cumulative[-1][1] if cumulative else 0
+    bound = next((le for le, c in cumulative if total and c >= q * total), None)
+    return f"<= {bound:g} s" if bound is not None else "-"
 
 
 def table(r: dict) -> str:
@@ -416,6 +436,8 @@ def table(r: dict) -> str:
         f"| reconciles per job | {r['reconciles'] / n:.2f} | | |",
         f"| operator CPU per reconcile | {1000 * r['cpu_seconds'] / max(r['reconciles'], 1):.1f} ms "
         f"({r['cpu_seconds']:.1f} s in all) | | |",
+        *[f"| work queue wait, {line} line (bucket bounds) | {bucket_quantile(r, line, .5)} | "
+          f"{bucket_quantile(r, line, .99)} | |" for line in ("change", "sample") if r.get("queue_wait_buckets")],
         f"| duplicate Jobs / orphaned children | {r['duplicates']} / {r['orphans']} | | |",
         f"| operator restarts after an exit (Lease {r['lease_seconds']:g} s) | {len(r['restarts'])} | | |",
         f"| load average at the end (1, 5, 15 min) | {', '.join(f'{x:.1f}' for x in r['load_average'])} | | |",

@@ -60,7 +60,7 @@ class Controller:
         self.workers = Workers(self.queue, settings.workers, self.reconcile_one)
         self.ticker = Ticker(settings.progress_interval_seconds, settings.workers, self.progress_tick)
         # Sweeps have a queue and workers of their own: a sweep waits behind no FineTuneJob, and a key is a sweep.
-        self.sweeps = WorkQueue(base_delay=RETRY_SECONDS, max_delay=MAX_RETRY_SECONDS)
+        self.sweeps = WorkQueue(base_delay=RETRY_SECONDS, max_delay=MAX_RETRY_SECONDS, name="finetunesweeps")
         self.sweep_workers = Workers(self.sweeps, SWEEP_WORKERS, self.reconcile_sweep_one)
         self.relister = None
         self.started = False

@@ -24,18 +24,25 @@ import time
 from collections import deque
 from collections.abc import Callable, Hashable
 
+from prometheus_client import Histogram
+
 log = logging.getLogger("kubetune.workqueue")
 
 
 CHANGE, SAMPLE = "change", "sample"
+WAIT_SECONDS = Histogram("kubetune_operator_workqueue_wait_seconds", "From due to taken by a worker (controller-"
+                         "runtime's workqueue_queue_duration_seconds), by queue and line", ["queue", "line"],
+                         buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64))
 
 
 class WorkQueue:
     SAMPLE_SHARE = 5  # while changes wait, every fifth take serves a waiting sample
 
     def __init__(self, clock: Callable[[], float] = time.monotonic, base_delay: float = 5.0,
-                 max_delay: float = 300.0):
+                 max_delay: float = 300.0, name: str = "finetunejobs"):
         self.clock, self.base_delay, self.max_delay = clock, base_delay, max_delay
+        self._wait = {line: WAIT_SECONDS.labels(name, line) for line in (CHANGE, SAMPLE)}
+        self._due_since: dict = {}  # due key -> when it first became due (a lifted sample keeps its time)
         self._cond = threading.Condition()
         self._lines = {CHANGE: deque(), SAMPLE: deque()}  # due keys in order; entries not in _queued are stale
         self._queued: dict = {}  # due key -> its line (CHANGE or SAMPLE); may wait for its running reconcile
@@ -112,7 +119,7 @@ class WorkQueue:
         """Drops everything pending; get() returns None to every worker, add() does nothing from now on."""
         with self._cond:
             self.closed = True
-            self._lines[CHANGE].clear(), self._lines[SAMPLE].clear(), self._queued.clear()
+            self._lines[CHANGE].clear(), self._lines[SAMPLE].clear(), self._queued.clear(), self._due_since.clear()
             self._heap.clear(), self._deadlines.clear()
             self._samples.clear(), self._failures.clear()
             self._cond.notify_all()
@@ -130,6 +137,7 @@ class WorkQueue:
     def _make_due(self, key, line: str) -> None:
         if self._queued.get(key) in (CHANGE, line):
             return  # already due, in this line or a faster one
+        self._due_since.setdefault(key, self.clock())
         self._queued[key] = line  # new, or a waiting sample lifted to a change (its old entry turns stale)
         if key not in self._processing:
             self._lines[line].append(key)
@@ -159,6 +167,7 @@ class WorkQueue:
         line = SAMPLE if change is None or (sample is not None and self._takes % self.SAMPLE_SHARE == 0) else CHANGE
         key = self._lines[line].popleft()
         del self._queued[key]
+        self._wait[line].observe(self.clock() - self._due_since.pop(key, self.clock()))
         self._processing.add(key)
         self._deadlines.pop(key, None)  # this reconcile decides the next requeue
         return key, self._samples.pop(key, None)

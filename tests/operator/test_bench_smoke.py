@@ -18,6 +18,7 @@ def test_scale_bench_small(cluster, finetunejob_crd, tmp_path):
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "creation -> Job" in proc.stdout and "API requests per job" in proc.stdout
+    assert "work queue wait, change line" in proc.stdout
     r = json.loads(out.read_text())
     assert (r["terminal"], r["succeeded"], r["duplicates"], r["orphans"]) == (6, 6, 0, 0)
     assert len(r["create_to_job"]) == 6 and r["killed_at_seconds"] is not None

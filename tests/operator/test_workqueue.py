@@ -220,3 +220,34 @@ def test_the_controller_queues_progress_behind_changes(monkeypatch):
     c.progress_tick(*A, {"phase": "Running"})
     c.enqueue(*B)
     assert [c.queue.take()[0], c.queue.take()[0]] == [B, A]
+
+
+def test_the_wait_from_due_to_a_worker_is_measured_per_line():
+    """controller-runtime's workqueue_queue_duration_seconds: how long a due key waited for a worker, here by line,
+    so a latency tail can be read as queueing (or not) while it happens. A lifted sample counts from when it was
+    first due; a key that waited for its own running reconcile counts that wait too."""
+    from prometheus_client import REGISTRY
+    clock = Clock()
+    q = WorkQueue(clock=clock, base_delay=5, max_delay=300, name="wait-test")
+
+    def observed(line: str) -> tuple[float, float]:
+        labels = {"queue": "wait-test", "line": line}
+        return (REGISTRY.get_sample_value("kubetune_operator_workqueue_wait_seconds_count", labels) or 0.0,
+                REGISTRY.get_sample_value("kubetune_operator_workqueue_wait_seconds_sum", labels) or 0.0)
+    q.add(A)
+    clock.now += 2
+    assert q.take() == (A, None) and observed("change") == (1, 2.0)
+    q.add(A)  # while it runs
+    clock.now += 3
+    q.done(A)
+    assert q.take() == (A, None) and observed("change") == (2, 5.0)
+    q.done(A)
+    q.add(B, sample={"step": 1}, background=True)
+    clock.now += 1
+    q.add(B)  # lifted to a change: it has waited since it was first due
+    clock.now += 1
+    assert q.take() == (B, {"step": 1}) and observed("change") == (3, 7.0)
+    q.done(B)
+    q.add(B, sample={"step": 2}, background=True)
+    clock.now += 4
+    assert q.take() == (B, {"step": 2}) and observed("sample") == (1, 4.0)
