@@ -230,9 +230,9 @@ class Operator:
             r'^kubetune_bench_api_requests_total\{client="([^"]*)",resource="([^"]*)",verb="([^"]*)"\} (\S+)',
             text, re.M)}
         count = re.search(r"^kubetune_operator_reconcile_duration_seconds_count (\S+)", text, re.M)
-        buckets = {f'{m[0]} {m[1]}': float(m[2]) for m in re.findall(  # "line le" -> cumulative count
+        buckets = {f'{m[1]} {m[0]}': float(m[2]) for m in re.findall(  # "line le" -> cumulative count
             r'^kubetune_operator_workqueue_wait_seconds_bucket'
-            r'\{queue="finetunejobs",line="([^"]*)",le="([^"]*)"\} (\S+)',
+            r'\{le="([^"]*)",line="([^"]*)",queue="finetunejobs"\} (\S+)',
             text, re.M)}
         self.last[proc.pid] = {
             "requests": requests, "reconciles": float(count.group(1)) if count else 0.0, "wait_buckets": buckets,
