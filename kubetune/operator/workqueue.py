@@ -42,7 +42,7 @@ class WorkQueue:
                  max_delay: float = 300.0, name: str = "finetunejobs"):
         self.clock, self.base_delay, self.max_delay = clock, base_delay, max_delay
         self._wait = {line: WAIT_SECONDS.labels(name, line) for line in (CHANGE, SAMPLE)}
-        self._due_since: dict = {}  # due key -> when it first became due (a lifted sample keeps its time)
+        self._due_since: dict = {}  # due key -> since when it waits (a lifted sample: since it was lifted)
         self._cond = threading.Condition()
         self._lines = {CHANGE: deque(), SAMPLE: deque()}  # due keys in order; entries not in _queued are stale
         self._queued: dict = {}  # due key -> its line (CHANGE or SAMPLE); may wait for its running reconcile
@@ -137,6 +137,8 @@ class WorkQueue:
     def _make_due(self, key, line: str) -> None:
         if self._queued.get(key) in (CHANGE, line):
             return  # already due, in this line or a faster one
+        if key in self._queued:  # a waiting sample lifted by an event: the change waits from now
+            self._due_since[key] = self.clock()
         self._due_since.setdefault(key, self.clock())
         self._queued[key] = line  # new, or a waiting sample lifted to a change (its old entry turns stale)
         if key not in self._processing:
