@@ -40,9 +40,10 @@ def assert_stays_failed_without_its_pod(cluster, namespace, operator, name: str)
         "get", "job", job["metadata"]["name"], "-n", namespace).get("status", {}).get("active")), timeout=60)
     # A change to the spec makes the operator reconcile it once more, with the pod long gone from its
     # view: a run it would release shows there (its queue may have folded the deletion's events into one).
+    # Counted before the patch: its reconcile can end before a count read after the patch (CI, stop 30).
+    after = reconciles(operator)
     cluster.kubectl("patch", "ftj", name, "-n", namespace, "--type=merge",
                     "-p", '{"spec": {"runPolicy": {"ttlSecondsAfterFinished": 3600}}}')  # an in-place field
-    after = reconciles(operator)
     try:
         wait_for("the operator to reconcile after the pod's deletion", lambda: reconciles(operator) > after,
                  timeout=60)
