@@ -175,11 +175,12 @@ def comparisons(lines: list | None) -> list[Comparison] | None:
     return parsed or None
 
 
-def eval_curve(kept: list[EvalPoint] | None, served: list[tuple[int, float]]) -> list[EvalPoint]:
+def eval_curve(kept: list[EvalPoint] | None, served: list[tuple[int, float]],
+               limit: int = contract.EVAL_HISTORY_POINTS) -> list[EvalPoint]:
     """The kept evaluations with the served ones, by step (a resumed run evaluates a step again: the newer value),
-    the newest EVAL_HISTORY_POINTS: the trainer serves its recent ones only, the status keeps the curve."""
+    the newest `limit`: the trainer serves its recent ones only, the status keeps the curve."""
     by_step = {p.step: p.value for p in kept or []} | {int(step): float(loss) for step, loss in served}
-    newest = sorted(by_step.items())[-contract.EVAL_HISTORY_POINTS:]
+    newest = sorted(by_step.items())[-limit:]
     return [EvalPoint(step=step, value=loss) for step, loss in newest]
 
 

@@ -25,7 +25,7 @@ from kubetune.api.sweep import (SWEEP_KIND, BestTrial, EvalPoint, FineTuneSweep,
                                 Parameter, PromotionCandidate, SweepReason, Trial, TrialCounts, apply_params)
 from kubetune.operator.children import controlled_by, owner_reference
 from kubetune.operator.labels import ANNOTATION_PRUNED, ANNOTATION_TRIAL_PARAMS, LABEL_SWEEP, LABEL_TRIAL
-from kubetune.operator.status import settled
+from kubetune.operator.status import eval_curve, settled
 from kubetune.operator.sweep_rank import rank
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -170,8 +170,7 @@ def eval_history(previous: list[EvalPoint], status: dict, spec: dict | None = No
     curve = [p for p in (status.get("metrics") or {}).get("evalLosses") or []
              if isinstance(p, dict) and isinstance(p.get("step"), int) and _number(p.get("value"))]
     if curve:
-        by_step = {p.step: p.value for p in previous} | {p["step"]: float(p["value"]) for p in curve}
-        return [EvalPoint(step=k, value=v) for k, v in sorted(by_step.items())][-MAX_EVAL_POINTS:]
+        return eval_curve(previous, [(p["step"], p["value"]) for p in curve], limit=MAX_EVAL_POINTS)
     points = list(previous)
     loss = (status.get("metrics") or {}).get("evalLoss")
     step = (status.get("progress") or {}).get("step")
