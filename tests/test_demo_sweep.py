@@ -5,8 +5,8 @@ from kubetune.api.validate import validate_manifest
 
 
 def test_the_readme_sweep_is_valid_and_searches_the_learning_rates_one_at_a_time():
-    doc = sweep_manifest("s3://kubetune-demo/models/m/", {"train": "s3://kubetune-demo/d/train.jsonl", "validation": "s3://kubetune-demo/d/v.jsonl",
-                                             "test": "s3://kubetune-demo/d/test.jsonl"}, "http://10.88.0.1:16900", "us-east-1")
+    data = {split: f"s3://kubetune-demo/datasets/{split}.jsonl" for split in ("train", "validation", "test")}
+    doc = sweep_manifest("s3://kubetune-demo/models/m/", data, "http://10.88.0.1:16900", "us-east-1")
     sweep, errors = validate_manifest(doc, "FineTuneSweep")
     assert not errors, errors
     assert sweep.spec.parallelism == 1 and sweep.spec.pruning is None
