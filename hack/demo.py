@@ -8,13 +8,17 @@ MinIO with `kubectl apply`, prints live progress from the resource's status whil
 final status (the test-set comparison with its interval), the artifact URIs, and one held-out prompt answered by
 the base model and by the fine-tuned adapter loaded back from MinIO. Uploads never overwrite: model and data are
 written once per version.
+
+The output is the demo's own lines: the libraries' progress bars and import-time warnings are stopped where they
+start (below), and tests/test_demo.py fails when a library line would reach it.
 """
 import json
+import os
 import subprocess
-import warnings
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import boto3
@@ -24,6 +28,16 @@ from botocore.exceptions import ClientError
 from hack import assets
 from kubetune.testing import DELETE, cluster_env
 from kubetune.testing import merge as _merge
+
+# What the libraries would print between the demo's lines, stopped at the source before they are imported:
+# progress bars (transformers' "Loading weights 100%|…" at each from_pretrained, its plain-tqdm "Converting and
+# de-quantizing GGUF tensors" the first time), bitsandbytes' CPU-backend import warning ("No module named
+# 'kernels'", when peft imports it on a CPU with AVX512-BF16), which importing kubetune.trainer quiets (its __init__
+# says why it is harmless), and transformers' deprecation notes.
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")
+import kubetune.trainer  # noqa: E402,F401
+warnings.filterwarnings("ignore", category=FutureWarning)
 
 REPO = Path(__file__).resolve().parent.parent
 BUCKET, NAMESPACE, NAME = "kubetune-demo", "kubetune-demo", "smollm2-chat"
@@ -82,9 +96,6 @@ def watch(kubectl) -> dict:
         if status.get("phase") in ("Succeeded", "Failed"):
             return status
         time.sleep(2)
-
-
-warnings.filterwarnings("ignore", category=FutureWarning)  # transformers' deprecation notes in the output
 
 
 def answer(model_dir: Path, adapter: Path | None, prompt: str) -> str:
