@@ -197,33 +197,43 @@ def answer(model_dir: Path, adapter: Path | None, prompt: str) -> str:
     return tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
 
 
-def main() -> int:
+def clients() -> tuple[dict, object, object]:
+    """The local cluster's environment, an S3 client for its MinIO and a kubectl that raises on failure."""
     env = cluster_env(REPO / "hack" / "cluster")
     s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name=env["AWS_REGION"],
                       aws_access_key_id=env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
     kubectl = lambda *a, **kw: subprocess.run([env["KUBETUNE_KUBECTL"], f"--kubeconfig={env['KUBECONFIG']}", *a],  # noqa: E731
                                               check=True, capture_output=True, text=True, **kw)
+    return env, s3, kubectl
+
+
+def stage(s3, work: Path) -> tuple[Path, str, dict[str, Path], dict[str, str]]:
+    """SmolLM2 and the chatterbot splits in MinIO (each written once per version): the local model directory,
+    its URI, the local split files and their URIs."""
     try:
         s3.create_bucket(Bucket=BUCKET)
     except ClientError as exc:
         if exc.response["Error"]["Code"] != "BucketAlreadyOwnedByYou":
             raise
-
     print("preparing SmolLM2-135M-Instruct (converted from GGUF once, then cached) and chatterbot splits", flush=True)
     model = assets.smollm2_dir()
     model_prefix = f"models/{model.name}/"
     for path in sorted(model.iterdir()):
         upload_once(s3, path, model_prefix + path.name)
-    work = Path(tempfile.mkdtemp(prefix="kubetune-demo-"))
     data_prefix = f"datasets/chatterbot-{'-'.join(str(n) for n in SIZES.values())}/"
     splits = assets.write_chat_splits(assets.chatterbot_conversations(), work / "data", SIZES, seed=0)
-    for split, path in splits.items():
+    for path in splits.values():
         upload_once(s3, path, data_prefix + path.name)
     print(f"in MinIO: s3://{BUCKET}/{model_prefix} and s3://{BUCKET}/{data_prefix}", flush=True)
+    return (model, f"s3://{BUCKET}/{model_prefix}", splits,
+            {split: f"s3://{BUCKET}/{data_prefix}{path.name}" for split, path in splits.items()})
 
-    job = manifest(f"s3://{BUCKET}/{model_prefix}",
-                   {split: f"s3://{BUCKET}/{data_prefix}{path.name}" for split, path in splits.items()},
-                   env["KUBETUNE_CLUSTER_S3_ENDPOINT"], env["AWS_REGION"])
+
+def main() -> int:
+    env, s3, kubectl = clients()
+    work = Path(tempfile.mkdtemp(prefix="kubetune-demo-"))
+    model, model_uri, splits, data = stage(s3, work)
+    job = manifest(model_uri, data, env["KUBETUNE_CLUSTER_S3_ENDPOINT"], env["AWS_REGION"])
     applied = work / f"{NAME}.yaml"
     applied.write_text(yaml.safe_dump(job, sort_keys=False))
     # A fresh resource each demo, so it really trains; the previous run's artifacts stay in S3.

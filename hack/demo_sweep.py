@@ -12,38 +12,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import boto3
 import yaml
-from botocore.exceptions import ClientError
 
-from hack import assets
-from hack.demo import BUCKET, CPU_SIZING, NAMESPACE, SIZES, upload_once
-from kubetune.testing import cluster_env
+from hack.demo import BUCKET, CPU_SIZING, NAMESPACE, clients, number, stage, table
 from kubetune.testing import merge as _merge
 
 REPO = Path(__file__).resolve().parent.parent
 NAME = "smollm2-lr"
 LEARNING_RATES = [1.0e-4, 1.0e-3, 3.0e-3]
-
-
-def stage(s3) -> tuple[str, dict[str, str]]:
-    """The model and the chatterbot splits in MinIO, as `make demo` puts them: their URIs."""
-    try:
-        s3.create_bucket(Bucket=BUCKET)
-    except ClientError as exc:
-        if exc.response["Error"]["Code"] != "BucketAlreadyOwnedByYou":
-            raise
-    model = assets.smollm2_dir()
-    model_prefix = f"models/{model.name}/"
-    for path in sorted(model.iterdir()):
-        upload_once(s3, path, model_prefix + path.name)
-    data_prefix = f"datasets/chatterbot-{'-'.join(str(n) for n in SIZES.values())}/"
-    work = Path(tempfile.mkdtemp(prefix="kubetune-sweep-"))
-    splits = assets.write_chat_splits(assets.chatterbot_conversations(), work / "data", SIZES, seed=0)
-    for path in splits.values():
-        upload_once(s3, path, data_prefix + path.name)
-    return (f"s3://{BUCKET}/{model_prefix}",
-            {split: f"s3://{BUCKET}/{data_prefix}{path.name}" for split, path in splits.items()})
 
 
 def sweep_manifest(model_uri: str, data: dict[str, str], s3_endpoint: str, region: str) -> dict:
@@ -71,31 +47,21 @@ def trial_line(status: dict) -> str:
 
 def ranking(status: dict) -> str:
     """The trials as a table, best first: test loss, its 95% interval, and whether the best is shown better."""
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table("rank", "trial", "learning rate", "phase", "test loss", "95% interval", "vs best",
-                  title=f"sweep {NAME}: objective test loss (lower is better)")
     best = (status.get("best") or {}).get("name")
+    rows = []
     for t in sorted(status.get("trials", []), key=lambda t: (t.get("rank") or 99, t["number"])):
-        interval = t.get("interval")
-        vs = ("best" if t["name"] == best else "-" if t.get("indistinguishableFromBest") is None
+        interval = t.get("interval") or {}
+        vs = ("best" if t["name"] == best else None if t.get("indistinguishableFromBest") is None
               else "indistinguishable" if t["indistinguishableFromBest"] else "worse (intervals apart)")
-        table.add_row(str(t.get("rank") or "-"), t["name"], f"{t['params']['hyperparameters.learningRate']:g}",
-                      t["phase"], "-" if t.get("objective") is None else f"{t['objective']:.3f}",
-                      f"[{interval['low']:.3f}, {interval['high']:.3f}]" if interval else "-", vs)
-    console = Console(width=120, record=True)
-    with console.capture():
-        console.print(table)
-    return console.export_text()
+        rows.append([t.get("rank"), t["name"], f"{t['params']['hyperparameters.learningRate']:g}", t["phase"],
+                     number(t.get("objective")),
+                     f"[{interval['low']:.3f}, {interval['high']:.3f}]" if interval else None, vs])
+    return table(["RANK", "TRIAL", "LEARNING RATE", "PHASE", "TEST LOSS", "95% INTERVAL", "VS BEST"], rows)
 
 
 def main() -> int:
-    env = cluster_env(REPO / "hack" / "cluster")
-    s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name=env["AWS_REGION"],
-                      aws_access_key_id=env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
-    kubectl = lambda *a, **kw: subprocess_run(env, *a, **kw)  # noqa: E731
-    model_uri, data = stage(s3)
+    env, s3, kubectl = clients()
+    _, model_uri, _, data = stage(s3, Path(tempfile.mkdtemp(prefix="kubetune-sweep-")))
     sweep = sweep_manifest(model_uri, data, env["KUBETUNE_CLUSTER_S3_ENDPOINT"], env["AWS_REGION"])
     manifest = Path(tempfile.mkdtemp(prefix="kubetune-sweep-")) / f"{NAME}.yaml"
     manifest.write_text(yaml.safe_dump(sweep, sort_keys=False))
@@ -122,13 +88,6 @@ def main() -> int:
     print(f"took {took / 60:.1f} min from kubectl apply to {status.get('phase')} ({len(LEARNING_RATES)} trials, "
           "one at a time)")
     return 0 if status.get("phase") == "Succeeded" else 1
-
-
-def subprocess_run(env: dict, *args: str, **kw):
-    import subprocess
-
-    return subprocess.run([env["KUBETUNE_KUBECTL"], f"--kubeconfig={env['KUBECONFIG']}", *args], check=True,
-                          capture_output=True, text=True, **kw)
 
 
 if __name__ == "__main__":
