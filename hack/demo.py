@@ -202,8 +202,10 @@ def clients() -> tuple[dict, object, object]:
     env = cluster_env(REPO / "hack" / "cluster")
     s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name=env["AWS_REGION"],
                       aws_access_key_id=env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
-    kubectl = lambda *a, **kw: subprocess.run([env["KUBETUNE_KUBECTL"], f"--kubeconfig={env['KUBECONFIG']}", *a],  # noqa: E731
-                                              check=True, capture_output=True, text=True, **kw)
+
+    def kubectl(*args: str, **kw) -> subprocess.CompletedProcess:
+        return subprocess.run([env["KUBETUNE_KUBECTL"], f"--kubeconfig={env['KUBECONFIG']}", *args],
+                              check=True, capture_output=True, text=True, **kw)
     return env, s3, kubectl
 
 
