@@ -146,8 +146,10 @@ def build(job: FineTuneJob, run: Run, settings: OperatorSettings) -> dict:
     Not queued in Kueue (no queue-name label, even when the run's is): a CPU-only copy of seconds to minutes that
     holds no accelerator; waiting behind training runs for quota it does not use would only delay a person's
     decision. (A Kueue with manageJobsWithoutQueueName would still hold it: that setting is the platform's.)
-    The platform's placement and additions (settings.trainer_*) apply; the run's spec.scheduling and GPU product
-    do not: they place a GPU pod."""
+    Placed where the run's pods may go (spec.scheduling's nodeSelector, tolerations and affinity, with the
+    platform's trainer placement, as children.pod_spec merges them: nodes from which the trainer reached S3), but
+    without the GPU product's selector, the GPU toleration or the priority class: it needs no accelerator. The
+    platform's additions (settings.trainer_env, volumes, pull secrets) apply."""
     name = job_name(job, run.run_id)
     meta = {"name": name, "namespace": job.metadata.namespace,
             "labels": {**children.labels(job, run), LABEL_PROMOTION: name.rsplit("-", 1)[-1]},
@@ -179,10 +181,16 @@ def build(job: FineTuneJob, run: Run, settings: OperatorSettings) -> dict:
     }
     if settings.trainer_image_pull_secrets:
         pod["imagePullSecrets"] = [{"name": n} for n in settings.trainer_image_pull_secrets]
-    if settings.trainer_node_selector:
-        pod["nodeSelector"] = dict(settings.trainer_node_selector)
-    if settings.trainer_tolerations:
-        pod["tolerations"] = list(settings.trainer_tolerations)
+    sched = job.spec.scheduling
+    node_selector = {**settings.trainer_node_selector, **(sched.node_selector or {})}
+    tolerations = [t.to_wire() for t in sched.tolerations or []]
+    tolerations += [t for t in settings.trainer_tolerations if t not in tolerations]
+    if node_selector:
+        pod["nodeSelector"] = node_selector
+    if tolerations:
+        pod["tolerations"] = tolerations
+    if sched.affinity:
+        pod["affinity"] = sched.affinity
     spec = {
         "backoffLimit": BACKOFF_LIMIT,
         "activeDeadlineSeconds": ACTIVE_DEADLINE_SECONDS,

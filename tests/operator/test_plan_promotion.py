@@ -63,7 +63,8 @@ def test_a_finished_run_with_a_new_override_gets_exactly_one_promotion_job():
 
 
 def test_the_promotion_job_is_small_restricted_unqueued_and_reads_s3_as_the_trainer_does():
-    more = {"scheduling": {"queueName": "team-a"}, "resources": {"gpusPerNode": 2}}
+    more = {"scheduling": {"queueName": "team-a", "nodeSelector": {"zone": "eu-1"}, "priorityClassName": "high"},
+            "resources": {"gpusPerNode": 2, "gpuProduct": "NVIDIA-H100-80GB-HBM3"}}
     job = ended(spec(**more), **more)
     [action] = plan(job, run_children(**more), SETTINGS).actions
     body = action.body
@@ -75,6 +76,8 @@ def test_the_promotion_job_is_small_restricted_unqueued_and_reads_s3_as_the_trai
     assert c["command"] == ["python", "-m", "kubetune.trainer.promote"] and "args" not in c
     assert c["image"] == SETTINGS.trainer_image
     assert not [k for k in c["resources"]["requests"] if "gpu" in k] and "tolerations" not in pod
+    # Where the run's pods may go, but not onto the GPU product, and not ahead of others.
+    assert pod["nodeSelector"] == {"zone": "eu-1"} and "priorityClassName" not in pod
     assert pod["automountServiceAccountToken"] is False and pod["securityContext"]["runAsNonRoot"]
     assert c["securityContext"]["readOnlyRootFilesystem"] and c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     env = {e["name"]: e for e in c["env"]}
