@@ -368,3 +368,7 @@ class FineTuneJobStatus(APIModel):
     """Earlier runs, newest first (at most 10)."""
     promotion: PromotionStatus | None = None
     """The promotion verdict of the current run (spec.promotion)."""
+    run_override: str | None = Field(None, max_length=600)
+    """The spec.promotion.override the current run's Job was given (`<action> <runId> <requestedBy>`), recorded as
+    its Job is made: a run that ends without a verdict still saw it, so the operator's promotion Job carries out
+    only an override that differs (one added or changed later). Unset: none (or a run of an earlier operator)."""

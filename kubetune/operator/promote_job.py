@@ -65,17 +65,27 @@ def kept(obj: dict, run: Run) -> bool:
     return is_promotion(obj) and (run_id == run.run_id or not stopped(obj))
 
 
-def unseen(job: FineTuneJob, promotion: PromotionStatus | None, phase: str | None) -> bool:
+def given(job: FineTuneJob) -> str | None:
+    """The override a Job built from the spec now is given, as status.runOverride records it (None: none)."""
+    o = job.spec.promotion.override if job.spec.promotion else None
+    return None if o is None else f"{o.action} {o.run_id} {o.requested_by}"[:600]
+
+
+def unseen(job: FineTuneJob, promotion: PromotionStatus | None, phase: str | None,
+           run_override: str | None = None) -> bool:
     """spec.promotion.override is set, the run has ended, and the override is not the one the run saw (added or
     changed after it started, its spec ConfigMap being immutable) nor one a promotion Job already carried out. A
     verdict from a trainer that did not yet record the override it saw counts as seeing it when its requestedBy
-    matches."""
+    matches. A run without a verdict (it failed) saw the override its Job was given (`run_override`,
+    status.runOverride): a stale override left in the spec is not carried out because a later run failed."""
     o = job.spec.promotion.override if job.spec.promotion else None
     if o is None or phase not in TERMINAL:
         return False
     seen = promotion.override if promotion else None
     if seen is not None and (seen.action, seen.run_id, seen.requested_by) == (o.action, o.run_id, o.requested_by):
         return False
+    if promotion is None and run_override is not None:
+        return run_override != given(job)
     return not (seen is None and promotion is not None and promotion.requested_by == o.requested_by)
 
 
@@ -94,7 +104,8 @@ def failed_before(conditions: list[Condition], name: str) -> bool:
 def wanted(job: FineTuneJob, run: Run) -> str | None:
     """The promotion Job to create for `run` (which the status records as ended), or None."""
     status = job.status
-    if status is None or status.run_id != run.run_id or not unseen(job, status.promotion, status.phase):
+    if status is None or status.run_id != run.run_id or not unseen(job, status.promotion, status.phase,
+                                                                   status.run_override):
         return None
     name = job_name(job, run.run_id)
     return None if failed_before(status.conditions, name) else name

@@ -274,10 +274,11 @@ OVERRIDE_NOTES = (PromotionReason.OVERRIDE_AFTER_RUN, PromotionReason.OVERRIDE_I
 """Reasons of the Promoted condition that speak of a late override, not of the verdict."""
 
 
-def override_after_run(job: FineTuneJob, promotion: PromotionStatus | None, phase: str) -> str | None:
+def override_after_run(job: FineTuneJob, promotion: PromotionStatus | None, phase: str,
+                       run_override: str | None = None) -> str | None:
     """The message when spec.promotion.override is not the override the ended run saw (promote_job.unseen), else
     None: a promotion Job carries it out (promote_job.py)."""
-    if not unseen(job, promotion, phase):
+    if not unseen(job, promotion, phase, run_override):
         return None
     o = job.spec.promotion.override
     verdict = (f"this run's verdict until then: {promotion.verdict} at {promotion.destination}" if promotion
@@ -286,10 +287,10 @@ def override_after_run(job: FineTuneJob, promotion: PromotionStatus | None, phas
             f"run started: a promotion Job carries it out; {verdict}")
 
 
-def override_done(job: FineTuneJob, promotion: PromotionStatus | None, phase: str,
+def override_done(job: FineTuneJob, promotion: PromotionStatus | None, phase: str, run_override: str | None,
                   override_job: promote_job.Observed | None) -> dict | None:
     """The outcome of the promotion Job that carried out the override the run did not see, once it has."""
-    if override_job is None or not unseen(job, promotion, phase):
+    if override_job is None or not unseen(job, promotion, phase, run_override):
         return None
     return override_job.outcome()
 
@@ -303,7 +304,8 @@ def note_override(job: FineTuneJob, status: FineTuneJobStatus, previous: list[Co
     at = next((i for i, c in enumerate(status.conditions) if c.type == ConditionType.PROMOTED), None)
     if at is None:
         return
-    late, current = override_after_run(job, status.promotion, status.phase), status.conditions[at]
+    late = override_after_run(job, status.promotion, status.phase, status.run_override)
+    current = status.conditions[at]
     if late is None:
         if current.reason in OVERRIDE_NOTES:
             status.conditions[at] = promoted_condition(job, status.promotion, None, status.phase, run_id, previous,
@@ -398,6 +400,10 @@ def compute_status(job: FineTuneJob, run: Run, child: dict | None, pods: list[di
     the run has ended and the override is one it did not see."""
     prior = job.status or FineTuneJobStatus()
     same_run = prior.run_id == run.run_id  # a run id names one generation of one object: one identity
+    # The override the run's Job was given: recorded while its Job is made (from the spec it is built from), then
+    # kept; a new Job (a new run, a rerun, a replaced Job) is given the spec's. An earlier operator's run: unknown.
+    made = same_run and prior.job_name == run.job_name and (child is not None or prior.phase in TERMINAL)
+    run_override = prior.run_override if made else promote_job.given(job)
     runs = list(prior.runs)
     events: list[Event] = []
     # A rerun (spec.rerunToken, plan.py): the run that ended on one Job goes on on another.
@@ -422,7 +428,7 @@ def compute_status(job: FineTuneJob, run: Run, child: dict | None, pods: list[di
         generation = job.metadata.generation
         status = prior.model_copy(update={"observed_generation": generation, "rerun_token": token, "conditions": [
             c.model_copy(update={"observed_generation": generation}) for c in prior.conditions]})
-        done = override_done(job, prior.promotion, prior.phase, override_job)
+        done = override_done(job, prior.promotion, prior.phase, prior.run_override, override_job)
         if done is not None:  # the verdict is the promotion Job's now: the condition and the event follow it
             status.promotion = promotion_of(job, {"promotion": done}, None) or prior.promotion
             at = next((i for i, c in enumerate(status.conditions) if c.type == ConditionType.PROMOTED), None)
@@ -475,10 +481,10 @@ def compute_status(job: FineTuneJob, run: Run, child: dict | None, pods: list[di
         metrics=live_metrics(prior.metrics, sample, summary),
         stop_reason=(summary or {}).get("stopReason") or prior.stop_reason,
         artifacts=artifacts, runs=runs, rerun_token=token,
-        promotion=promotion_of(job, summary, prior.promotion))
+        promotion=promotion_of(job, summary, prior.promotion), run_override=run_override)
     from_run = status.promotion is not prior.promotion  # a new verdict, the run's own: its reason comes with it
     verdict_reason = ((summary or {}).get("promotion") or {}).get("reason") if summary and from_run else None
-    done = override_done(job, status.promotion, state.phase, override_job)
+    done = override_done(job, status.promotion, state.phase, status.run_override, override_job)
     if done is not None:  # the promotion Job carried out the override the run did not see: its verdict now
         status.promotion = promotion_of(job, {"promotion": done}, None) or status.promotion
         verdict_reason = done.get("reason")

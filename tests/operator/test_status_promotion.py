@@ -269,3 +269,28 @@ def test_the_override_verdict_outlives_its_job_while_the_runs_job_stays():
     assert third == again and not events
     assert condition(third, ConditionType.PROMOTED).reason == PromotionReason.OVERRIDDEN
     assert promote_job.wanted(ftj(WITH_OVERRIDE, generation=2, status=third.to_wire()), run) is None
+
+
+def test_a_run_that_failed_with_the_override_in_its_spec_saw_it():
+    """A stale override left in the spec (Git) is not carried out because a later run failed before its verdict:
+    the status records the override the run's Job was given; one changed after the run started still is."""
+    job = ftj(WITH_OVERRIDE)
+    run = runs.current_run(job)
+    started, _ = compute_status(job, run, k8s_job(), [pod("Running")], None, NOW)
+    assert started.run_override == "promote g1-0f1e2d3c ann@example.com"
+    job = ftj(WITH_OVERRIDE, status=started.to_wire())
+    failed, _ = compute_status(job, run, k8s_job(("Failed", "BackoffLimitExceeded")),
+                               [pod("Failed", exit_code=1, message=error("Error", "boom"))], None, NOW)
+    assert failed.phase == "Failed" and failed.promotion is None
+    assert failed.run_override == started.run_override
+    promoted = condition(failed, ConditionType.PROMOTED)
+    assert (promoted.status, promoted.reason) == ("False", PromotionReason.NO_VERDICT)
+    assert promote_job.wanted(ftj(WITH_OVERRIDE, status=failed.to_wire()), run) is None
+    # Changed after the run started: carried out.
+    other = {"spec": {**GATE["spec"], "promotion": {**GATE["spec"]["promotion"], "override": {
+        **OVERRIDE, "action": "rollback", "runId": "g0-aaaa"}}}}
+    later = ftj(other, generation=2, status=failed.to_wire())
+    assert promote_job.wanted(later, run) is not None
+    again, _ = compute_status(later, run, None, [], None, NOW)
+    assert condition(again, ConditionType.PROMOTED).reason == PromotionReason.OVERRIDE_IN_PROGRESS
+    assert again.run_override == started.run_override  # still what the run was given
