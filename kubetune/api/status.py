@@ -125,9 +125,18 @@ class PromotionReason:
     NO_VERDICT = "NoVerdict"
     """False: the run ended without a verdict (it failed, or its trainer reported none)."""
     OVERRIDE_AFTER_RUN = "OverrideAfterRun"
-    """spec.promotion.override is not the one the run saw (added or changed after it started): the operator does not
-    carry out overrides of finished runs; `kubetune override FILE` does (docs/promotion.md). The status is the
-    run's verdict's."""
+    """Set by earlier operators only: spec.promotion.override came after the run started and was not carried out
+    (`kubetune override FILE` did it by hand). The operator now carries it out in a promotion Job
+    (OverrideInProgress) and replaces this reason where an earlier one left it."""
+    OVERRIDE_IN_PROGRESS = "OverrideInProgress"
+    """spec.promotion.override is not the one the run saw (added or changed after the run started): a promotion Job
+    of the operator's (`<name>-promote-<hash>`) carries it out. The status (True or False) is still the run's
+    verdict's until the Job reports its outcome, which becomes the verdict (Overridden, RolledBack...)."""
+    OVERRIDE_FAILED = "OverrideFailed"
+    """False: the promotion Job carrying out spec.promotion.override failed (or could not be created); the message
+    gives its pod's reason. It is not retried: change the override (its reason, say) to try again, or run
+    `kubetune override FILE` by hand. The manifest is as it was (a Job stopped mid-copy may leave unreferenced
+    files under the destination's runs/<runId>/)."""
 
 
 
@@ -359,3 +368,7 @@ class FineTuneJobStatus(APIModel):
     """Earlier runs, newest first (at most 10)."""
     promotion: PromotionStatus | None = None
     """The promotion verdict of the current run (spec.promotion)."""
+    run_override: str | None = Field(None, max_length=600)
+    """The spec.promotion.override the current run's Job was given (`<action> <runId> <requestedBy>`), recorded as
+    its Job is made: a run that ends without a verdict still saw it, so the operator's promotion Job carries out
+    only an override that differs (one added or changed later). Unset: none (or a run of an earlier operator)."""

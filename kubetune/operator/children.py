@@ -73,17 +73,24 @@ def trainer_env(job: FineTuneJob, run: Run, settings: OperatorSettings) -> list[
            {"name": "KUBETUNE_TRAINER_CACHE_DIR", "value": CACHE_DIR},
            {"name": "KUBETUNE_TRAINER_METRICS_PORT", "value": str(contract.METRICS_PORT)},
            {"name": "HOME", "value": "/tmp"}]
-    secret = job.spec.storage.secret_ref
-    if secret:  # keys by reference only: they never appear in the Job, the spec or the status
-        env += [{"name": key, "valueFrom": {"secretKeyRef": {"name": secret.name, "key": key,
-                                                             **({"optional": True} if optional else {})}}}
-                for key, optional in CREDENTIAL_KEYS.items()]
+    env += credential_env(job)
     if job.spec.nodes > 1:
         env += [{"name": "NODE_RANK", "valueFrom": {"fieldRef": {
                     "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}},
                 {"name": "MASTER_ADDR", "value": f"{run.job_name}-0.{run.job_name}"},
                 {"name": "MASTER_PORT", "value": str(settings.rendezvous_port)}]
     return env
+
+
+def credential_env(job: FineTuneJob) -> list[dict]:
+    """The S3 credentials of spec.storage.secretRef, by reference only: the keys never appear in the Job, the spec
+    or the status (the trainer's and the promotion Job's alike)."""
+    secret = job.spec.storage.secret_ref
+    if not secret:
+        return []
+    return [{"name": key, "valueFrom": {"secretKeyRef": {"name": secret.name, "key": key,
+                                                         **({"optional": True} if optional else {})}}}
+            for key, optional in CREDENTIAL_KEYS.items()]
 
 
 def container_resources(job: FineTuneJob, settings: OperatorSettings | None = None) -> dict:
@@ -103,11 +110,11 @@ def container_resources(job: FineTuneJob, settings: OperatorSettings | None = No
     return {k: v for k, v in (("requests", requests), ("limits", limits)) if v}
 
 
-def _extra(own: list[dict], extra: list[dict]) -> list[dict]:
+def extra(own: list[dict], platform: list[dict]) -> list[dict]:
     """`own` then the platform's `extra` items (env vars, volumes, mounts) whose names the operator does not use:
     a platform setting never replaces what the trainer relies on."""
     taken = {item["name"] for item in own}
-    return [*own, *(item for item in extra if item.get("name") not in taken)]
+    return [*own, *(item for item in platform if item.get("name") not in taken)]
 
 
 def pod_spec(job: FineTuneJob, run: Run, settings: OperatorSettings) -> dict:
@@ -133,18 +140,18 @@ def pod_spec(job: FineTuneJob, run: Run, settings: OperatorSettings) -> dict:
             "image": spec.image or settings.trainer_image,
             "imagePullPolicy": settings.image_pull_policy,
             "command": trainer_command(job),
-            "env": _extra(trainer_env(job, run, settings), settings.trainer_env),
+            "env": extra(trainer_env(job, run, settings), settings.trainer_env),
             "ports": [{"name": "metrics", "containerPort": contract.METRICS_PORT, "protocol": "TCP"}],
             "resources": container_resources(job, settings),
             "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                                 "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}},
             "terminationMessagePolicy": "FallbackToLogsOnError",
-            "volumeMounts": _extra([{"name": "spec", "mountPath": contract.SPEC_MOUNT_DIR, "readOnly": True},
+            "volumeMounts": extra([{"name": "spec", "mountPath": contract.SPEC_MOUNT_DIR, "readOnly": True},
                                     {"name": "cache", "mountPath": CACHE_DIR},
                                     {"name": "tmp", "mountPath": "/tmp"},
                                     {"name": "dshm", "mountPath": "/dev/shm"}], settings.trainer_volume_mounts),
         }],
-        "volumes": _extra([{"name": "spec", "configMap": {"name": run.job_name}},
+        "volumes": extra([{"name": "spec", "configMap": {"name": run.job_name}},
                            {"name": "cache", "emptyDir": {"sizeLimit": str(spec.resources.ephemeral_storage)}},
                            {"name": "tmp", "emptyDir": {}},
                            {"name": "dshm", "emptyDir": {"medium": "Memory",

@@ -16,6 +16,8 @@ ANNOTATION_RESTART_REASON = "kubetune.io/restart-reason"
 INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"  # the Job controller's, on an Indexed Job's pods
 LABEL_CONTROLLER_UID = "batch.kubernetes.io/controller-uid"  # the Job controller's label on its pods
 LABEL_KUEUE_JOB_UID = "kueue.x-k8s.io/job-uid"  # Kueue's, on the Workload of a Job
+LABEL_PROMOTION = "kubetune.io/promotion"
+"""On a promotion Job (promote_job.py), not its pods: the hash of the override it carries out."""
 ANNOTATION_DEACTIVATED = "kubetune.io/deactivated"
 """On a Workload the operator deactivated for spec.suspend: only such a Workload is reactivated by it."""
 LABEL_SWEEP = "kubetune.io/finetunesweep"

@@ -9,7 +9,7 @@ anyone else is a conflict to report, never adopted (metav1.IsControlledBy).
 from dataclasses import dataclass, field, replace
 
 from kubetune.api import FineTuneJob
-from kubetune.operator import children, gang, kueue, labels, runs
+from kubetune.operator import children, gang, kueue, labels, promote_job, runs
 from kubetune.operator.children import controlled_by
 from kubetune.operator.labels import ANNOTATION_GENERATION
 from kubetune.operator.observed import job_finished, stopped
@@ -74,6 +74,19 @@ def plan(job: FineTuneJob, observed: dict[str, list[dict]], settings: OperatorSe
         p.state = ended.state
     if job.spec.nodes > 1 and (ended.restart if ended else not (p.child and job_finished(p.child))):
         p.actions = _without_ttl(p.actions)
+    return _with_promotion(job, observed, settings, p)
+
+
+def _with_promotion(job: FineTuneJob, observed: dict[str, list[dict]], settings: OperatorSettings, p: Plan) -> Plan:
+    """An ended run whose spec.promotion.override it did not see gets the promotion Job that carries it out
+    (promote_job.py), once: its name is deterministic, and one already there (ours, or anyone's: the create would
+    only find it) is not made again."""
+    if p.conflict or p.waiting or not _finished(job, p.run):
+        return p
+    name = promote_job.wanted(job, p.run)
+    if name is None or any(_name(j) == name for j in observed.get("Job") or []):
+        return p
+    p.actions.append(Action("create", "Job", name, promote_job.build(job, p.run, settings)))
     return p
 
 
@@ -120,10 +133,11 @@ def _plan(job: FineTuneJob, observed: dict[str, list[dict]], owned: dict[str, li
     # A Job whose pods have all stopped (Complete, Failed: an ended gang attempt) is no such risk.
     replaced = [j for j in owned["Job"] if _name(j) != run.job_name and not stopped(j)
                 and (j["metadata"].get("annotations") or {}).get(ANNOTATION_GENERATION) == str(run.generation)]
+    # A promotion Job is no run's attempt: it stays while it runs, and with its run (promote_job.kept).
     deletes = [Action("delete", kind, _name(o), propagation="Foreground" if o in replaced else "Background",
                       uid=o["metadata"].get("uid"))
                for kind in reversed(KINDS) for o in owned[kind]
-               if _name(o) != run.job_name and not _terminating(o)]
+               if _name(o) != run.job_name and not _terminating(o) and not promote_job.kept(o, run)]
     foreign = [f"{kind} {_name(o)}" for kind in reversed(KINDS) for o in observed.get(kind) or []
                if _name(o) == run.job_name and not controlled_by(o, uid)]
     if foreign:

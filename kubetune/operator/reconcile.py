@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from kubetune.api import FineTuneJobStatus, Reason
 from kubetune.api.validate import validate_manifest
-from kubetune.operator import kueue, metrics, progress
+from kubetune.operator import kueue, metrics, progress, promote_job
 from kubetune.operator.children import controlled_by
 from kubetune.operator.labels import LABEL_KUEUE_QUEUE
 from kubetune.operator.errors import (TRANSIENT_DELAY_SECONDS, ApiError, PermanentFailure, RetryLater,
@@ -176,17 +176,31 @@ def _reconcile(kube: Kube, settings: OperatorSettings, namespace: str, name: str
         problem = State("Pending", Reason.CHILD_CONFLICT, p.conflict, stalled=True)
         retry = RetryLater(p.conflict, delay=settings.retry_delay_seconds)
     child, created, deleted, events = p.child, [], [], []
+    override_job = observed_override_job(job, p.run, observed["Job"])
     for action in p.actions:
         if problem is not None and action.verb != "delete":
             break
+        promoting = action.verb == "create" and promote_job.is_promotion(action.body)
         try:
             result = act(kube, namespace, action)
         except ApiError as exc:
             if is_transient(exc):  # overload, a conflict with a concurrent change: the next reconcile settles it
                 raise RetryLater(f"{action.verb} {action.kind} {action.name}: {api_message(exc)}",
                                  delay=exc.retry_after or TRANSIENT_DELAY_SECONDS) from exc
+            if promoting:  # the run has ended as it ended: the Promoted condition says why (not retried)
+                override_job.refused = f"the API server refused to create it: {api_message(exc)}"[:1000]
+                continue
             problem, retry = refusal(action, exc, settings.retry_delay_seconds)
             break
+        if promoting:
+            if controlled_by(result, job.metadata.uid):
+                override_job.job = result
+                created.append(action.name)
+                events.append(Event("Normal", "JobCreated", f"created promotion Job {action.name} for "
+                                    f"spec.promotion.override of run {p.run.run_id}"))
+            else:
+                override_job.refused = conflict_message(f"Job {action.name}", job.metadata.uid)
+            continue
         if action.verb == "create":
             if not controlled_by(result, job.metadata.uid):  # its name was taken meanwhile
                 message = conflict_message(f"{action.kind} {action.name}", job.metadata.uid)
@@ -211,9 +225,11 @@ def _reconcile(kube: Kube, settings: OperatorSettings, namespace: str, name: str
     pods = source.pods(namespace, child["metadata"]["uid"]) if child else []
     sample = sample_for(sample, child) if problem is None else None
     prior = job.status
+    if override_job is not None and override_job.job is not None:
+        override_job.pods = source.pods(namespace, override_job.job["metadata"]["uid"])
     status, transitions = compute_status(job, p.run, child, pods, sample, now(), settings.max_runs_kept,
-                                         problem or p.state,
-                                         workload=workload, kueue_problem=kueue_problem)
+                                         problem or p.state, workload=workload, kueue_problem=kueue_problem,
+                                         override_job=override_job)
     events += transitions
     wrote = write_status(kube, obj, status)
     for event in events:  # only after the status write succeeded
@@ -237,6 +253,18 @@ def _reconcile(kube: Kube, settings: OperatorSettings, namespace: str, name: str
             workload, job_age_seconds(child) if child else None, settings.kueue_workload_timeout_seconds,
             settings.resync_seconds))
     return Outcome(status, wrote, created, deleted)
+
+
+def observed_override_job(job, run, jobs: list[dict]) -> promote_job.Observed | None:
+    """The promotion Job of spec.promotion.override for `run`, as observed (controlled by this FineTuneJob), when
+    the FineTuneJob has an override; its pods are read once the plan is carried out."""
+    name = promote_job.job_name(job, run.run_id)
+    if name is None:
+        return None
+    found = next((j for j in jobs if j["metadata"]["name"] == name), None)
+    if found is not None and not controlled_by(found, job.metadata.uid):
+        return promote_job.Observed(name, refused=conflict_message(f"Job {name}", job.metadata.uid))
+    return promote_job.Observed(name, found)
 
 
 def job_age_seconds(child: dict) -> float:

@@ -10,9 +10,10 @@ from pydantic import ValidationError
 from kubetune.api import Condition, ConditionType, FineTuneJob, FineTuneJobStatus, Reason, contract
 from kubetune.api.status import (Artifacts, BestMetric, Comparison, EvalPoint, Metrics, Progress, PromotionReason,
                                  PromotionStatus, RunRecord)
-from kubetune.operator import kueue
+from kubetune.operator import kueue, promote_job
 from kubetune.operator.labels import ANNOTATION_RESTART_REASON
 from kubetune.operator.observed import failure_of, fatal_failure, job_condition, termination_json
+from kubetune.operator.promote_job import unseen
 from kubetune.operator.runs import Run
 
 TERMINAL = ("Succeeded", "Failed")
@@ -227,15 +228,20 @@ PROMOTED_VERDICTS = ("Promoted", "Overridden")
 
 def promotion_of(job: FineTuneJob, summary: dict | None, prior: PromotionStatus | None) -> PromotionStatus | None:
     """status.promotion: the trainer's verdict (its termination message's `promotion`), kept once seen; None
-    without spec.promotion. A malformed verdict is left out rather than failing the status."""
+    without spec.promotion. A malformed verdict is left out rather than failing the status. A verdict on the status
+    that names another override than the run's (the promotion Job's, promote_job.py) is not replaced by the run's
+    own again."""
     if job.spec.promotion is None:
         return None
     found = (summary or {}).get("promotion")
     if isinstance(found, dict) and found.get("verdict"):
         try:
-            return PromotionStatus.model_validate({k: v for k, v in found.items() if k not in ("metric", "reason")})
+            verdict = PromotionStatus.model_validate({k: v for k, v in found.items() if k not in ("metric", "reason")})
         except ValidationError:
-            pass
+            return prior
+        if prior is not None and prior.override is not None and prior.override != verdict.override:
+            return prior  # a promotion Job carried out a later override: its verdict replaced the run's
+        return verdict
     return prior
 
 
@@ -263,48 +269,72 @@ def promoted_condition(job: FineTuneJob, promotion: PromotionStatus | None, reas
                      last_transition_time=since, observed_generation=job.metadata.generation)
 
 
-def override_after_run(job: FineTuneJob, promotion: PromotionStatus | None, phase: str) -> str | None:
-    """The message when spec.promotion.override is not the override the ended run saw (added or changed after it
-    started: its spec ConfigMap is immutable), else None. The operator carries out no override of a finished run
-    (that would need a pod of its own); the status says so and who can: `kubetune override FILE`. A verdict from
-    a trainer that did not yet record the override it saw counts as seeing it when its requestedBy matches."""
-    o = job.spec.promotion.override if job.spec.promotion else None
-    if o is None or phase not in TERMINAL:
+OVERRIDE_NOTES = (PromotionReason.OVERRIDE_AFTER_RUN, PromotionReason.OVERRIDE_IN_PROGRESS,
+                  PromotionReason.OVERRIDE_FAILED)
+"""Reasons of the Promoted condition that speak of a late override, not of the verdict."""
+
+
+def override_after_run(job: FineTuneJob, promotion: PromotionStatus | None, phase: str,
+                       run_override: str | None = None) -> str | None:
+    """The message when spec.promotion.override is not the override the ended run saw (promote_job.unseen), else
+    None: a promotion Job carries it out (promote_job.py)."""
+    if not unseen(job, promotion, phase, run_override):
         return None
-    seen = promotion.override if promotion else None
-    if seen is not None and (seen.action, seen.run_id, seen.requested_by) == (o.action, o.run_id, o.requested_by):
-        return None
-    if seen is None and promotion is not None and promotion.requested_by == o.requested_by:
-        return None
-    verdict = (f"this run's verdict stands: {promotion.verdict} at {promotion.destination}" if promotion
-               else "this run has no verdict")
+    o = job.spec.promotion.override
+    verdict = (f"this run's verdict until then: {promotion.verdict} at {promotion.destination}" if promotion
+               else "this run has no verdict yet")
     return (f"spec.promotion.override ({o.action} run {o.run_id}, requested by {o.requested_by}) came after this "
-            f"run started, and the operator does not carry out overrides of finished runs: run `kubetune override "
-            f"FILE` with this FineTuneJob to do it on the record (docs/promotion.md); {verdict}")
+            f"run started: a promotion Job carries it out; {verdict}")
 
 
-def note_late_override(job: FineTuneJob, status: FineTuneJobStatus, previous: list[Condition], run_id: str,
-                       now: datetime, events: list) -> None:
-    """The Promoted condition of `status`, in place: OverrideAfterRun (and a Warning event, once per message) while
-    spec.promotion.override is one the ended run did not see; the verdict's own reason once it is gone again."""
+def override_done(job: FineTuneJob, promotion: PromotionStatus | None, phase: str, run_override: str | None,
+                  override_job: promote_job.Observed | None) -> dict | None:
+    """The outcome of the promotion Job that carried out the override the run did not see, once it has."""
+    if override_job is None or not unseen(job, promotion, phase, run_override):
+        return None
+    return override_job.outcome()
+
+
+def note_override(job: FineTuneJob, status: FineTuneJobStatus, previous: list[Condition], run_id: str,
+                  now: datetime, events: list, override_job: promote_job.Observed | None = None) -> None:
+    """The Promoted condition of `status`, in place, while spec.promotion.override is one the ended run did not
+    see: OverrideInProgress (a Normal event) until its promotion Job reports, OverrideFailed (False, a Warning
+    event with the pod's message) when that Job failed; once per message. The verdict's own reason once the
+    override is carried out or gone again."""
     at = next((i for i, c in enumerate(status.conditions) if c.type == ConditionType.PROMOTED), None)
     if at is None:
         return
-    late, current = override_after_run(job, status.promotion, status.phase), status.conditions[at]
-    if late is not None:
-        noted = current.model_copy(update={"reason": PromotionReason.OVERRIDE_AFTER_RUN, "message": late[:1000]})
-        was = next((c for c in previous if c.type == ConditionType.PROMOTED), None)
-        if was is None or (was.reason, was.message) != (noted.reason, noted.message):
-            events.append(Event("Warning", PromotionReason.OVERRIDE_AFTER_RUN, late[:1000]))
-        status.conditions[at] = noted
-    elif current.reason == PromotionReason.OVERRIDE_AFTER_RUN:
-        status.conditions[at] = promoted_condition(job, status.promotion, None, status.phase, run_id, previous, now)
+    late = override_after_run(job, status.promotion, status.phase, status.run_override)
+    current = status.conditions[at]
+    if late is None:
+        if current.reason in OVERRIDE_NOTES:
+            status.conditions[at] = promoted_condition(job, status.promotion, None, status.phase, run_id, previous,
+                                                       now)
+        return
+    name = override_job.name if override_job else promote_job.job_name(job, run_id)
+    failure = override_job.failure() if override_job else None
+    was = next((c for c in previous if c.type == ConditionType.PROMOTED), None)
+    if failure is not None:
+        noted = current.model_copy(update={"status": "False", "reason": PromotionReason.OVERRIDE_FAILED,
+                                           "message": promote_job.failed_message(name, failure)})
+    elif was is not None and promote_job.failed_before(previous, name):
+        noted = current.model_copy(update={"status": was.status, "reason": was.reason, "message": was.message})
+    else:
+        noted = current.model_copy(update={"reason": PromotionReason.OVERRIDE_IN_PROGRESS,
+                                           "message": f"{late} (Job {name})"[:1000]})
+    if noted.status != current.status:
+        noted.last_transition_time = was.last_transition_time if was and was.status == noted.status else now
+    if was is None or (was.reason, was.message) != (noted.reason, noted.message):
+        warn = noted.reason == PromotionReason.OVERRIDE_FAILED
+        events.append(Event("Warning" if warn else "Normal", noted.reason, noted.message))
+    status.conditions[at] = noted
 
 
 def promotion_event(prior: PromotionStatus | None, promotion: PromotionStatus | None, reason: str | None,
                     run_id: str) -> Event | None:
     """One event per verdict: Normal for a promotion or a rollback, Warning for a refused or outraced run."""
-    if promotion is None or (prior is not None and prior.verdict == promotion.verdict):
+    if promotion is None or (prior is not None and prior.verdict == promotion.verdict
+                             and prior.override == promotion.override):
         return None
     good = promotion.verdict in (*PROMOTED_VERDICTS, "RolledBack")
     head = {"Promoted": f"run {run_id} promoted to {promotion.destination}",
@@ -362,12 +392,18 @@ def rerun_token(job: FineTuneJob, prior: FineTuneJobStatus, same_run: bool, reru
 
 def compute_status(job: FineTuneJob, run: Run, child: dict | None, pods: list[dict], sample: dict | None,
                    now: datetime, max_runs: int = 10, problem: State | None = None, workload: dict | None = None,
-                   kueue_problem: tuple[str, str] | None = None) -> tuple[FineTuneJobStatus, list[Event]]:
+                   kueue_problem: tuple[str, str] | None = None, override_job: promote_job.Observed | None = None
+                   ) -> tuple[FineTuneJobStatus, list[Event]]:
     """The status to write and the events to post (one per change of phase or reason). `problem` is what
     stopped the reconcile from carrying out its plan (a refused or conflicting child); it wins over what the
-    Job says."""
+    Job says. `override_job`: the promotion Job of spec.promotion.override for this run (promote_job.py), when
+    the run has ended and the override is one it did not see."""
     prior = job.status or FineTuneJobStatus()
     same_run = prior.run_id == run.run_id  # a run id names one generation of one object: one identity
+    # The override the run's Job was given: recorded while its Job is made (from the spec it is built from), then
+    # kept; a new Job (a new run, a rerun, a replaced Job) is given the spec's. An earlier operator's run: unknown.
+    made = same_run and prior.job_name == run.job_name and (child is not None or prior.phase in TERMINAL)
+    run_override = prior.run_override if made else promote_job.given(job)
     runs = list(prior.runs)
     events: list[Event] = []
     # A rerun (spec.rerunToken, plan.py): the run that ended on one Job goes on on another.
@@ -392,7 +428,18 @@ def compute_status(job: FineTuneJob, run: Run, child: dict | None, pods: list[di
         generation = job.metadata.generation
         status = prior.model_copy(update={"observed_generation": generation, "rerun_token": token, "conditions": [
             c.model_copy(update={"observed_generation": generation}) for c in prior.conditions]})
-        note_late_override(job, status, prior.conditions, run.run_id, now, events)
+        done = override_done(job, prior.promotion, prior.phase, prior.run_override, override_job)
+        if done is not None:  # the verdict is the promotion Job's now: the condition and the event follow it
+            status.promotion = promotion_of(job, {"promotion": done}, None) or prior.promotion
+            at = next((i for i, c in enumerate(status.conditions) if c.type == ConditionType.PROMOTED), None)
+            promoted = promoted_condition(job, status.promotion, done.get("reason"), status.phase, run.run_id,
+                                          prior.conditions, now)
+            if promoted is not None:
+                status.conditions = [*status.conditions[:at], promoted, *status.conditions[at + 1:]] \
+                    if at is not None else [*status.conditions, promoted]
+            said = promotion_event(prior.promotion, status.promotion, done.get("reason"), run.run_id)
+            events += [said] if said is not None else []
+        note_override(job, status, prior.conditions, run.run_id, now, events, override_job)
         return status, events
 
     summary = next((s for s in map(termination_json, pods) if s and "stopReason" in s), None)
@@ -434,16 +481,21 @@ def compute_status(job: FineTuneJob, run: Run, child: dict | None, pods: list[di
         metrics=live_metrics(prior.metrics, sample, summary),
         stop_reason=(summary or {}).get("stopReason") or prior.stop_reason,
         artifacts=artifacts, runs=runs, rerun_token=token,
-        promotion=promotion_of(job, summary, prior.promotion))
-    verdict_reason = ((summary or {}).get("promotion") or {}).get("reason") if summary else None
+        promotion=promotion_of(job, summary, prior.promotion), run_override=run_override)
+    from_run = status.promotion is not prior.promotion  # a new verdict, the run's own: its reason comes with it
+    verdict_reason = ((summary or {}).get("promotion") or {}).get("reason") if summary and from_run else None
+    done = override_done(job, status.promotion, state.phase, status.run_override, override_job)
+    if done is not None:  # the promotion Job carried out the override the run did not see: its verdict now
+        status.promotion = promotion_of(job, {"promotion": done}, None) or status.promotion
+        verdict_reason = done.get("reason")
     if verdict_reason is None:
         verdict_reason = next((c.reason for c in prior.conditions if c.type == ConditionType.PROMOTED
-                               and c.status != "Unknown" and c.reason != PromotionReason.OVERRIDE_AFTER_RUN), None)
+                               and c.status != "Unknown" and c.reason not in OVERRIDE_NOTES), None)
     promoted = promoted_condition(job, status.promotion, verdict_reason, state.phase, run.run_id, prior.conditions,
                                   now)
     if promoted is not None:
         status.conditions.append(promoted)
-        note_late_override(job, status, prior.conditions, run.run_id, now, events)
+        note_override(job, status, prior.conditions, run.run_id, now, events, override_job)
     said = promotion_event(prior.promotion, status.promotion, verdict_reason, run.run_id)
     if said is not None:
         events.append(said)

@@ -381,8 +381,8 @@ def candidate(sweep: FineTuneSweep, best: BestTrial | None, trials: list[Trial])
         return None
     top = next(t for t in trials if t.name == best.name)
     clear = None if best.comparison == "none" else not best.indistinguishable
-    message = (f"promote {best.name} (run {top.run_id or 'unknown'}) to {promotion.destination} with "
-               f"`kubetune override` (docs/sweeps.md); {ties(best)}")
+    message = (f"promote {best.name} (run {top.run_id or 'unknown'}) to {promotion.destination} with an override "
+               f"on that trial, which the operator carries out, or `kubetune override` (docs/sweeps.md); {ties(best)}")
     return PromotionCandidate(trial=best.name, run_id=top.run_id, destination=promotion.destination,
                               clear_winner=clear, message=message[:1000])
 

@@ -206,13 +206,21 @@ def conclude(c: Challenge, job: FineTuneJob, store: Store, run_id: str, spec_has
 
 
 def apply_override(job: FineTuneJob, store: Store) -> dict:
-    """spec.promotion.override carried out on its own, for a run that has already finished (`kubetune override`):
-    a rollback as `rollback`; a promote copies the named run from output.uri/<runId>/ (a finished run: its
-    summary.json is there) and writes the manifest conditionally, on the record, without a gate."""
+    """spec.promotion.override carried out on its own, for a run that has already finished (the operator's
+    promotion Job, `python -m kubetune.trainer.promote`, or `kubetune override` by hand): a rollback as `rollback`;
+    a promote copies the named run from output.uri/<runId>/ (a finished run: its summary.json is there) and writes
+    the manifest conditionally, on the record, without a gate. Idempotent: a run already the champion is not
+    written again, so a retried or repeated override changes nothing. The outcome names the override (its
+    `override`), as a run's verdict names the one it saw."""
     p = job.spec.promotion
     o = p.override if p is not None else None
     if o is None:
         raise BadInput("spec.promotion.override is not set: nothing to carry out")
+    seen = {"override": {"action": o.action, "runId": o.run_id, "requestedBy": o.requested_by}}
+    return {**_apply_override(job, store, p, o), **seen}  # the status records which override was carried out
+
+
+def _apply_override(job: FineTuneJob, store: Store, p: Promotion, o) -> dict:
     if o.action == "rollback":
         return rollback(store, p.destination, o.run_id, o.requested_by, o.reason)
     run_uri = join(job.spec.output.uri, o.run_id)

@@ -16,7 +16,7 @@ from unittest import mock
 import pytest
 
 from kubetune.api import FineTuneJob
-from kubetune.operator import children, runs
+from kubetune.operator import children, promote_job, runs
 from kubetune.operator.settings import OperatorSettings
 from tests.api.cases import make_job
 from tests.chart.conftest import CHART, ROOT
@@ -223,6 +223,28 @@ def test_the_operator_writes_only_what_it_builds_where_namespaces_opted_in(clust
                                                                     "ownerReferences": own["ConfigMap"]["metadata"]
                                                                     ["ownerReferences"]}, "data": {"a": "b"}}
     assert refused_by(create(stray), "kubetune-labels")
+
+
+@pytest.mark.cluster
+def test_the_promotion_job_is_admitted_and_its_command_is_the_only_one_added(cluster, release, opted_in):
+    """The promotion Job (promote_job.py) passes every rule of the trainer Jobs' policy as built with the chart's
+    settings; the policy admits its one command and nothing near it."""
+    job = finetunejob(cluster, opted_in, {
+        "dataset": {"test": "s3://data/test.jsonl"}, "evaluation": {"baseline": True},
+        "storage": {"secretRef": {"name": "s3-credentials"}}, "scheduling": {"queueName": "team-a"},
+        "promotion": {"destination": "s3://models/models/bot/", "override": {
+            "action": "promote", "runId": "g1-0f1e2d3c", "requestedBy": "ann@example.com", "reason": "better"}}})
+    body = promote_job.build(job, runs.current_run(job), release.settings())
+    create = lambda obj: release.as_operator("create", "--dry-run=server", "-f", "-",  # noqa: E731
+                                             input=json.dumps(obj))
+    poll("the policies to be in force", lambda: refused_by(create(moved(body, "kube-system")), "opted-in-namespace"))
+    admitted = create(body)
+    assert admitted.returncode == 0, admitted.stderr
+    for command in (["python", "-m", "kubetune.trainer.promote", "--anything"], ["python", "-m", "kubetune.cli"],
+                    ["python", "-c", "import os"], ["kubetune-train", "promote"]):
+        bad = json.loads(json.dumps(body))
+        bad["spec"]["template"]["spec"]["containers"][0]["command"] = command
+        assert refused_by(create(bad), "trainer-command"), command
 
 
 @pytest.mark.cluster

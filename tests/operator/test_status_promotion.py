@@ -5,12 +5,12 @@ import json
 
 import pytest
 
-from kubetune.api import ConditionType
+from kubetune.api import ConditionType, Reason
 from kubetune.api.status import PromotionReason
-from kubetune.operator import metrics, runs
+from kubetune.operator import metrics, promote_job, runs
 from kubetune.operator.status import compute_status
 from tests.operator.test_children import ftj
-from tests.operator.test_status import NOW, SUMMARY, k8s_job, pod
+from tests.operator.test_status import NOW, SUMMARY, error, k8s_job, pod
 
 GATE = {"spec": {"dataset": {"test": "s3://data/test.jsonl"}, "evaluation": {"baseline": True},
                  "promotion": {"destination": "s3://models/models/bot/"}}}
@@ -108,28 +108,127 @@ OVERRIDE = {"action": "promote", "runId": "g1-0f1e2d3c", "requestedBy": "ann@exa
 WITH_OVERRIDE = {"spec": {**GATE["spec"], "promotion": {**GATE["spec"]["promotion"], "override": OVERRIDE}}}
 
 
-def test_an_override_added_after_the_run_says_it_needs_kubetune_override():
-    """The run's trainer saw no override (its spec was fixed when it started); one added to a finished run is not
-    carried out by the operator: the Promoted condition and a Warning event say so and name the command."""
+def promotion_job(job, *conditions, pods=()):
+    """The promotion Job of `job`'s override, as the reconcile observed it (promote_job.Observed)."""
+    name = promote_job.job_name(job, job.status.run_id)
+    k8s = {"metadata": {"name": name, "uid": "uid-of-promotion"},
+           "status": {"conditions": [{"type": t, "status": "True", "reason": r, "message": f"{t}: {r}"}
+                                     for t, r in conditions]}}
+    return promote_job.Observed(name, k8s, list(pods))
+
+
+SEEN = {"action": "promote", "runId": "g1-0f1e2d3c", "requestedBy": "ann@example.com"}
+CARRIED_OUT = {"destination": "s3://models/models/bot/", "championRunId": "g0-aaaa", "requestedBy": "ann@example.com",
+               "verdict": "Overridden", "reason": "PromotedByOverride",
+               "modelUri": "s3://models/models/bot/runs/g1-0f1e2d3c/model/", "replacedRunId": "g0-aaaa",
+               "reasons": ["promoted by override: ann@example.com: answers read better on billing questions"],
+               "override": SEEN}
+
+
+def test_an_override_added_after_the_run_is_carried_out_by_its_promotion_job():
+    """The run's trainer saw no override (its spec was fixed when it started): the operator's promotion Job carries
+    out one added to the finished run. While it runs the Promoted condition says so (the run's verdict stands);
+    its termination message becomes the verdict, with the condition, the event and the count a run's own get."""
     status, _ = finished(REJECTED)
     later = ftj(WITH_OVERRIDE, generation=2, status=status.to_wire())
-    assert runs.current_run(later).run_id == status.run_id  # spec.promotion is not hashed: the same run
-    again, events = compute_status(later, runs.current_run(later), None, [], None, NOW)
+    run = runs.current_run(later)
+    assert run.run_id == status.run_id  # spec.promotion is not hashed: the same run
+    again, events = compute_status(later, run, None, [], None, NOW)  # the plan makes the Job in this reconcile
     promoted = condition(again, ConditionType.PROMOTED)
-    assert (promoted.status, promoted.reason) == ("False", PromotionReason.OVERRIDE_AFTER_RUN)
-    assert "kubetune override" in promoted.message and "g1-0f1e2d3c" in promoted.message
+    assert (promoted.status, promoted.reason) == ("False", PromotionReason.OVERRIDE_IN_PROGRESS)
+    assert promote_job.job_name(later, run.run_id) in promoted.message and "g1-0f1e2d3c" in promoted.message
     assert "Rejected" in promoted.message and again.promotion.verdict == "Rejected"
-    [event] = [e for e in events if e.reason == PromotionReason.OVERRIDE_AFTER_RUN]
-    assert event.type == "Warning" and "kubetune override" in event.message
-    # Said once; the condition stays while the override is in the spec.
+    [event] = [e for e in events if e.reason == PromotionReason.OVERRIDE_IN_PROGRESS]
+    assert event.type == "Normal"
+    # Said once; the condition stays while the Job runs.
     later = ftj(WITH_OVERRIDE, generation=2, status=again.to_wire())
-    third, events = compute_status(later, runs.current_run(later), None, [], None, NOW)
-    assert condition(third, ConditionType.PROMOTED).reason == PromotionReason.OVERRIDE_AFTER_RUN
-    assert not [e for e in events if e.reason == PromotionReason.OVERRIDE_AFTER_RUN]
-    # Taken out of the spec again: the run's own verdict's reason comes back.
-    back = ftj(GATE, generation=3, status=third.to_wire())
-    fourth, _ = compute_status(back, runs.current_run(back), None, [], None, NOW)
-    assert condition(fourth, ConditionType.PROMOTED).reason == PromotionReason.GATE_FAILED
+    third, events = compute_status(later, run, None, [], None, NOW, override_job=promotion_job(later))
+    assert condition(third, ConditionType.PROMOTED) == promoted
+    assert not [e for e in events if e.reason == PromotionReason.OVERRIDE_IN_PROGRESS]
+    # Its pod's termination message: the verdict, as a run's own.
+    before = metrics.PROMOTIONS.labels("team-a", "Overridden", "PromotedByOverride")._value.get()
+    later = ftj(WITH_OVERRIDE, generation=2, status=third.to_wire())
+    done = promotion_job(later, ("Complete", ""), pods=[pod("Succeeded", exit_code=0,
+                                                             message=json.dumps({"promotion": CARRIED_OUT}))])
+    fourth, events = compute_status(later, run, None, [], None, NOW, override_job=done)
+    assert fourth.promotion.verdict == "Overridden" and fourth.promotion.requested_by == "ann@example.com"
+    assert fourth.promotion.override.run_id == "g1-0f1e2d3c" and fourth.promotion.replaced_run_id == "g0-aaaa"
+    promoted = condition(fourth, ConditionType.PROMOTED)
+    assert (promoted.status, promoted.reason) == ("True", PromotionReason.OVERRIDDEN)
+    [event] = [e for e in events if e.reason == PromotionReason.OVERRIDDEN]
+    assert event.type == "Normal" and "by override (ann@example.com)" in event.message
+    metrics.observe("team-a", "chat", third, fourth, None)
+    # The next reconciles (the Job still there, then gone with its TTL) keep it and say nothing again.
+    later = ftj(WITH_OVERRIDE, generation=2, status=fourth.to_wire())
+    for observed in (done, None):
+        fifth, events = compute_status(later, run, None, [], None, NOW, override_job=observed)
+        assert fifth == fourth and not events
+        metrics.observe("team-a", "chat", fourth, fifth, None)
+    assert metrics.PROMOTIONS.labels("team-a", "Overridden", "PromotedByOverride")._value.get() == before + 1
+    metrics.forget("team-a", "chat")
+    # Taken out of the spec again: the verdict stays the override's.
+    back = ftj(GATE, generation=3, status=fourth.to_wire())
+    sixth, _ = compute_status(back, runs.current_run(back), None, [], None, NOW)
+    assert condition(sixth, ConditionType.PROMOTED).reason == PromotionReason.OVERRIDDEN
+
+
+def test_a_rollback_by_promotion_job_while_the_run_job_is_still_there():
+    status, _ = finished(REJECTED)
+    rollback = {**OVERRIDE, "action": "rollback", "runId": "g0-aaaa"}
+    patch = {"spec": {**GATE["spec"], "promotion": {**GATE["spec"]["promotion"], "override": rollback}}}
+    later = ftj(patch, generation=2, status=status.to_wire())
+    outcome = {"destination": "s3://models/models/bot/", "requestedBy": "ann@example.com", "verdict": "RolledBack",
+               "reason": "RolledBack", "championRunId": "g0-aaaa", "replacedRunId": "g9-bbbb",
+               "modelUri": "s3://models/models/bot/runs/g0-aaaa/model/", "reasons": ["rolled back to g0-aaaa"],
+               "override": {**SEEN, "action": "rollback", "runId": "g0-aaaa"}}
+    done = promotion_job(later, ("Complete", ""), pods=[pod("Succeeded", exit_code=0,
+                                                             message=json.dumps({"promotion": outcome}))])
+    summary = dict(SUMMARY, promotion=REJECTED)
+    again, events = compute_status(later, runs.current_run(later), k8s_job(("Complete", "")),
+                                   [pod("Succeeded", exit_code=0, message=json.dumps(summary))], None, NOW,
+                                   override_job=done)
+    assert again.phase == "Succeeded" and again.promotion.verdict == "RolledBack"
+    promoted = condition(again, ConditionType.PROMOTED)
+    assert (promoted.status, promoted.reason) == ("False", PromotionReason.ROLLED_BACK)  # this run is not it
+    [event] = [e for e in events if e.reason == PromotionReason.ROLLED_BACK]
+    assert "rolled back to run g0-aaaa" in event.message and "replacing run g9-bbbb" in event.message
+
+
+def test_a_failed_promotion_job_is_reported_with_its_pods_message_and_not_retried():
+    status, _ = finished(REJECTED)
+    later = ftj(WITH_OVERRIDE, generation=2, status=status.to_wire())
+    run = runs.current_run(later)
+    why = "spec.promotion.override: run g1-0f1e2d3c has no finished run at s3://artifacts/g1-0f1e2d3c/"
+    failed = promotion_job(later, ("Failed", "PodFailurePolicy"), pods=[pod("Failed", exit_code=64,
+                                                                            message=error("BadInput", why))])
+    again, events = compute_status(later, run, None, [], None, NOW, override_job=failed)
+    promoted = condition(again, ConditionType.PROMOTED)
+    assert (promoted.status, promoted.reason) == ("False", PromotionReason.OVERRIDE_FAILED)
+    assert promoted.message == promote_job.failed_message(failed.name, f"{Reason.BAD_INPUT}: {why}")
+    assert again.promotion.verdict == "Rejected" and again.phase == "Succeeded"
+    [event] = [e for e in events if e.reason == PromotionReason.OVERRIDE_FAILED]
+    assert event.type == "Warning" and why in event.message
+    # Once the Job's TTL removed it, the failure stays on the record, and plan.py makes no new Job for it.
+    later = ftj(WITH_OVERRIDE, generation=2, status=again.to_wire())
+    third, events = compute_status(later, run, None, [], None, NOW, override_job=promote_job.Observed(failed.name))
+    assert condition(third, ConditionType.PROMOTED) == promoted and not events
+    assert promote_job.wanted(later, run) is None
+    # A refused create is reported the same way.
+    later = ftj(WITH_OVERRIDE, generation=2, status=status.to_wire())
+    refused = promote_job.Observed(failed.name, refused="the API server refused to create it: rule trainer-command")
+    fourth, events = compute_status(later, run, None, [], None, NOW, override_job=refused)
+    assert condition(fourth, ConditionType.PROMOTED).reason == PromotionReason.OVERRIDE_FAILED
+    assert "rule trainer-command" in condition(fourth, ConditionType.PROMOTED).message
+
+
+def test_an_override_left_by_an_earlier_operator_is_carried_out_now():
+    status, _ = finished(REJECTED)
+    wire = status.to_wire()
+    promoted = next(c for c in wire["conditions"] if c["type"] == "Promoted")
+    promoted.update(reason=PromotionReason.OVERRIDE_AFTER_RUN, message="run `kubetune override FILE`")
+    later = ftj(WITH_OVERRIDE, generation=2, status=wire)
+    again, _ = compute_status(later, runs.current_run(later), None, [], None, NOW)
+    assert condition(again, ConditionType.PROMOTED).reason == PromotionReason.OVERRIDE_IN_PROGRESS
 
 
 def test_an_override_the_run_saw_is_its_verdict():
@@ -149,4 +248,49 @@ def test_an_override_the_run_saw_is_its_verdict():
     assert condition(status, ConditionType.PROMOTED).reason == PromotionReason.GATE_FAILED
     # ...but a changed override (another run named) is one the run did not see.
     status, _ = finished(other, patch=WITH_OVERRIDE)
-    assert condition(status, ConditionType.PROMOTED).reason == PromotionReason.OVERRIDE_AFTER_RUN
+    assert condition(status, ConditionType.PROMOTED).reason == PromotionReason.OVERRIDE_IN_PROGRESS
+
+
+def test_the_override_verdict_outlives_its_job_while_the_runs_job_stays():
+    """A run Job without a TTL keeps the run's own verdict in its pod's termination message: once the promotion
+    Job has gone, the override's verdict stays on the status, and nothing asks for the Job again."""
+    status, _ = finished(REJECTED)
+    later = ftj(WITH_OVERRIDE, generation=2, status=status.to_wire())
+    run = runs.current_run(later)
+    run_job = k8s_job(("Complete", ""))
+    run_pods = [pod("Succeeded", exit_code=0, message=json.dumps(dict(SUMMARY, promotion=REJECTED)))]
+    done = promotion_job(later, ("Complete", ""), pods=[pod("Succeeded", exit_code=0,
+                                                             message=json.dumps({"promotion": CARRIED_OUT}))])
+    again, _ = compute_status(later, run, run_job, run_pods, None, NOW, override_job=done)
+    assert again.promotion.verdict == "Overridden"
+    later = ftj(WITH_OVERRIDE, generation=2, status=again.to_wire())
+    third, events = compute_status(later, run, run_job, run_pods, None, NOW,
+                                   override_job=promote_job.Observed(done.name))
+    assert third == again and not events
+    assert condition(third, ConditionType.PROMOTED).reason == PromotionReason.OVERRIDDEN
+    assert promote_job.wanted(ftj(WITH_OVERRIDE, generation=2, status=third.to_wire()), run) is None
+
+
+def test_a_run_that_failed_with_the_override_in_its_spec_saw_it():
+    """A stale override left in the spec (Git) is not carried out because a later run failed before its verdict:
+    the status records the override the run's Job was given; one changed after the run started still is."""
+    job = ftj(WITH_OVERRIDE)
+    run = runs.current_run(job)
+    started, _ = compute_status(job, run, k8s_job(), [pod("Running")], None, NOW)
+    assert started.run_override == "promote g1-0f1e2d3c ann@example.com"
+    job = ftj(WITH_OVERRIDE, status=started.to_wire())
+    failed, _ = compute_status(job, run, k8s_job(("Failed", "BackoffLimitExceeded")),
+                               [pod("Failed", exit_code=1, message=error("Error", "boom"))], None, NOW)
+    assert failed.phase == "Failed" and failed.promotion is None
+    assert failed.run_override == started.run_override
+    promoted = condition(failed, ConditionType.PROMOTED)
+    assert (promoted.status, promoted.reason) == ("False", PromotionReason.NO_VERDICT)
+    assert promote_job.wanted(ftj(WITH_OVERRIDE, status=failed.to_wire()), run) is None
+    # Changed after the run started: carried out.
+    other = {"spec": {**GATE["spec"], "promotion": {**GATE["spec"]["promotion"], "override": {
+        **OVERRIDE, "action": "rollback", "runId": "g0-aaaa"}}}}
+    later = ftj(other, generation=2, status=failed.to_wire())
+    assert promote_job.wanted(later, run) is not None
+    again, _ = compute_status(later, run, None, [], None, NOW)
+    assert condition(again, ConditionType.PROMOTED).reason == PromotionReason.OVERRIDE_IN_PROGRESS
+    assert again.run_override == started.run_override  # still what the run was given
