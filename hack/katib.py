@@ -430,6 +430,10 @@ def cmd_down() -> int:
         pidfile(name).unlink(missing_ok=True)
     if HERE.exists():
         shutil.rmtree(HERE)
+    try:
+        Path("/tmp/cert").rmdir()  # the controller's mount point, if empty
+    except OSError:
+        pass
     return 0
 
 
