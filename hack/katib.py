@@ -3,6 +3,7 @@
 
   hack/katib.py build   # katib-controller, katib-db-manager, suggestion-goptuna from the published Go module
   hack/katib.py up      # PostgreSQL, db-manager, the goptuna suggestion, the controller and its webhooks
+  hack/katib.py db      # PostgreSQL and db-manager only (no cluster needed): prints db-manager's address
   hack/katib.py demo    # an Experiment whose trials are FineTuneJobs (kwok trials; see "The objective" below)
   hack/katib.py down    # stops what `up` and `demo` started (before `hack/cluster down`)
 
@@ -115,9 +116,9 @@ def module_dir() -> Path:
     return Path(json.loads(out)["Dir"])
 
 
-def cmd_build() -> int:
+def cmd_build(names=tuple(MAINS)) -> int:
     """Each main in a copy of the published module (its own go.sum: the build list exactly as released)."""
-    missing = [name for name in MAINS if not (BIN / name).exists()]
+    missing = [name for name in names if not (BIN / name).exists()]
     if not missing:
         return 0
     BIN.mkdir(parents=True, exist_ok=True)
@@ -268,6 +269,33 @@ def add_host(name: str) -> None:
             f.write(f"127.0.0.1 {name}\n")
 
 
+def start_db(listen: str = "127.0.0.1") -> None:
+    if not alive("katib-postgres"):
+        log("PostgreSQL")
+        start_postgres()
+    db_env = {"DB_NAME": "postgres", "DB_USER": "katib", "DB_PASSWORD": "", "KATIB_POSTGRESQL_DB_HOST": "127.0.0.1",
+              "KATIB_POSTGRESQL_DB_PORT": str(PORTS["postgres"]), "KATIB_POSTGRESQL_DB_DATABASE": "katib"}
+    if not alive("katib-db-manager"):
+        log("db-manager")
+        start("katib-db-manager", [BIN / "katib-db-manager", f"-listen-address={listen}:{PORTS['db-manager']}"],
+              env=db_env)
+        wait_for("db-manager", lambda: port_open(PORTS["db-manager"]))
+
+
+def cmd_db() -> int:
+    """PostgreSQL and db-manager alone (no cluster needed), e.g. for tests/trainer/test_katib.py; prints the
+    address. KATIB_DB_LISTEN=0.0.0.0 makes it reachable from the real node's pods (10.88.0.1:<port>)."""
+    if not (PG_BIN / "postgres").exists():
+        raise SystemExit(f"hack/katib.py db needs PostgreSQL 15 ({PG_BIN}/postgres: Debian's postgresql-15)")
+    if not (BIN / "katib-db-manager").exists() and not shutil.which("go", path=go_env()["PATH"]):
+        raise SystemExit(f"hack/katib.py db needs Go to build katib-db-manager (about 15 s), or the binary in {BIN}")
+    cmd_build(["katib-db-manager"])
+    HERE.mkdir(parents=True, exist_ok=True)
+    start_db(os.environ.get("KATIB_DB_LISTEN", "127.0.0.1"))
+    print(f"127.0.0.1:{PORTS['db-manager']}")
+    return 0
+
+
 def cmd_up() -> int:
     cmd_build()
     env = env_sh()
@@ -288,16 +316,7 @@ def cmd_up() -> int:
            {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "katib-config", "namespace": NAMESPACE},
             "data": {"katib-config.yaml": json.dumps(katib_config(runtime_only=True), indent=2)}}])
     (HERE / "katib-config.yaml").write_text(json.dumps(katib_config(), indent=2))
-    if not alive("katib-postgres"):
-        log("PostgreSQL")
-        start_postgres()
-    db_env = {"DB_NAME": "postgres", "DB_USER": "katib", "DB_PASSWORD": "", "KATIB_POSTGRESQL_DB_HOST": "127.0.0.1",
-              "KATIB_POSTGRESQL_DB_PORT": str(PORTS["postgres"]), "KATIB_POSTGRESQL_DB_DATABASE": "katib"}
-    if not alive("katib-db-manager"):
-        log("db-manager")
-        start("katib-db-manager", [BIN / "katib-db-manager", f"-listen-address=127.0.0.1:{PORTS['db-manager']}"],
-              env=db_env)
-        wait_for("db-manager", lambda: port_open(PORTS["db-manager"]))
+    start_db(os.environ.get("KATIB_DB_LISTEN", "127.0.0.1"))
     if not alive("suggestion-goptuna"):
         log("goptuna suggestion service")
         start("suggestion-goptuna", [BIN / "suggestion-goptuna"])
@@ -438,7 +457,7 @@ def cmd_down() -> int:
 
 
 def main(argv: list[str]) -> int:
-    commands = {"build": cmd_build, "up": cmd_up, "demo": cmd_demo, "down": cmd_down}
+    commands = {"build": cmd_build, "up": cmd_up, "db": cmd_db, "demo": cmd_demo, "down": cmd_down}
     if len(argv) != 1 or argv[0] not in commands:
         print(__doc__.strip(), file=sys.stderr)
         return 2
