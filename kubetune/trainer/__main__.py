@@ -117,8 +117,10 @@ def main() -> int:
     settings = TrainerSettings()
     run_id = os.environ.get(contract.RUN_ID_ENV) or time.strftime("local-%Y%m%dT%H%M%SZ", time.gmtime())
     try:
+        from kubetune.trainer import katib
         from kubetune.trainer.loop import train
 
+        katib.reporter()  # a Katib trial without grpcio fails here, before any work
         summary = train(read_job(), run_id, settings)
     except Exception as exc:
         error = known_error(exc)
@@ -130,6 +132,8 @@ def main() -> int:
             write_termination(settings, {"error": {"reason": error.reason, "message": str(error)}})
         return report_exit(error.exit_code)
     if summary:
+        if katib.reporter():  # a Katib trial (rank 0): the final metrics; Katib unreachable never fails the run
+            katib.reporter().finish(summary)
         write_termination(settings, summary)
         print(json.dumps({"kind": "summary", **summary}), flush=True)
     return report_exit(contract.EXIT_OK)

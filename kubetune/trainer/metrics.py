@@ -10,7 +10,8 @@ from kubetune.api import contract as c
 
 
 class Telemetry:
-    def __init__(self, port: int | None, on_log=None):
+    def __init__(self, port: int | None, on_log=None, katib=None):
+        self.katib = katib  # a katib.Reporter when this rank reports a Katib trial's metrics
         self.registry = CollectorRegistry()
         g = lambda name, doc, labels=(): Gauge(name, doc, labels, registry=self.registry)  # noqa: E731
         self.step = g(c.METRIC_STEP, "Optimizer steps done")
@@ -56,6 +57,8 @@ class Telemetry:
             self.on_log(row)
         else:
             print(json.dumps(row), file=sys.stdout, flush=True)
+        if self.katib:
+            self.katib.observe(row)
         return row
 
     def train_step(self, step: int, total: int, epoch: float, loss: float, lr: float, grad_norm: float,

@@ -17,7 +17,7 @@ from kubetune.trainer import classify, parallel
 from kubetune.trainer import data as d
 from kubetune.trainer import dist as dist_
 from kubetune.trainer import evaluation as ev
-from kubetune.trainer import linear_ce, varlen
+from kubetune.trainer import katib, linear_ce, varlen
 from kubetune.trainer.causal_lm import CausalLM
 from kubetune.trainer.linear_ce import HeadSkip
 from kubetune.trainer.checkpoint import Checkpointer
@@ -293,7 +293,8 @@ def setup(job: FineTuneJob, run_id: str, settings: TrainerSettings, on_log=None)
     scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None  # fp16 gradients underflow unscaled
     val = val[: spec.evaluation.max_samples] if spec.evaluation.max_samples else val
     telemetry = Telemetry(settings.metrics_port if dist.main else None,
-                          on_log if dist.main else (lambda row: None))  # one rank speaks
+                          on_log if dist.main else (lambda row: None),  # one rank speaks
+                          katib.reporter() if dist.main else None)
     telemetry.log("data", train_rows=len(train_rows), validation_examples=len(val), test_examples=len(test),
                   truncated=stats.truncated, dropped_too_long=stats.dropped_too_long,
                   dropped_no_target=stats.dropped_no_target, max_seq_length=spec.dataset.max_seq_length)

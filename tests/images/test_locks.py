@@ -8,7 +8,7 @@ import pytest
 from tests.images.dockerfiles import ROOT, stages
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-LOCKS = {"operator": "operator", "trainer": "trainer"}  # lock file -> pyproject extra
+LOCKS = {"operator": ["operator"], "trainer": ["trainer", "katib"]}  # lock file -> pyproject extras
 CUDA_ONLY = re.compile(r"^(nvidia-|cuda-|triton$)")
 
 
@@ -44,7 +44,8 @@ def lock(name: str) -> dict[str, tuple[str, int]]:
 
 @pytest.mark.parametrize("name", LOCKS)
 def test_every_pyproject_pin_is_the_locked_version(name):
-    wanted = pins(PYPROJECT["dependencies"] + PYPROJECT["optional-dependencies"][LOCKS[name]])
+    wanted = pins(PYPROJECT["dependencies"] + [req for extra in LOCKS[name]
+                                               for req in PYPROJECT["optional-dependencies"][extra]])
     locked = lock(name)
     drift = {pkg: (version, locked.get(pkg, ("missing",))[0]) for pkg, version in wanted.items()
              if locked.get(pkg, (None,))[0] != version}
