@@ -5,7 +5,8 @@
 #                   plugins, iptables, conntrack, socat) from Debian apt (etcd is built: hack/etcd), and
 #                   headless Chromium with a font for the report.html browser test (Debian chromium,
 #                   fonts-liberation; not pinned: bookworm-security replaces chromium at each security release
-#                   and the archive drops the version before, so a pin would stop installing).
+#                   and the archive drops the version before, so a pin would stop installing), and
+#                   PostgreSQL 15 for Katib's db-manager (hack/katib.py).
 # Usage: hack/tools.sh   (idempotent; prints nothing when everything is present)
 set -euo pipefail
 
@@ -46,6 +47,8 @@ install_debs() {
   # tests/trainer/test_report_browser.py opens report.html in it (chromium-common only recommends a font).
   command -v chromium >/dev/null || want+=(chromium)
   dpkg -s fonts-liberation >/dev/null 2>&1 || want+=(fonts-liberation)
+  # Katib's db-manager stores observations in it (hack/katib.py; tests/trainer/test_katib.py).
+  [[ -x /usr/lib/postgresql/15/bin/postgres ]] || want+=(postgresql-15)
   [[ ${#want[@]} -eq 0 ]] && return 0
   [[ $(id -u) -eq 0 ]] && SUDO="" || SUDO="sudo"
   # The packages ship services; we run our own processes on loopback, so forbid starting them.
@@ -57,7 +60,7 @@ install_debs() {
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq -o DPkg::Lock::Timeout=300 --no-install-recommends "${want[@]}" >/dev/null
   [[ -n $created ]] && $SUDO rm -f "$policy"
   # Some init setups start them anyway; stop only the packaged services, never our own processes.
-  for svc in prometheus containerd; do
+  for svc in prometheus containerd postgresql; do
     command -v systemctl >/dev/null && $SUDO systemctl disable --now "$svc" >/dev/null 2>&1 || true
   done
 }
