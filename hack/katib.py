@@ -220,7 +220,11 @@ def start_postgres() -> None:
 
 
 def katib_config(runtime_only: bool = False) -> dict:
-    goptuna = [{"algorithmName": name, "image": GOPTUNA_IMAGE} for name in ("tpe", "random", "cmaes", "sobol")]
+    # Restricted PodSecurity admits the suggestion's pod (kubetune's namespaces enforce it; on kwok it never runs).
+    restricted = {"runAsNonRoot": True, "runAsUser": 65532, "allowPrivilegeEscalation": False,
+                  "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
+    goptuna = [{"algorithmName": name, "image": GOPTUNA_IMAGE, "securityContext": restricted}
+               for name in ("tpe", "random", "cmaes", "sobol")]
     config = {"apiVersion": "config.kubeflow.org/v1beta1", "kind": "KatibConfig",
               "runtime": {"suggestions": goptuna,
                           "metricsCollectors": [{"kind": "StdOut", "image": "unused/file-metrics-collector"}]}}
