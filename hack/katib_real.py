@@ -56,9 +56,10 @@ def main() -> int:
     katib.cmd_up()
     address = f"{NODE_HOST}:{katib.PORTS['db-manager']}"
     helm = [env["KUBETUNE_HELM"], f"--kubeconfig={env['KUBECONFIG']}"]
-    katib.run(*helm, "upgrade", "kubetune", "--reuse-values", "-n", "kubetune", "--wait", "--set-json",
-              "trainer.extraEnv=" + json.dumps([{"name": "KATIB_DB_MANAGER_ADDRESS", "value": address}]),
-              capture_output=True, text=True)
+    version = yaml.safe_load((katib.REPO / "charts" / "kubetune" / "Chart.yaml").read_text())["version"]
+    katib.run(*helm, "upgrade", "kubetune", f"oci://{env['KUBETUNE_REGISTRY']}/charts/kubetune", "--version",
+              version, "--plain-http", "--reuse-values", "-n", "kubetune", "--wait", "--set-json",
+              "trainer.extraEnv=" + json.dumps([{"name": "KATIB_DB_MANAGER_ADDRESS", "value": address}]))
     _, model_uri, _, data = stage(s3, Path(tempfile.mkdtemp(prefix="kubetune-katib-")))
     katib.add_host(f"{NAME}-random.{NAMESPACE}")
     kubectl("label", "namespace", NAMESPACE, "katib.kubeflow.org/metrics-collector-injection=enabled",
