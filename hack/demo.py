@@ -105,19 +105,18 @@ def progress_line(status: dict) -> str:
     return "  ".join(parts + ([f"({', '.join(reasons)})"] if reasons else []))
 
 
-def watch(kubectl) -> dict:
-    """Prints a line whenever the status changes, until the run ends."""
-    last = None
+def watch(kubectl, kind: str = "finetunejob", name: str = NAME, line_of=None, every_seconds: float = 2) -> dict:
+    """Prints a line whenever the resource's status changes (`line_of(status)`), until it ends; its status."""
+    last, line_of = None, line_of or progress_line
     while True:
-        status = json.loads(kubectl("get", "finetunejob", NAME, "-n", NAMESPACE, "-o", "json").stdout).get(
-            "status") or {}
-        line = progress_line(status)
+        status = json.loads(kubectl("get", kind, name, "-n", NAMESPACE, "-o", "json").stdout).get("status") or {}
+        line = line_of(status)
         if line != last:
             print(f"  {time.strftime('%H:%M:%S')}  {line}", flush=True)
             last = line
         if status.get("phase") in ("Succeeded", "Failed"):
             return status
-        time.sleep(2)
+        time.sleep(every_seconds)
 
 
 # --- The final status as tables with their headers, as `kubectl get` prints them ------------------------------

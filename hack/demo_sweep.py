@@ -6,7 +6,6 @@ It stages the same model and data as `make demo` (written once per version, neve
 examples/sweep-learning-rate.yaml sized for a CPU (each trial is `make demo`'s run at another learning rate),
 prints a line whenever a trial moves, then the sweep's ranking as a table and the time it took.
 """
-import json
 import sys
 import tempfile
 import time
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from hack.demo import BUCKET, CPU_SIZING, NAMESPACE, clients, number, stage, table
+from hack.demo import BUCKET, CPU_SIZING, NAMESPACE, clients, number, stage, table, watch
 from kubetune.testing import merge as _merge
 
 REPO = Path(__file__).resolve().parent.parent
@@ -68,17 +67,8 @@ def main() -> int:
     kubectl("delete", "finetunesweep", NAME, "-n", NAMESPACE, "--ignore-not-found", "--wait=true")
     print(f"$ kubectl apply -f {manifest}   # examples/sweep-learning-rate.yaml sized for a CPU", flush=True)
     print(kubectl("apply", "-f", manifest).stdout.strip(), flush=True)
-    started, last = time.monotonic(), None
-    while True:
-        status = json.loads(kubectl("get", "finetunesweep", NAME, "-n", NAMESPACE, "-o", "json").stdout).get(
-            "status") or {}
-        line = trial_line(status)
-        if line != last:
-            print(f"  {time.strftime('%H:%M:%S')}  {line}", flush=True)
-            last = line
-        if status.get("phase") in ("Succeeded", "Failed"):
-            break
-        time.sleep(5)
+    started = time.monotonic()
+    status = watch(kubectl, "finetunesweep", NAME, trial_line, every_seconds=5)
     took = time.monotonic() - started
     print(kubectl("get", "finetunesweep", NAME, "-n", NAMESPACE).stdout, flush=True)
     print(ranking(status), flush=True)
