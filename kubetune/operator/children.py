@@ -117,13 +117,31 @@ def extra(own: list[dict], platform: list[dict]) -> list[dict]:
     return [*own, *(item for item in platform if item.get("name") not in taken)]
 
 
-def pod_spec(job: FineTuneJob, run: Run, settings: OperatorSettings) -> dict:
-    spec, sched = job.spec, job.spec.scheduling
+def placement(job: FineTuneJob, settings: OperatorSettings) -> tuple[dict, list[dict]]:
+    """Where a pod of this FineTuneJob may go: the spec's node selector and tolerations over the operator's
+    defaults (the GPU specifics are the trainer pod's own, in pod_spec)."""
+    sched = job.spec.scheduling
     node_selector = {**settings.trainer_node_selector, **(sched.node_selector or {})}
-    if spec.resources.gpu_product:
-        node_selector["nvidia.com/gpu.product"] = spec.resources.gpu_product
     tolerations = [t.to_wire() for t in sched.tolerations or []]
     tolerations += [t for t in settings.trainer_tolerations if t not in tolerations]
+    return node_selector, tolerations
+
+
+def place(pod: dict, node_selector: dict, tolerations: list[dict], affinity: dict | None) -> None:
+    """Sets the pod's placement fields, leaving out the empty ones."""
+    if node_selector:
+        pod["nodeSelector"] = node_selector
+    if tolerations:
+        pod["tolerations"] = tolerations
+    if affinity:
+        pod["affinity"] = affinity
+
+
+def pod_spec(job: FineTuneJob, run: Run, settings: OperatorSettings) -> dict:
+    spec, sched = job.spec, job.spec.scheduling
+    node_selector, tolerations = placement(job, settings)
+    if spec.resources.gpu_product:
+        node_selector["nvidia.com/gpu.product"] = spec.resources.gpu_product
     gpu_toleration = {"key": spec.resources.gpu_resource_name, "operator": "Exists", "effect": "NoSchedule"}
     if spec.resources.gpus_per_node and gpu_toleration not in tolerations:
         tolerations.append(gpu_toleration)
@@ -160,12 +178,7 @@ def pod_spec(job: FineTuneJob, run: Run, settings: OperatorSettings) -> dict:
     }
     if settings.trainer_image_pull_secrets:
         pod["imagePullSecrets"] = [{"name": name} for name in settings.trainer_image_pull_secrets]
-    if node_selector:
-        pod["nodeSelector"] = node_selector
-    if tolerations:
-        pod["tolerations"] = tolerations
-    if sched.affinity:
-        pod["affinity"] = sched.affinity
+    place(pod, node_selector, tolerations, sched.affinity)
     if sched.priority_class_name:
         pod["priorityClassName"] = sched.priority_class_name
     if spec.nodes > 1:

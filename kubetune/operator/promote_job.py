@@ -192,16 +192,7 @@ def build(job: FineTuneJob, run: Run, settings: OperatorSettings) -> dict:
     }
     if settings.trainer_image_pull_secrets:
         pod["imagePullSecrets"] = [{"name": n} for n in settings.trainer_image_pull_secrets]
-    sched = job.spec.scheduling
-    node_selector = {**settings.trainer_node_selector, **(sched.node_selector or {})}
-    tolerations = [t.to_wire() for t in sched.tolerations or []]
-    tolerations += [t for t in settings.trainer_tolerations if t not in tolerations]
-    if node_selector:
-        pod["nodeSelector"] = node_selector
-    if tolerations:
-        pod["tolerations"] = tolerations
-    if sched.affinity:
-        pod["affinity"] = sched.affinity
+    children.place(pod, *children.placement(job, settings), job.spec.scheduling.affinity)
     spec = {
         "backoffLimit": BACKOFF_LIMIT,
         "activeDeadlineSeconds": ACTIVE_DEADLINE_SECONDS,
